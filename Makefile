@@ -1,0 +1,69 @@
+# kaudit: `make demo` runs the whole pipeline on the sample audit logs; `make test` runs the suite.
+# Everything is installed into .venv and state lives under var/ (both ignored by git).
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+KAUDIT := $(VENV)/bin/kaudit
+export KAUDIT_VAR ?= $(CURDIR)/var
+export PYTHON := $(CURDIR)/$(PY)
+
+.PHONY: help install up down demo demo-stop test test-unit lint bench bench-bridge bench-worker bench-sink bench-normalize clean
+
+help:
+	@echo "make demo    start Kafka, bridge, worker and sink; replay the sample audit logs; show results"
+	@echo "make test    install everything into .venv, start what the tests need, run the suite"
+	@echo "make up/down start/stop the local Kafka broker (infra/kafka/kafka.sh)"
+	@echo "make bench   print throughput/latency numbers (bridge, worker, sink, normalize)"
+	@echo "make lint    ruff"
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "kaudit: Python 3.11 is required ($(PYTHON) not found)"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip
+	$(VENV)/bin/pip install -q -e ".[dev]"
+	@touch $@
+
+install: $(VENV)/.installed
+
+up: install
+	bash infra/kafka/kafka.sh up
+
+down:
+	bash infra/kafka/kafka.sh down
+
+demo: install
+	bash infra/demo.sh
+
+demo-stop:
+	bash infra/demo.sh stop
+
+test: install
+	bash infra/test-deps.sh
+	$(VENV)/bin/ruff check pipeline tests
+	$(VENV)/bin/pytest -q -p no:cacheprovider
+
+test-unit: install
+	$(VENV)/bin/pytest -q -m "not kafka" -p no:cacheprovider
+
+lint: install
+	$(VENV)/bin/ruff check pipeline tests
+	$(VENV)/bin/ruff format --check pipeline tests || true
+
+bench: install bench-normalize bench-bridge bench-worker bench-sink
+
+bench-normalize: install
+	$(PY) -m pipeline.bench.normalize
+
+bench-bridge: install
+	$(PY) -m pipeline.bench.bridge
+
+bench-worker: install
+	$(PY) -m pipeline.bench.worker
+
+bench-sink: install
+	$(PY) -m pipeline.bench.sink
+
+clean:
+	-bash infra/kafka/kafka.sh down
+	rm -rf var

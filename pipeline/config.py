@@ -1,0 +1,95 @@
+"""All kaudit configuration in one place.
+
+Every setting is an environment variable ``KAUDIT_<NAME>`` with the default shown here;
+CLI flags override them (see ``pipeline.cli``). ``kaudit config`` prints the effective values.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAUDIT_", extra="ignore")
+
+    # --- state -------------------------------------------------------------------------------------
+    var: Path = Field(REPO_ROOT / "var", description="Folder for local state (Kafka data, chDB, checkpoints).")
+
+    # --- Kafka -------------------------------------------------------------------------------------
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
+    topic_prefix: str = Field("", description="Prefix for every topic name (several installs on one Kafka).")
+    raw_partitions: int = Field(
+        4, description="Partitions of the raw, events and stats topics (raw records are keyed by cluster)."
+    )
+    max_message_bytes: int = Field(64 * 1024 * 1024, description="Largest Kafka record (a whole webhook batch).")
+
+    # --- ClickHouse --------------------------------------------------------------------------------
+    clickhouse_dsn: str = Field(
+        "", description="ClickHouse DSN: empty = embedded chDB under <var>/chdb; or http://host:8123/db."
+    )
+    retention_days: int = Field(0, description="Drop events older than this many days (0 = keep forever).")
+
+    # --- event model -------------------------------------------------------------------------------
+    max_object_bytes: int = Field(
+        256 * 1024, description="requestObject/responseObject above this size are cut and flagged."
+    )
+    redact_secrets: bool = Field(True, description="Replace Secret data/stringData values with a hash.")
+
+    # --- bridge ------------------------------------------------------------------------------------
+    bridge_host: str = Field("127.0.0.1", description="Bridge listen address.")
+    bridge_port: int = Field(8765, description="Bridge listen port.")
+    bridge_tokens_file: Path | None = Field(None, description="YAML/JSON file: cluster -> bearer token(s).")
+    bridge_max_body_bytes: int = Field(
+        48 * 1024 * 1024, description="Largest accepted (decompressed) webhook body: 400 events x 100 KiB fit."
+    )
+    bridge_ack_timeout: float = Field(10.0, description="Seconds to wait for Kafka acks before answering 503.")
+
+    # --- worker ------------------------------------------------------------------------------------
+    window_seconds: int = Field(60, description="Tumbling window size for verb/status aggregates.")
+    count_stages: str = Field(
+        "", description="Comma-separated stages counted in aggregates (empty = all stages)."
+    )
+    dedup_horizon_seconds: int = Field(
+        900, description="How long (wall clock) a seen (cluster, auditID, stage) is remembered."
+    )
+    rules_file: Path | None = Field(None, description="Extra alert rules (YAML), added to the default set.")
+    filter_file: Path | None = Field(None, description="Drop/sample rules (YAML) applied before storage.")
+
+    # --- query API / dashboard ----------------------------------------------------------------------
+    api_host: str = Field("127.0.0.1", description="Query API / dashboard listen address.")
+    api_port: int = Field(8080, description="Query API / dashboard listen port.")
+    api_url: str = Field("", description="Query API of the warehouse owner (embedded mode), e.g. http://127.0.0.1:8080.")
+    api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
+
+    def topic(self, name: str) -> str:
+        return f"{self.topic_prefix}{name}"
+
+    @property
+    def chdb_path(self) -> Path:
+        return self.var / "chdb"
+
+    @property
+    def effective_clickhouse_dsn(self) -> str:
+        return self.clickhouse_dsn or f"chdb://{self.chdb_path.resolve()}"
+
+
+# Topic base names; use Settings.topic() to get the prefixed name.
+RAW = "k8s-audit-raw"
+EVENTS = "k8s-audit-events"
+DEADLETTER = "k8s-audit-deadletter"
+VERB_STATS = "k8s-audit-verb-stats"
+STATUS_STATS = "k8s-audit-status-stats"
+ALERTS = "k8s-audit-alerts"
+ALERTS_JSON = "k8s-audit-alerts-json"
+ALL_TOPICS = (RAW, EVENTS, DEADLETTER, VERB_STATS, STATUS_STATS, ALERTS, ALERTS_JSON)
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

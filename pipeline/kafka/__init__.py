@@ -1,0 +1,1 @@
+"""Kafka I/O shared by every component: topic creation, producers (sync and asyncio), consumers, headers."""

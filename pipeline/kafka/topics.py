@@ -1,0 +1,72 @@
+"""Create the project's topics idempotently (``python -m pipeline.kafka.topics`` / ``kaudit topics``)."""
+
+from __future__ import annotations
+
+import sys
+
+from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
+
+from pipeline import config
+from pipeline.config import Settings, get_settings
+
+
+def topic_specs(s: Settings) -> dict[str, tuple[int, dict[str, str]]]:
+    """name -> (partitions, config). Raw, events and stats share a partition count: the worker keeps
+    a raw partition's output on the same partition number so state can be rebuilt from it."""
+    big = {"max.message.bytes": str(s.max_message_bytes)}
+    p = s.raw_partitions
+    return {
+        s.topic(config.RAW): (p, big),
+        s.topic(config.EVENTS): (p, big),
+        s.topic(config.VERB_STATS): (p, {}),
+        s.topic(config.STATUS_STATS): (p, {}),
+        s.topic(config.DEADLETTER): (1, big),
+        s.topic(config.ALERTS): (1, {}),
+        s.topic(config.ALERTS_JSON): (1, {}),
+    }
+
+
+def ensure_topics(s: Settings | None = None, timeout: float = 30.0) -> list[str]:
+    """Create missing topics, grow partition counts that are too small; return what changed."""
+    s = s or get_settings()
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    existing = admin.list_topics(timeout=timeout).topics
+    changed: list[str] = []
+    new = [
+        NewTopic(name, num_partitions=parts, replication_factor=1, config=cfg)
+        for name, (parts, cfg) in topic_specs(s).items()
+        if name not in existing
+    ]
+    if new:
+        for name, fut in admin.create_topics(new, operation_timeout=timeout).items():
+            try:
+                fut.result()
+                changed.append(f"created {name}")
+            except Exception as exc:  # noqa: BLE001
+                if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                    raise
+    grow = [
+        NewPartitions(name, parts)
+        for name, (parts, _) in topic_specs(s).items()
+        if name in existing and len(existing[name].partitions) < parts
+    ]
+    if grow:
+        for name, fut in admin.create_partitions(grow).items():
+            fut.result()
+            changed.append(f"grew {name}")
+    return changed
+
+
+def main() -> int:
+    try:
+        changed = ensure_topics()
+    except Exception as exc:  # noqa: BLE001
+        print(f"kaudit: cannot create topics on {get_settings().kafka_bootstrap}: {exc}", file=sys.stderr)
+        return 1
+    for line in changed or ["topics: all present"]:
+        print(f"topics: {line}" if not line.startswith("topics:") else line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""Open clickhouse-connect from a DSN: ``chdb:///abs/path`` (embedded, the default) or ``http://host:8123/db``.
+
+Only one process at a time may open a chDB path. In embedded mode the process that owns the path (the
+sink) also serves queries over HTTP (``pipeline.warehouse.api``); other processes go through that API.
+Each thread should use its own client (chDB clients are not safe to share while streaming).
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import clickhouse_connect
+from clickhouse_connect.driver.client import Client
+
+from pipeline.config import Settings, get_settings
+
+# Settings every session gets: synchronous inserts (26.2 turned async_insert on by default) and
+# insert deduplication kept on so retried identical blocks are dropped.
+SESSION_SETTINGS: dict[str, Any] = {"async_insert": 0}
+
+_lock = threading.Lock()
+
+
+class WarehouseLockedError(RuntimeError):
+    """Another process holds the embedded chDB path."""
+
+
+def is_embedded(dsn: str) -> bool:
+    return dsn.startswith("chdb:")
+
+
+def open_client(s: Settings | None = None, dsn: str | None = None, **kwargs: Any) -> Client:
+    s = s or get_settings()
+    dsn = dsn or s.effective_clickhouse_dsn
+    settings = {**SESSION_SETTINGS, **kwargs.pop("settings", {})}
+    if is_embedded(dsn):
+        path = Path(dsn[len("chdb://") :])
+        path.mkdir(parents=True, exist_ok=True)
+        with _lock:
+            try:
+                return clickhouse_connect.get_client(dsn=dsn, settings=settings, **kwargs)
+            except Exception as exc:  # noqa: BLE001
+                if "Cannot lock file" in str(exc) or "already running" in str(exc) or "Code: 76" in str(exc):
+                    raise WarehouseLockedError(
+                        f"the embedded warehouse {path} is open in another process (the sink owns it); "
+                        "query it through that process's API (KAUDIT_API_URL) or use a ClickHouse server DSN"
+                    ) from exc
+                raise
+    return clickhouse_connect.get_client(dsn=dsn, settings=settings, **kwargs)

@@ -1,0 +1,177 @@
+"""Versioned, idempotent schema migrations, applied on start by every writer and by ``kaudit migrate``.
+
+Each migration is a list of statements; applied versions are recorded in ``kaudit_migrations``. Statements
+use IF NOT EXISTS so that a crash mid-migration can simply be re-run.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from clickhouse_connect.driver.client import Client
+
+from pipeline.config import Settings, get_settings
+
+log = logging.getLogger("kaudit.migrate")
+
+EVENT_COLUMNS = """
+    cluster LowCardinality(String),
+    auditid String CODEC(ZSTD(1)),
+    stage LowCardinality(String),
+    level LowCardinality(String),
+    verb LowCardinality(String),
+    request_uri String CODEC(ZSTD(1)),
+    username LowCardinality(String),
+    useruid String CODEC(ZSTD(1)),
+    usergroups Array(LowCardinality(String)),
+    user_extra Map(LowCardinality(String), String),
+    impersonated_username LowCardinality(String),
+    impersonated_groups Array(LowCardinality(String)),
+    sourceips Array(LowCardinality(String)),
+    useragent LowCardinality(String),
+    objectref_resource LowCardinality(String),
+    objectref_namespace LowCardinality(String),
+    objectref_name String CODEC(ZSTD(1)),
+    objectref_apigroup LowCardinality(String),
+    objectref_apiversion LowCardinality(String),
+    objectref_subresource LowCardinality(String),
+    objectref_uid String CODEC(ZSTD(1)),
+    responsestatus_code UInt16,
+    responsestatus_status LowCardinality(String),
+    responsestatus_reason LowCardinality(String),
+    responsestatus_message String CODEC(ZSTD(1)),
+    decision LowCardinality(String),
+    decision_reason String CODEC(ZSTD(1)),
+    annotations Map(LowCardinality(String), String),
+    request_received_ts DateTime64(6, 'UTC') CODEC(Delta(8), ZSTD(1)),
+    stage_ts DateTime64(6, 'UTC') CODEC(Delta(8), ZSTD(1)),
+    request_object String CODEC(ZSTD(3)),
+    response_object String CODEC(ZSTD(3)),
+    objects_truncated Bool,
+    event_version LowCardinality(String),
+    extra String CODEC(ZSTD(1)),
+    source_id String CODEC(ZSTD(1))
+"""
+
+# Columns the sink inserts, in order (everything above; materialized columns are computed by ClickHouse).
+EVENT_INSERT_COLUMNS = [line.split()[0] for line in EVENT_COLUMNS.strip().splitlines()]
+
+
+def _migrations(ttl_days: int) -> list[tuple[int, str, list[str]]]:
+    ttl = f"TTL toDateTime(request_received_ts) + INTERVAL {ttl_days} DAY" if ttl_days > 0 else ""
+    return [
+        (
+            1,
+            "events, stats, alerts, rollups",
+            [
+                f"""CREATE TABLE IF NOT EXISTS audit_events ({EVENT_COLUMNS},
+    latency_us UInt64 MATERIALIZED toUInt64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts))),
+    INDEX idx_auditid auditid TYPE bloom_filter(0.001) GRANULARITY 1,
+    INDEX idx_username username TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_name objectref_name TYPE bloom_filter(0.01) GRANULARITY 1,
+    INDEX idx_source source_id TYPE bloom_filter(0.001) GRANULARITY 1
+) ENGINE = MergeTree
+PARTITION BY toYYYYMM(request_received_ts)
+ORDER BY (cluster, toStartOfHour(request_received_ts), verb, objectref_resource, request_received_ts)
+{ttl}
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000""",
+                """CREATE TABLE IF NOT EXISTS verb_stats (
+    cluster LowCardinality(String),
+    window_start DateTime64(6, 'UTC'),
+    window_seconds UInt32,
+    verb LowCardinality(String),
+    source_id String,
+    count UInt64,
+    dropped UInt64
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (cluster, window_start, verb, source_id)
+SETTINGS non_replicated_deduplication_window = 10000""",
+                """CREATE TABLE IF NOT EXISTS status_stats (
+    cluster LowCardinality(String),
+    window_start DateTime64(6, 'UTC'),
+    window_seconds UInt32,
+    code UInt16,
+    source_id String,
+    count UInt64,
+    dropped UInt64
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(window_start)
+ORDER BY (cluster, window_start, code, source_id)
+SETTINGS non_replicated_deduplication_window = 10000""",
+                """CREATE TABLE IF NOT EXISTS alerts (
+    alert_id String,
+    rule_id LowCardinality(String),
+    title String,
+    severity LowCardinality(String),
+    cluster LowCardinality(String),
+    ts DateTime64(6, 'UTC'),
+    auditid String,
+    stage LowCardinality(String),
+    username LowCardinality(String),
+    usergroups Array(LowCardinality(String)),
+    impersonated_username LowCardinality(String),
+    sourceips Array(LowCardinality(String)),
+    useragent LowCardinality(String),
+    verb LowCardinality(String),
+    objectref_resource LowCardinality(String),
+    objectref_subresource LowCardinality(String),
+    objectref_namespace LowCardinality(String),
+    objectref_name String,
+    objectref_apigroup LowCardinality(String),
+    request_uri String CODEC(ZSTD(1)),
+    responsestatus_code UInt16,
+    decision LowCardinality(String),
+    decision_reason String,
+    window_start DateTime64(6, 'UTC'),
+    count UInt64,
+    group_key String,
+    tags Array(LowCardinality(String)),
+    source_id String
+) ENGINE = ReplacingMergeTree
+PARTITION BY toYYYYMM(ts)
+ORDER BY (cluster, rule_id, alert_id)
+SETTINGS non_replicated_deduplication_window = 1000""",
+                """CREATE TABLE IF NOT EXISTS events_1m (
+    cluster LowCardinality(String),
+    minute DateTime('UTC'),
+    verb LowCardinality(String),
+    objectref_resource LowCardinality(String),
+    responsestatus_code UInt16,
+    events UInt64
+) ENGINE = SummingMergeTree
+PARTITION BY toYYYYMM(minute)
+ORDER BY (cluster, minute, verb, objectref_resource, responsestatus_code)
+SETTINGS non_replicated_deduplication_window = 10000""",
+                """CREATE MATERIALIZED VIEW IF NOT EXISTS events_1m_mv TO events_1m AS
+SELECT cluster, toStartOfMinute(request_received_ts) AS minute, verb, objectref_resource,
+       responsestatus_code, count() AS events
+FROM audit_events
+GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
+            ],
+        ),
+    ]
+
+
+def migrate(client: Client, s: Settings | None = None) -> list[str]:
+    """Apply pending migrations; return their names. Safe to call from every writer on start."""
+    s = s or get_settings()
+    client.command(
+        "CREATE TABLE IF NOT EXISTS kaudit_migrations (version UInt32, name String, "
+        "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
+    )
+    done = {row[0] for row in client.query("SELECT version FROM kaudit_migrations").result_rows}
+    applied = []
+    for version, name, statements in _migrations(s.retention_days):
+        if version in done:
+            continue
+        for stmt in statements:
+            client.command(stmt)
+        client.insert("kaudit_migrations", [[version, name]], column_names=["version", "name"])
+        log.info("applied migration %d: %s", version, name)
+        applied.append(f"{version}: {name}")
+    if s.retention_days > 0:  # TTL can change after the fact: keep it in line with the setting
+        client.command(
+            f"ALTER TABLE audit_events MODIFY TTL toDateTime(request_received_ts) + INTERVAL {int(s.retention_days)} DAY"
+        )
+    return applied

@@ -1,0 +1,82 @@
+"""Shared fixtures. Integration tests use the real Kafka broker (started once per session by
+infra/kafka/kafka.sh on a test port) and the real ClickHouse engine (chDB, one path per pytest process,
+one database per test)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from pipeline.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+SAMPLES = Path(os.environ.get("KAUDIT_SAMPLES", REPO.parent / "shared" / "data" / "audit-samples"))
+TEST_VAR = REPO / "var" / "test"
+KAFKA_PORT = int(os.environ.get("KAUDIT_TEST_KAFKA_PORT", "19092"))
+
+
+def kafka_env() -> dict[str, str]:
+    return {
+        **os.environ,
+        "KAUDIT_VAR": str(TEST_VAR),
+        "KAUDIT_KAFKA_PORT": str(KAFKA_PORT),
+        "KAUDIT_KAFKA_CONTROLLER_PORT": str(KAFKA_PORT + 1),
+        "KAUDIT_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA_PORT}",
+        "PYTHON": sys.executable,
+    }
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> str:
+    """A real Kafka 4.x broker for the whole session (reused if already running on the test port)."""
+    env = kafka_env()
+    subprocess.run(["bash", str(REPO / "infra/kafka/kafka.sh"), "up"], env=env, check=True)
+    yield f"127.0.0.1:{KAFKA_PORT}"
+    if not os.environ.get("KAUDIT_TEST_KEEP_KAFKA"):
+        subprocess.run(["bash", str(REPO / "infra/kafka/kafka.sh"), "down"], env=env, check=False)
+
+
+@pytest.fixture()
+def settings(kafka_bootstrap: str, tmp_path: Path) -> Settings:
+    """Settings isolated per test: own topic prefix (topics created), own state folder."""
+    from pipeline.kafka.topics import ensure_topics
+
+    s = Settings(
+        kafka_bootstrap=kafka_bootstrap,
+        topic_prefix=f"t{uuid.uuid4().hex[:10]}-",
+        var=tmp_path / "var",
+        clickhouse_dsn=f"chdb://{tmp_path / 'chdb'}",
+    )
+    ensure_topics(s)
+    return s
+
+
+@pytest.fixture(scope="session")
+def chdb_session_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("chdb") / "db"
+
+
+@pytest.fixture()
+def warehouse(chdb_session_path: Path):
+    """A migrated ClickHouse database of its own on the session's chDB path; yields (client, settings)."""
+    from pipeline.warehouse.client import open_client
+    from pipeline.warehouse.migrations import migrate
+
+    dsn = f"chdb://{chdb_session_path}"
+    admin = open_client(dsn=dsn)
+    db = f"t_{uuid.uuid4().hex[:10]}"
+    admin.command(f"CREATE DATABASE {db}")
+    s = Settings(clickhouse_dsn=dsn)
+    client = open_client(s, database=db)
+    migrate(client, s)
+    yield client, s, db
+    admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def sample_files() -> list[Path]:
+    return sorted(p for p in SAMPLES.glob("*/*") if p.is_file() and p.suffix != ".md")

@@ -1,0 +1,1 @@
+"""Benchmarks (`make bench`): they print numbers; speed is never asserted in tests."""

@@ -5,6 +5,7 @@ one database per test)."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import uuid
@@ -24,6 +25,7 @@ def kafka_env() -> dict[str, str]:
     return {
         **os.environ,
         "KAUDIT_VAR": str(TEST_VAR),
+        "KAUDIT_KAFKA_LIBS": str(REPO / "var" / "kafka" / "libs"),  # jars shared with `make up`
         "KAUDIT_KAFKA_PORT": str(KAFKA_PORT),
         "KAUDIT_KAFKA_CONTROLLER_PORT": str(KAFKA_PORT + 1),
         "KAUDIT_KAFKA_BOOTSTRAP": f"127.0.0.1:{KAFKA_PORT}",
@@ -31,13 +33,21 @@ def kafka_env() -> dict[str, str]:
     }
 
 
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
 @pytest.fixture(scope="session")
 def kafka_bootstrap() -> str:
     """A real Kafka 4.x broker for the whole session (reused if already running on the test port)."""
     env = kafka_env()
+    already_running = _port_open(KAFKA_PORT)
     subprocess.run(["bash", str(REPO / "infra/kafka/kafka.sh"), "up"], env=env, check=True)
     yield f"127.0.0.1:{KAFKA_PORT}"
-    if not os.environ.get("KAUDIT_TEST_KEEP_KAFKA"):
+    # Stop only a broker this session started (another test run may be using one it started).
+    if not already_running and not os.environ.get("KAUDIT_TEST_KEEP_KAFKA"):
         subprocess.run(["bash", str(REPO / "infra/kafka/kafka.sh"), "down"], env=env, check=False)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 
 from confluent_kafka.admin import AdminClient, NewPartitions, NewTopic
 
@@ -54,7 +55,25 @@ def ensure_topics(s: Settings | None = None, timeout: float = 30.0) -> list[str]
         for name, fut in admin.create_partitions(grow).items():
             fut.result()
             changed.append(f"grew {name}")
+    if changed:
+        _wait_visible(admin, topic_specs(s), timeout)
     return changed
+
+
+def _wait_visible(admin: AdminClient, specs: dict[str, tuple[int, dict[str, str]]], timeout: float) -> None:
+    """Creation is asynchronous in Kafka: wait until metadata shows every topic with its partitions and leaders."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        md = admin.list_topics(timeout=timeout).topics
+        if all(
+            name in md
+            and len(md[name].partitions) >= parts
+            and all(p.leader >= 0 for p in md[name].partitions.values())
+            for name, (parts, _) in specs.items()
+        ):
+            return
+        time.sleep(0.1)
+    raise TimeoutError(f"topics not visible after {timeout:.0f} s")
 
 
 def main() -> int:

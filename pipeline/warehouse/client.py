@@ -42,7 +42,9 @@ def open_client(s: Settings | None = None, dsn: str | None = None, **kwargs: Any
             try:
                 return clickhouse_connect.get_client(dsn=dsn, settings=settings, **kwargs)
             except Exception as exc:  # noqa: BLE001
-                if "Cannot lock file" in str(exc) or "already running" in str(exc) or "Code: 76" in str(exc):
+                text = str(exc)
+                # chDB prints "Cannot lock file ... (Code 76)" to stderr; the exception says Code 36.
+                if any(m in text for m in ("Cannot lock file", "already running", "Code: 76", "Error initializing EmbeddedServer")):
                     raise WarehouseLockedError(
                         f"the embedded warehouse {path} is open in another process (the sink owns it); "
                         "query it through that process's API (KAUDIT_API_URL) or use a ClickHouse server DSN"

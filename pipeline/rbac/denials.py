@@ -1,0 +1,144 @@
+"""The denied requests (HTTP 403) of one user or service account, read from ``audit_events``.
+
+RBAC is evaluated for the effective user: the impersonated user when the request impersonated someone,
+else the authenticated user. One request is one ``auditid`` (a request logged at several stages counts once).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.web.timerange import TimeRange
+
+DENIED_CODE = 403
+
+# One row per distinct request shape; names and paths are kept so that `suggest` can use resourceNames
+# and nonResourceURLs.
+DENIALS_SQL = """
+SELECT verb, objectref_apigroup AS apigroup, objectref_resource AS resource,
+       objectref_subresource AS subresource, objectref_namespace AS namespace, objectref_name AS name,
+       if(objectref_resource = '', splitByChar('?', request_uri)[1], '') AS path,
+       uniqExact(auditid) AS requests,
+       toUnixTimestamp64Micro(min(request_received_ts)) AS first_us,
+       toUnixTimestamp64Micro(max(request_received_ts)) AS last_us,
+       anyLast(decision_reason) AS reason,
+       anyLast(responsestatus_message) AS message,
+       groupUniqArray(5)(cluster) AS clusters
+FROM audit_events
+WHERE responsestatus_code = {code:UInt16}
+  AND if(impersonated_username != '', impersonated_username, username) = {user:String}
+  AND request_received_ts >= fromUnixTimestamp64Micro({t0:Int64}, 'UTC')
+  AND request_received_ts < fromUnixTimestamp64Micro({t1:Int64}, 'UTC')
+  {cluster_pred}
+GROUP BY verb, apigroup, resource, subresource, namespace, name, path
+ORDER BY requests DESC, verb, apigroup, resource, subresource, namespace, name, path
+LIMIT 10000
+"""
+
+
+@dataclass(frozen=True)
+class Denial:
+    """One distinct denied request shape (the attributes the RBAC authorizer sees)."""
+
+    verb: str
+    apigroup: str = ""
+    resource: str = ""
+    subresource: str = ""
+    namespace: str = ""
+    name: str = ""
+    path: str = ""  # non-resource requests only (objectRef absent)
+    requests: int = 1
+    first_us: int = 0
+    last_us: int = 0
+    reason: str = ""
+    message: str = ""
+    clusters: tuple[str, ...] = ()
+
+    @property
+    def non_resource(self) -> bool:
+        return not self.resource
+
+    @property
+    def rbac_resource(self) -> str:
+        return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+
+
+def denials_query(user: str, tr: TimeRange, clusters: Iterable[str] = ()) -> tuple[str, dict[str, Any]]:
+    params: dict[str, Any] = {"code": DENIED_CODE, "user": user, **tr.params()}
+    cl = [c for c in clusters if c]
+    pred = ""
+    if cl:
+        pred = "AND cluster IN {clusters:Array(String)}"
+        params["clusters"] = cl
+    return DENIALS_SQL.replace("{cluster_pred}", pred), params
+
+
+def denials_from_rows(cols: list[str], rows: list[list[Any]]) -> list[Denial]:
+    out = []
+    for r in rows:
+        d = dict(zip(cols, r, strict=False))
+        out.append(
+            Denial(
+                verb=d["verb"],
+                apigroup=d["apigroup"],
+                resource=d["resource"],
+                subresource=d["subresource"],
+                namespace=d["namespace"],
+                name=d["name"],
+                path=d["path"] or "",
+                requests=int(d["requests"]),
+                first_us=int(d["first_us"]),
+                last_us=int(d["last_us"]),
+                reason=d["reason"] or "",
+                message=d["message"] or "",
+                clusters=tuple(sorted(d["clusters"] or ())),
+            )
+        )
+    return out
+
+
+@dataclass
+class ExplainGroup:
+    """Denials grouped by (verb, API group, resource, subresource, namespace) for `rbac explain`."""
+
+    verb: str
+    apigroup: str
+    resource: str
+    subresource: str
+    namespace: str
+    requests: int = 0
+    first_us: int = 0
+    last_us: int = 0
+    reason: str = ""
+    names: list[str] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)
+    clusters: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def explain(denials: Iterable[Denial]) -> list[ExplainGroup]:
+    groups: dict[tuple[str, ...], ExplainGroup] = {}
+    for d in denials:
+        key = (d.verb, d.apigroup, d.resource, d.subresource, d.namespace)
+        g = groups.get(key)
+        if g is None:
+            g = groups[key] = ExplainGroup(*key, first_us=d.first_us, last_us=d.last_us)
+        g.requests += d.requests
+        g.first_us = min(g.first_us, d.first_us)
+        if d.last_us >= g.last_us:
+            g.last_us = d.last_us
+            g.reason = d.reason or d.message or g.reason
+        elif not g.reason:
+            g.reason = d.reason or d.message
+        if d.name and d.name not in g.names:
+            g.names.append(d.name)
+        if d.path and d.path not in g.paths:
+            g.paths.append(d.path)
+        for c in d.clusters:
+            if c not in g.clusters:
+                g.clusters.append(c)
+    return sorted(groups.values(), key=lambda g: (-g.requests, g.namespace, g.resource, g.verb))

@@ -1,0 +1,86 @@
+"""Shared by the CLI and the /api/rbac route: load a user's denials and render explain / suggest."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pipeline.rbac.denials import Denial, denials_from_rows, denials_query, explain
+from pipeline.rbac.suggest import suggest, to_yaml
+from pipeline.web.store import WarehouseLike, aquery, squery
+from pipeline.web.timerange import TimeRange
+
+
+def load_denials(wh: WarehouseLike, user: str, tr: TimeRange, clusters: list[str]) -> list[Denial]:
+    sql, params = denials_query(user, tr, clusters)
+    return denials_from_rows(*squery(wh, sql, params))
+
+
+async def aload_denials(wh: WarehouseLike, user: str, tr: TimeRange, clusters: list[str]) -> list[Denial]:
+    sql, params = denials_query(user, tr, clusters)
+    return denials_from_rows(*await aquery(wh, sql, params))
+
+
+def iso(us: int) -> str:
+    return datetime.fromtimestamp(us / 1_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build(user: str, tr: TimeRange, clusters: list[str], denials: list[Denial]) -> dict[str, Any]:
+    """The JSON answer: explanation groups plus the suggested YAML."""
+    groups = explain(denials)
+    header = (
+        f"kaudit rbac suggest for {user} ({tr.label}"
+        + (f", cluster {', '.join(clusters)}" if clusters else "")
+        + f"): allows exactly {sum(d.requests for d in denials)} denied request(s) of {len(groups)} kind(s).\n"
+        "Review before applying: kubectl apply --dry-run=client -f <file>"
+    )
+    return {
+        "user": user,
+        "range": {"from_us": tr.from_us, "to_us": tr.to_us, "label": tr.label},
+        "clusters": clusters,
+        "requests": sum(d.requests for d in denials),
+        "groups": [g.as_dict() for g in groups],
+        "yaml": to_yaml(suggest(denials, user), header) if denials else "",
+        "query": (
+            f"responsestatus_code=403 and (impersonated_username={_q(user)} or "
+            f"(impersonated_username is empty and username={_q(user)}))"
+        ),
+    }
+
+
+def _q(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def explain_text(report: dict[str, Any]) -> str:
+    """A table for people: one line per (verb, group, resource, subresource, namespace)."""
+    groups = report["groups"]
+    if not groups:
+        return f"no denied (403) requests for {report['user']} in {report['range']['label']}\n"
+    head = ("REQUESTS", "VERB", "API GROUP", "RESOURCE", "NAMESPACE", "FIRST SEEN", "LAST SEEN", "REASON")
+    rows = []
+    for g in groups:
+        res = g["resource"] + (f"/{g['subresource']}" if g["subresource"] else "")
+        if not res:
+            res = ",".join(g["paths"]) or "(non-resource)"
+        elif g["names"]:
+            res += " [" + ",".join(g["names"][:3]) + (",…" if len(g["names"]) > 3 else "") + "]"
+        rows.append(
+            (
+                str(g["requests"]),
+                g["verb"],
+                g["apigroup"] or "core",
+                res,
+                g["namespace"] or "(cluster)",
+                iso(g["first_us"]),
+                iso(g["last_us"]),
+                (g["reason"] or "")[:120],
+            )
+        )
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
+    lines = [
+        f"{report['requests']} denied request(s) of {report['user']} in {report['range']['label']}:",
+        "  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip(),
+    ]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,306 @@
+"""The faust-streaming worker: consume raw records, run the Processor, produce outputs, then let faust commit.
+
+Per-record faust overhead is paid per raw record (a webhook batch of up to 400+ events), and records are taken
+in groups (``stream.take_events``); every output of a group is acknowledged by Kafka (acks=all, idempotent
+confluent-kafka producer) before faust may acknowledge -- and so commit -- the group's raw offsets. A crash
+therefore replays records whose outputs may already exist, and the Processor re-emits identical outputs
+(same source_id, same alert ids), which the sink and the alerts table absorb.
+
+No faust tables or windows: state lives in ``PartitionState`` and is rebuilt from the events topic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import faust
+from confluent_kafka import Consumer, TopicPartition
+
+from pipeline import config
+from pipeline.agents.filters import NoiseFilter
+from pipeline.agents.processor import Processor, RecordOutput
+from pipeline.agents.rules import RuleSet
+from pipeline.agents.state import PartitionState
+from pipeline.config import Settings
+from pipeline.kafka.producer import AsyncProducer
+from pipeline.models.avro import H_FP, codec, header_value
+
+log = logging.getLogger("kaudit.worker")
+
+
+def rebuild_state(
+    s: Settings, proc: Processor, partition: int, resume_offset: int, now: float | None = None
+) -> PartitionState:
+    """Read the events topic partition back from ``now - dedup_horizon_seconds`` (blocking: run in a thread).
+
+    Every event key read back is marked seen at its source offset; threshold counts are rebuilt from events
+    whose source offset lies before ``resume_offset`` (the records after it are about to be replayed)."""
+    now = time.time() if now is None else now
+    state = PartitionState(partition, s.dedup_horizon_seconds)
+    topic = s.topic(config.EVENTS)
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"{s.topic_prefix}kaudit-worker-rebuild",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+            "fetch.max.bytes": s.max_message_bytes,
+            "receive.message.max.bytes": s.max_message_bytes + 1024 * 1024,
+        }
+    )
+    started = time.perf_counter()
+    n_records = n_keys = 0
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, partition), timeout=30)
+        if high <= low:
+            return state
+        start_ms = int((now - s.dedup_horizon_seconds) * 1000)
+        found = c.offsets_for_times([TopicPartition(topic, partition, start_ms)], timeout=30)[0]
+        start = found.offset if found.offset >= 0 else high
+        if start >= high:
+            return state
+        c.assign([TopicPartition(topic, partition, start)])
+        cdc = codec("event_batch")
+        done = False
+        while not done:
+            for msg in c.consume(500, timeout=1.0):
+                if msg.error():
+                    if msg.error().code() == -191:  # _PARTITION_EOF
+                        done = True
+                        continue
+                    raise RuntimeError(f"rebuild read of {topic}[{partition}] failed: {msg.error()}")
+                if msg.offset() >= high - 1:
+                    done = True
+                try:
+                    batch = cdc.decode(msg.value(), header_value(msg.headers(), H_FP))
+                    src = int(batch["source_id"].rpartition(":")[2])
+                except Exception as exc:  # noqa: BLE001 - a foreign record must not block startup
+                    log.warning("rebuild: skipping unreadable record %s[%d]@%d: %s", topic, partition, msg.offset(), exc)
+                    continue
+                seen_at = msg.timestamp()[1] / 1000
+                cluster = batch["cluster"]
+                n_records += 1
+                for ev in batch["events"]:
+                    state.seen.add((cluster, ev["auditid"], ev["stage"]), src, seen_at)
+                    if src < resume_offset:
+                        proc.replay_thresholds(state, ev, seen_at)
+                    n_keys += 1
+                for k in batch.get("dropped_keys") or ():
+                    state.seen.add((cluster, k["auditid"], k["stage"]), src, seen_at)
+                    n_keys += 1
+    finally:
+        c.close()
+    log.info(
+        "partition %d: dedup state rebuilt from %s (%d records, %d keys, horizon %ds) in %.2fs; resuming at raw offset %d",
+        partition, topic, n_records, n_keys, s.dedup_horizon_seconds, time.perf_counter() - started, resume_offset,
+    )  # fmt: skip
+    return state
+
+
+class Worker:
+    """Owns the faust app, the processor, per-partition state, the producer and the liveness file."""
+
+    def __init__(
+        self,
+        s: Settings,
+        rules: RuleSet,
+        noise: NoiseFilter | None = None,
+        *,
+        worker_id: str = "0",
+        take: int = 32,
+        within: float = 0.05,
+    ) -> None:
+        self.s = s
+        self.worker_id = worker_id
+        self.proc = Processor(s, rules, noise)
+        self.states: dict[int, PartitionState] = {}
+        self.take, self.within = take, within
+        self.producer: AsyncProducer | None = None
+        self.t_events = s.topic(config.EVENTS)
+        self.t_verb = s.topic(config.VERB_STATS)
+        self.t_status = s.topic(config.STATUS_STATS)
+        self.t_alerts = s.topic(config.ALERTS)
+        self.t_alerts_json = s.topic(config.ALERTS_JSON)
+        self.t_dead = s.topic(config.DEADLETTER)
+        self.h_events = codec("event_batch").headers
+        self.h_verb = codec("verb_stats").headers
+        self.h_status = codec("status_stats").headers
+        self.h_alert = codec("alert").headers
+        self.totals = {"records": 0, "events": 0, "kept": 0, "duplicates": 0, "dropped": 0, "bad": 0, "alerts": 0}
+        self.last_processed = 0.0
+        self.alive_path = Path(s.var) / f"worker-{worker_id}.alive"
+        self._last_log = (time.monotonic(), 0)
+        self.app = self._make_app()
+
+    # ------------------------------------------------------------------------------------------ faust
+    def _make_app(self) -> faust.App:
+        s = self.s
+        datadir = Path(s.var) / "faust" / f"worker-{self.worker_id}"
+        datadir.mkdir(parents=True, exist_ok=True)
+        app = faust.App(
+            f"{s.topic_prefix}kaudit-worker",
+            broker=f"kafka://{s.kafka_bootstrap}",
+            store="memory://",
+            web_enabled=False,
+            web_bind="127.0.0.1",
+            topic_partitions=s.raw_partitions,
+            topic_disable_leader=True,
+            processing_guarantee="at_least_once",
+            datadir=str(datadir),
+            consumer_auto_offset_reset="earliest",
+            consumer_max_fetch_size=16 * 1024 * 1024,
+            broker_commit_every=1000,
+            broker_commit_interval=1.0,
+            stream_buffer_maxsize=256,
+            broker_session_timeout=10,  # a killed worker's partitions move on within ~10 s
+            broker_heartbeat_interval=1,
+            stream_recovery_delay=0,
+        )
+        raw = app.topic(
+            s.topic(config.RAW),
+            key_type=bytes,
+            value_type=bytes,
+            key_serializer="raw",
+            value_serializer="raw",
+            partitions=s.raw_partitions,
+        )
+
+        @app.agent(raw, name="kaudit-worker-raw")
+        async def process_raw(stream: faust.StreamT) -> None:
+            async for events in stream.take_events(self.take, within=self.within):
+                await self.handle([e.message for e in events])
+
+        @app.on_partitions_revoked.connect
+        async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
+            raw_topic = s.topic(config.RAW)
+            for tp in revoked:
+                if tp.topic == raw_topic and self.states.pop(tp.partition, None) is not None:
+                    log.info("partition %d revoked: state dropped", tp.partition)
+
+        @app.on_partitions_assigned.connect
+        async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
+            raw_topic = s.topic(config.RAW)
+            parts = sorted(tp.partition for tp in assigned if tp.topic == raw_topic)
+            log.info("assigned raw partitions %s (state is rebuilt on each partition's first record)", parts)
+
+        @app.timer(interval=2.0)
+        async def housekeeping() -> None:
+            now = time.time()
+            for st in self.states.values():
+                st.expire(now)
+            await asyncio.get_running_loop().run_in_executor(None, self.write_alive)
+            self._maybe_log()
+
+        self.process_raw = process_raw
+        return app
+
+    # ------------------------------------------------------------------------------------------ work
+    async def handle(self, messages: list[Any]) -> None:
+        """Process a group of raw records and wait until Kafka acknowledged every output."""
+        if self.producer is None:
+            self.producer = AsyncProducer(self.s)
+        futures: list[asyncio.Future] = []
+        loop = asyncio.get_running_loop()
+        for m in messages:
+            st = self.states.get(m.partition)
+            if st is None:
+                st = await loop.run_in_executor(None, rebuild_state, self.s, self.proc, m.partition, m.offset)
+                self.states[m.partition] = st
+            headers = m.headers or []
+            if isinstance(headers, dict):
+                headers = list(headers.items())
+            ts = m.timestamp
+            out = self.proc.process(st, m.offset, m.key, m.value, headers, int(ts * 1000) if ts else None)
+            futures.extend(self.send(out))
+            self.count(out)
+        if futures:
+            await asyncio.gather(*futures)
+        self.last_processed = time.time()
+
+    def send(self, out: RecordOutput) -> list[asyncio.Future]:
+        p = self.producer
+        assert p is not None
+        key = out.cluster.encode()
+        futs = []
+        if out.events_value is not None:
+            futs.append(p.send(self.t_events, out.events_value, key=key, headers=self.h_events, partition=out.partition))
+        if out.verb_value is not None:
+            futs.append(p.send(self.t_verb, out.verb_value, key=key, headers=self.h_verb, partition=out.partition))
+        if out.status_value is not None:
+            futs.append(p.send(self.t_status, out.status_value, key=key, headers=self.h_status, partition=out.partition))
+        for alert in out.alerts:
+            avro, js = self.proc.encode_alert(alert)
+            akey = alert.alert_id.encode()
+            futs.append(p.send(self.t_alerts, avro, key=akey, headers=self.h_alert))
+            futs.append(p.send(self.t_alerts_json, js, key=akey, headers=[("content-type", b"application/json")]))
+        for value, headers in out.deadletters:
+            futs.append(p.send(self.t_dead, value, key=key, headers=headers))
+        return futs
+
+    def count(self, out: RecordOutput) -> None:
+        t = self.totals
+        t["records"] += 1
+        t["events"] += out.n_events
+        t["kept"] += out.n_kept
+        t["duplicates"] += out.n_dup
+        t["dropped"] += out.n_dropped
+        t["bad"] += out.n_bad
+        t["alerts"] += len(out.alerts)
+        if out.n_bad:
+            log.warning("raw record %s (cluster %s): %d bad item(s) sent to the dead-letter topic", out.source_id, out.cluster, out.n_bad)
+
+    # ------------------------------------------------------------------------------------------ ops
+    def write_alive(self) -> None:
+        """Liveness file: JSON status; its mtime is the time the last raw record group was processed."""
+        path = self.alive_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        body = {
+            "worker_id": self.worker_id,
+            "pid": os.getpid(),
+            "heartbeat_at": time.time(),
+            "last_processed_at": self.last_processed or None,
+            "partitions": {str(p): st.last_offset for p, st in sorted(self.states.items())},
+            "totals": self.totals,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, path)
+        if self.last_processed:
+            os.utime(path, (self.last_processed, self.last_processed))
+
+    def _maybe_log(self) -> None:
+        t0, n0 = self._last_log
+        now = time.monotonic()
+        if now - t0 < 30:
+            return
+        n = self.totals["events"]
+        if n != n0:
+            log.info("%.0f events/s over the last %.0fs; totals %s", (n - n0) / (now - t0), now - t0, self.totals)
+        self._last_log = (now, n)
+
+    def run(self) -> int:
+        """Run until SIGTERM/SIGINT (faust's worker handles the signals and stops the agent cleanly)."""
+        worker = faust.Worker(self.app, loglevel=logging.getLogger().level or logging.INFO, quiet=True, override_logging=False)
+        try:
+            worker.execute_from_commandline()
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else 0
+        else:
+            code = 0
+        finally:
+            if self.producer is not None:
+                left = self.producer.close(10)
+                if left:
+                    log.error("%d output record(s) not acknowledged at shutdown (they will be replayed)", left)
+            try:
+                self.write_alive()
+            except OSError:
+                pass
+        log.info("worker %s stopped; totals %s", self.worker_id, self.totals)
+        return code

@@ -1,0 +1,377 @@
+"""Field conditions on a normalized audit event, compiled once to closures (alert rules and noise filters).
+
+A condition is a mapping ``field: test`` (all must hold) plus the combinators ``all: [..]``, ``any: [..]``
+and ``not: {..}``. A test is a scalar (equality) or a mapping of operators:
+
+    equals, not_equals, in, not_in, startswith, endswith, contains, not_contains, regex, not_regex,
+    exists (true/false), gt, gte, lt, lte, in_cidr, not_in_cidr
+
+Fields are the normalized names (``verb``, ``username``, ``objectref_resource``, ``responsestatus_code``, ...),
+``annotations.<key>`` / ``user_extra.<key>``, the derived ``sourceip`` (first source IP), ``request_path``
+(URI without query) and ``command`` (exec/attach command from the ``command=`` query parameters), and JSON paths
+into the parsed objects: ``request_object.spec.containers[*].securityContext.privileged``,
+``response_object.metadata.name``, ``request_object.metadata.annotations["a.b/c"]``.
+
+List values have "any element" semantics: a positive operator holds if it holds for some element; a negative
+operator (``not_*``) holds if the positive one holds for none. A list met inside a path without ``[*]`` is
+flattened too (``request_object.spec.containers.image``). String operators see numbers as text and
+objects as their JSON text (so ``request_object.data: {contains: password}`` searches keys and values).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Callable
+from typing import Any
+from urllib.parse import parse_qs
+
+import orjson
+
+# Fields of pipeline.models.normalize.normalize_event
+NORMALIZED_FIELDS = frozenset(
+    {
+        "cluster", "auditid", "stage", "level", "verb", "request_uri", "username", "useruid", "usergroups",
+        "user_extra", "impersonated_username", "impersonated_groups", "sourceips", "useragent",
+        "objectref_resource", "objectref_namespace", "objectref_name", "objectref_apigroup",
+        "objectref_apiversion", "objectref_subresource", "objectref_uid", "responsestatus_code",
+        "responsestatus_status", "responsestatus_reason", "responsestatus_message", "decision",
+        "decision_reason", "annotations", "request_received_ts", "stage_ts", "objects_truncated",
+        "event_version", "extra",
+    }
+)  # fmt: skip
+LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips"})
+DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command"})
+OBJECT_ROOTS = {"request_object": "requestObject", "response_object": "responseObject"}
+MAP_ROOTS = frozenset({"annotations", "user_extra"})
+
+POSITIVE_OPS = ("equals", "in", "startswith", "endswith", "contains", "regex", "gt", "gte", "lt", "lte", "in_cidr")
+NEGATIVE_OPS = {f"not_{op}": op for op in ("equals", "in", "startswith", "endswith", "contains", "regex", "in_cidr")}
+ALL_OPS = (*POSITIVE_OPS, *NEGATIVE_OPS, "exists")
+
+
+class ConditionError(ValueError):
+    """A condition that cannot be compiled; ``where`` names the place (e.g. ``match.verb.inn``)."""
+
+    def __init__(self, where: str, message: str) -> None:
+        super().__init__(f"{where}: {message}")
+        self.where = where
+        self.message = message
+
+
+class Many(list):
+    """Several values of one field (a list field or a path through lists): tests apply to any element."""
+
+
+class EventView:
+    """One event as conditions see it: the normalized dict, the raw dict (for requestObject/responseObject,
+    parsed once by the reader) and lazily computed derived fields."""
+
+    __slots__ = ("ev", "raw", "_cache")
+
+    def __init__(self, ev: dict[str, Any], raw: dict[str, Any] | None = None) -> None:
+        self.ev = ev
+        self.raw = raw
+        self._cache: dict[str, Any] | None = None
+
+    def obj(self, root: str) -> Any:
+        """requestObject / responseObject as parsed JSON (from the raw event, else parsed from the text once)."""
+        if self.raw is not None:
+            return self.raw.get(root)
+        cache = self._cache if self._cache is not None else {}
+        self._cache = cache
+        if root not in cache:
+            text = self.ev.get("request_object" if root == "requestObject" else "response_object") or ""
+            try:
+                cache[root] = orjson.loads(text) if text else None
+            except orjson.JSONDecodeError:  # truncated text: no object
+                cache[root] = None
+        return cache[root]
+
+    def derived(self, name: str) -> Any:
+        cache = self._cache if self._cache is not None else {}
+        self._cache = cache
+        if name in cache:
+            return cache[name]
+        ev = self.ev
+        if name == "sourceip":
+            ips = ev.get("sourceips") or ()
+            value: Any = ips[0] if ips else ""
+        elif name == "request_path":
+            value = (ev.get("request_uri") or "").partition("?")[0]
+        else:  # command
+            uri = ev.get("request_uri") or ""
+            _, _, query = uri.partition("?")
+            value = " ".join(parse_qs(query).get("command", [])) if "command=" in query else ""
+        cache[name] = value
+        return value
+
+
+Accessor = Callable[[EventView], Any]
+Predicate = Callable[[EventView], bool]
+
+_PATH_TOKEN = re.compile(r'\.?([A-Za-z0-9_\-$@:/]+)|\[\*\]|\[(\d+)\]|\["([^"]*)"\]|\[\'([^\']*)\'\]')
+
+
+def parse_path(path: str, where: str) -> list[tuple[str, Any]]:
+    """'spec.containers[*].securityContext["x.y"]' -> [('key','spec'), ('key','containers'), ('all',None), ...]."""
+    out: list[tuple[str, Any]] = []
+    pos = 0
+    while pos < len(path):
+        m = _PATH_TOKEN.match(path, pos)
+        if not m or m.end() == pos:
+            raise ConditionError(where, f"bad path {path!r} at position {pos}")
+        text = m.group(0)
+        if text == "[*]":
+            out.append(("all", None))
+        elif m.group(2) is not None:
+            out.append(("index", int(m.group(2))))
+        elif m.group(3) is not None or m.group(4) is not None:
+            out.append(("key", m.group(3) if m.group(3) is not None else m.group(4)))
+        else:
+            out.append(("key", m.group(1)))
+        pos = m.end()
+    if not out:
+        raise ConditionError(where, f"empty path {path!r}")
+    return out
+
+
+def _walk(root: Any, steps: list[tuple[str, Any]]) -> Many:
+    values = [root]
+    for kind, arg in steps:
+        nxt: list[Any] = []
+        for v in values:
+            if kind == "key":
+                if isinstance(v, dict):
+                    if arg in v:
+                        nxt.append(v[arg])
+                elif isinstance(v, list):
+                    nxt.extend(e[arg] for e in v if isinstance(e, dict) and arg in e)
+            elif kind == "all":
+                if isinstance(v, list):
+                    nxt.extend(v)
+            elif isinstance(v, list) and -len(v) <= arg < len(v):
+                nxt.append(v[arg])
+        values = nxt
+        if not values:
+            break
+    # a list at the end of a path counts as its elements (rules[*].verbs: {in: ["*"]})
+    flat = Many()
+    for v in values:
+        if isinstance(v, list):
+            flat.extend(v)
+        elif v is not None:
+            flat.append(v)
+    return flat
+
+
+def accessor(field: str, where: str) -> Accessor:
+    """A function event view -> value (or Many) for a field name; unknown fields are a ConditionError."""
+    if field in LIST_FIELDS:
+        return lambda v: Many(v.ev.get(field) or ())
+    if field in NORMALIZED_FIELDS:
+        return lambda v: v.ev.get(field)
+    if field in DERIVED_FIELDS:
+        return lambda v: v.derived(field)
+    root, dot, rest = field.partition(".")
+    if root in MAP_ROOTS and dot and rest:
+        return lambda v: (v.ev.get(root) or {}).get(rest)
+    root_b, _, _ = field.partition("[")
+    root_name = root if dot else root_b
+    if root_name in OBJECT_ROOTS:
+        raw_key = OBJECT_ROOTS[root_name]
+        tail = field[len(root_name) :]
+        if not tail:
+            return lambda v: Many([o] if (o := v.obj(raw_key)) is not None else [])
+        steps = parse_path(tail.lstrip("."), where)
+        return lambda v: _walk(v.obj(raw_key), steps)
+    known = sorted(NORMALIZED_FIELDS | DERIVED_FIELDS)
+    raise ConditionError(
+        where,
+        f"unknown field {field!r}; use one of {', '.join(known)}, annotations.<key>, user_extra.<key>, "
+        "request_object.<path> or response_object.<path>",
+    )
+
+
+def _text(x: Any) -> str:
+    if isinstance(x, str):
+        return x
+    if isinstance(x, bool):
+        return "true" if x else "false"
+    if isinstance(x, dict | list):
+        return orjson.dumps(x).decode()
+    return "" if x is None else str(x)
+
+
+def _strs(operand: Any, where: str, op: str) -> tuple[str, ...]:
+    items = operand if isinstance(operand, list) else [operand]
+    if not items or any(isinstance(i, dict | list) or i is None for i in items):
+        raise ConditionError(where, f"{op} needs a string or a list of strings, got {operand!r}")
+    return tuple(_text(i) for i in items)
+
+
+def _scalar_pred(op: str, operand: Any, where: str) -> Callable[[Any], bool]:
+    """Predicate on ONE value for a positive operator."""
+    if op == "equals":
+        if isinstance(operand, dict | list):
+            return lambda x: x == operand
+        return _in_pred([operand])
+    if op == "in":
+        if not isinstance(operand, list) or not operand:
+            raise ConditionError(where, f"in needs a non-empty list, got {operand!r}")
+        return _in_pred(operand)
+    if op in ("startswith", "endswith", "contains"):
+        subs = _strs(operand, where, op)
+        if op == "startswith":
+            return lambda x: _text(x).startswith(subs)
+        if op == "endswith":
+            return lambda x: _text(x).endswith(subs)
+        if len(subs) == 1:
+            sub = subs[0]
+            return lambda x: sub in _text(x)
+
+        def contains_any(x: Any) -> bool:
+            text = _text(x)
+            return any(s in text for s in subs)
+
+        return contains_any
+    if op == "regex":
+        pats = _strs(operand, where, op)
+        try:
+            rx = re.compile(pats[0]) if len(pats) == 1 else re.compile("|".join(f"(?:{p})" for p in pats))
+        except re.error as exc:
+            raise ConditionError(where, f"bad regex {operand!r}: {exc} (inline flags like (?i) only in a single pattern)") from None
+        return lambda x: rx.search(_text(x)) is not None
+    if op in ("gt", "gte", "lt", "lte"):
+        if isinstance(operand, bool) or not isinstance(operand, int | float):
+            raise ConditionError(where, f"{op} needs a number, got {operand!r}")
+        cmp = {
+            "gt": lambda a: a > operand,
+            "gte": lambda a: a >= operand,
+            "lt": lambda a: a < operand,
+            "lte": lambda a: a <= operand,
+        }[op]
+
+        def num(x: Any) -> bool:
+            if isinstance(x, bool):
+                return False
+            if isinstance(x, int | float):
+                return cmp(x)
+            try:
+                return cmp(float(x))
+            except (TypeError, ValueError):
+                return False
+
+        return num
+    if op == "in_cidr":
+        try:
+            nets = [ipaddress.ip_network(n, strict=False) for n in _strs(operand, where, op)]
+        except ValueError as exc:
+            raise ConditionError(where, f"bad network in {operand!r}: {exc}") from None
+
+        def in_net(x: Any) -> bool:
+            try:
+                ip = ipaddress.ip_address(_text(x))
+            except ValueError:
+                return False
+            return any(ip.version == n.version and ip in n for n in nets)
+
+        return in_net
+    raise ConditionError(where, f"unknown operator {op!r}; use one of {', '.join(ALL_OPS)}")
+
+
+def _in_pred(values: list[Any]) -> Callable[[Any], bool]:
+    """Membership that treats 403 and "403" alike but keeps booleans apart from numbers and text."""
+    texts = {_text(v) for v in values if not isinstance(v, dict | list | bool)}
+    bools = {v for v in values if isinstance(v, bool)}
+    objects = [v for v in values if isinstance(v, dict | list)]
+
+    def pred(x: Any) -> bool:
+        if type(x) is str:
+            return x in texts
+        if isinstance(x, bool):
+            return x in bools
+        if isinstance(x, dict | list):
+            return x in objects
+        return _text(x) in texts
+
+    return pred
+
+
+def _present(x: Any) -> bool:
+    return x is not None and x != "" and x != [] and x != {}
+
+
+def compile_test(field: str, test: Any, where: str) -> Predicate:
+    """One ``field: test`` pair -> predicate on an EventView."""
+    get = accessor(field, where)
+    if not isinstance(test, dict):
+        test = {"equals": test}
+    if not test:
+        raise ConditionError(where, "empty test")
+    preds: list[Predicate] = []
+    for op, operand in test.items():
+        at = f"{where}.{op}"
+        if op == "exists":
+            if not isinstance(operand, bool):
+                raise ConditionError(at, f"exists needs true or false, got {operand!r}")
+            want = operand
+
+            def exists(v: EventView, want: bool = want) -> bool:
+                x = get(v)
+                has = any(_present(e) for e in x) if isinstance(x, Many) else _present(x)
+                return has is want
+
+            preds.append(exists)
+            continue
+        negate = op in NEGATIVE_OPS
+        sp = _scalar_pred(NEGATIVE_OPS.get(op, op), operand, at)
+
+        def test_one(v: EventView, sp: Callable[[Any], bool] = sp, negate: bool = negate) -> bool:
+            x = get(v)
+            hit = any(sp(e) for e in x) if isinstance(x, Many) else (x is not None and sp(x))
+            return hit is not negate
+
+        preds.append(test_one)
+    if len(preds) == 1:
+        return preds[0]
+    return lambda v: all(p(v) for p in preds)
+
+
+def compile_condition(cond: Any, where: str) -> Predicate:
+    """A condition mapping (fields + all/any/not) -> predicate on an EventView."""
+    if not isinstance(cond, dict) or not cond:
+        raise ConditionError(where, f"a condition must be a non-empty mapping of field: test, got {cond!r}")
+    preds: list[Predicate] = []
+    for key, value in cond.items():
+        at = f"{where}.{key}"
+        if key in ("all", "any"):
+            if not isinstance(value, list) or not value:
+                raise ConditionError(at, f"{key} needs a non-empty list of conditions")
+            subs = [compile_condition(c, f"{at}[{i}]") for i, c in enumerate(value)]
+            preds.append((lambda v, s=subs: all(p(v) for p in s)) if key == "all" else (lambda v, s=subs: any(p(v) for p in s)))
+        elif key == "not":
+            sub = compile_condition(value, at)
+            preds.append(lambda v, s=sub: not s(v))
+        else:
+            preds.append(compile_test(str(key), value, at))
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda v: a(v) and b(v)
+    return lambda v: all(p(v) for p in preds)
+
+
+def equality_values(cond: Any, field: str) -> frozenset[str] | None:
+    """The values a top-level ``field`` must take for the condition to hold (for indexing rules), else None."""
+    if not isinstance(cond, dict) or field not in cond:
+        return None
+    test = cond[field]
+    if not isinstance(test, dict):
+        return frozenset([_text(test)]) if not isinstance(test, list) else None
+    if set(test) == {"equals"} and not isinstance(test["equals"], dict | list):
+        return frozenset([_text(test["equals"])])
+    if set(test) == {"in"} and isinstance(test["in"], list) and all(isinstance(x, str) for x in test["in"]):
+        return frozenset(test["in"])
+    return None

@@ -1,0 +1,264 @@
+"""Alert rules without Kafka: every default rule's inline examples, the Falco sample files (expected table),
+condition operators, and clear errors for bad rule files."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from pipeline.agents.conditions import EventView, compile_condition
+from pipeline.agents.processor import Processor
+from pipeline.agents.rules import RuleError, RuleSet, example_event, load_rule_file, load_rules
+from pipeline.agents.state import PartitionState
+from pipeline.config import Settings
+from pipeline.models.normalize import normalize_event
+from tests.conftest import SAMPLES
+
+RULES = load_rules()
+BY_ID = {r.id: r for r in RULES}
+
+
+def fired(rule_ids_events: list[dict], rules: list | None = None) -> Counter:
+    """Run events (raw dicts) through a fresh processor as one record; Counter of rule ids alerted."""
+    import orjson
+
+    proc = Processor(Settings(), RuleSet(rules if rules is not None else RULES))
+    body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": rule_ids_events})
+    out = proc.process(PartitionState(0, 900), 0, b"c1", body, [])
+    assert out.n_bad == 0, out.deadletters
+    return Counter(a.record["rule_id"] for a in out.alerts)
+
+
+def _examples(kind: str) -> list[tuple[str, int, dict]]:
+    return [(r.id, i, ex) for r in RULES for i, ex in enumerate(r.examples.get(kind, []))]
+
+
+def test_every_default_rule_has_examples_both_ways():
+    missing = [r.id for r in RULES if not r.examples.get("fire") or not r.examples.get("quiet")]
+    assert missing == []
+    assert len(RULES) >= 45
+
+
+@pytest.mark.parametrize("rule_id,i,example", _examples("fire"), ids=lambda x: str(x) if not isinstance(x, dict) else "")
+def test_rule_fires_on_its_examples(rule_id: str, i: int, example: dict):
+    rule = dataclasses.replace(BY_ID[rule_id], enabled=True)
+    n = rule.threshold or 1
+    events = [example_event(example, k) for k in range(n)]
+    assert fired(events, [rule])[rule_id] == 1
+    if rule.threshold:  # one event short of the threshold stays quiet
+        assert fired(events[:-1], [rule])[rule_id] == 0
+
+
+@pytest.mark.parametrize("rule_id,i,example", _examples("quiet"), ids=lambda x: str(x) if not isinstance(x, dict) else "")
+def test_rule_quiet_on_its_examples(rule_id: str, i: int, example: dict):
+    rule = dataclasses.replace(BY_ID[rule_id], enabled=True)
+    n = max(rule.threshold, 1)
+    events = [example_event(example, k) for k in range(n)]
+    assert fired(events, [rule])[rule_id] == 0
+
+
+# What the default rules must raise on each Falco sample file (each file sent as its own cluster).
+# Files not listed must raise nothing. Counts are alerts (create_configmap_sensitive_values has 6 events).
+FALCO_EXPECTED: dict[str, dict[str, int]] = {
+    "anonymous_creates_namespace_foo": {"anonymous-allowed": 1, "namespace-created": 1},
+    "attach_cluster_admin_role": {"cluster-admin-binding": 1, "rbac-changed": 1},
+    "attach_pod": {"pod-exec": 1},
+    "create_cluster_role_pod_exec": {"role-pod-exec": 1, "rbac-changed": 1},
+    "create_cluster_role_wildcard_resources": {"role-wildcard": 1, "rbac-changed": 1},
+    "create_cluster_role_wildcard_verbs": {"role-wildcard": 1, "rbac-changed": 1},
+    "create_cluster_role_write_privileges": {"role-write-verbs": 1, "rbac-changed": 1},
+    "create_clusterrole": {"rbac-changed": 1},
+    "create_clusterrolebinding": {"rbac-changed": 1},
+    "create_configmap_sensitive_values": {"configmap-credentials": 6},
+    "create_kube_system_secret": {"kube-system-token-created": 1, "secret-changed": 1},
+    "create_nginx_pod_hostnetwork": {"host-network-pod": 1},
+    "create_nginx_pod_no_secctx_1st_container_privileged_2nd_container": {"privileged-pod": 1},
+    "create_nginx_pod_privileged": {"privileged-pod": 1},
+    "create_nginx_pod_privileged_2nd_container": {"privileged-pod": 1},
+    "create_nginx_pod_sensitive_mount": {"sensitive-hostpath-pod": 1, "hostpath-pod": 1},
+    "create_nginx_pod_sensitive_mount_2nd_container": {"sensitive-hostpath-pod": 1, "hostpath-pod": 1},
+    "create_nginx_service_nodeport": {"nodeport-service": 1},
+    "create_pod_kube_public_namespace": {"pod-in-kube-namespace": 1},
+    "create_pod_kube_system_namespace": {"pod-in-kube-namespace": 1},
+    "create_secret": {"secret-changed": 1},
+    "create_serviceaccount_kube_public_namespace": {"sa-created-kube-namespace": 1},
+    "create_serviceaccount_kube_system_namespace": {"sa-created-kube-namespace": 1},
+    "delete_cluster_role_kube_aggregator": {"risky-verb": 1, "rbac-changed": 1, "system-role-modified": 1},
+    "delete_clusterrole": {"risky-verb": 1, "rbac-changed": 1},
+    "delete_clusterrolebinding": {"risky-verb": 1, "rbac-changed": 1},
+    "delete_configmap": {"risky-verb": 1},
+    "delete_deployment": {"risky-verb": 1, "deployment-deleted": 1},
+    "delete_namespace_foo": {"risky-verb": 1, "namespace-deleted": 1},
+    "delete_secret": {"risky-verb": 1, "secret-changed": 1},
+    "delete_service": {"risky-verb": 1},
+    "delete_serviceaccount": {"risky-verb": 1},
+    "exec_pod": {"pod-exec": 1},
+    "minikube_creates_namespace_foo": {"namespace-created": 1},
+    "modify_cluster_role_node_problem_detector": {"risky-verb": 1, "rbac-changed": 1, "system-role-modified": 1},
+    "some-user_creates_namespace_foo": {"namespace-created": 1},
+}
+# Benign twins that must stay completely quiet.
+FALCO_QUIET = [
+    "create_configmap",
+    "create_configmap_no_sensitive_values",
+    "create_deployment",
+    "create_nginx_pod_nohostnetwork",
+    "create_nginx_pod_unprivileged",
+    "create_nginx_pod_unsensitive_mount",
+    "create_nginx_service_nonodeport",
+    "create_service",
+    "create_service_account_token_secret",
+    "create_serviceaccount",
+]
+FALCO_FILES = sorted((SAMPLES / "falco").glob("*.json"))
+
+
+def test_falco_table_names_every_file():
+    assert sorted(FALCO_EXPECTED) + FALCO_QUIET and {p.stem for p in FALCO_FILES} == set(FALCO_EXPECTED) | set(FALCO_QUIET)
+
+
+@pytest.mark.parametrize("path", FALCO_FILES, ids=lambda p: p.stem)
+def test_falco_sample_fires_expected_rules(path: Path):
+    proc = Processor(Settings(), RuleSet(RULES))
+    out = proc.process(PartitionState(0, 900), 0, path.stem.encode(), path.read_bytes(), [])
+    assert out.n_bad == 0
+    got = dict(Counter(a.record["rule_id"] for a in out.alerts))
+    assert got == FALCO_EXPECTED.get(path.stem, {})
+
+
+def test_alert_fields_and_deterministic_id():
+    path = SAMPLES / "falco" / "delete_namespace_foo.json"
+    proc = Processor(Settings(), RuleSet(RULES))
+    a1 = proc.process(PartitionState(2, 900), 7, b"prod", path.read_bytes(), []).alerts
+    a2 = proc.process(PartitionState(2, 900), 7, b"prod", path.read_bytes(), []).alerts
+    assert [a.alert_id for a in a1] == [a.alert_id for a in a2]
+    rec = next(a.record for a in a1 if a.record["rule_id"] == "namespace-deleted")
+    assert rec["cluster"] == "prod" and rec["verb"] == "delete" and rec["objectref_resource"] == "namespaces"
+    assert rec["objectref_name"] == "foo" and rec["username"] == "minikube-user" and rec["responsestatus_code"] == 200
+    assert rec["decision"] == "allow" and rec["source_id"] == "2:7" and rec["severity"] == "medium"
+    import hashlib
+
+    assert rec["alert_id"] == hashlib.sha1(f"namespace-deleted|prod|{rec['auditid']}".encode()).hexdigest()
+    avro, js = proc.encode_alert(a1[0])
+    from pipeline.models.avro import codec
+
+    assert codec("alert").decode(avro) == a1[0].record
+    assert b'"rule_id"' in js
+
+
+# ---------------------------------------------------------------------------------------------- conditions
+def view(**partial) -> EventView:
+    raw = example_event(partial)
+    return EventView(normalize_event(raw, "c"), raw)
+
+
+def test_condition_operators():
+    v = view(
+        verb="create",
+        user={"username": "bob", "groups": ["dev", "system:authenticated"]},
+        sourceIPs=["203.0.113.9", "10.0.0.1"],
+        requestURI="/api/v1/namespaces/a/pods/p/exec?command=sh&command=-c&command=id",
+        responseStatus={"code": 403},
+        requestObject={"spec": {"containers": [{"name": "a", "ports": [{"containerPort": 80}]}, {"name": "b"}]}},
+    )
+    ok = {
+        "verb": "create",
+        "usergroups": "dev",
+        "responsestatus_code": {"in": [401, 403], "gte": 400, "lt": 404},
+        "username": {"startswith": ["al", "bo"], "not_contains": "x"},
+        "command": "sh -c id",
+        "sourceip": {"in_cidr": ["203.0.113.0/24"]},
+        "sourceips": {"in_cidr": ["10.0.0.0/8"]},
+        "request_object.spec.containers[*].name": "b",
+        "request_object.spec.containers.ports.containerPort": 80,
+        "request_object.spec.containers[1].name": "b",
+        "request_object.spec.hostNetwork": {"exists": False},
+        "annotations.authorization.k8s.io/decision": "allow",
+        "request_path": {"regex": "^/api/v1/namespaces/[^/]+/pods"},
+        "not": {"verb": "delete"},
+        "any": [{"verb": "get"}, {"objectref_resource": "pods"}],
+    }
+    for field, test in ok.items():
+        assert compile_condition({field: test}, "t")(v), field
+    bad = {
+        "verb": {"in": ["get", "list"]},
+        "usergroups": {"not_in": ["dev"]},
+        "sourceip": {"in_cidr": ["10.0.0.0/8"]},
+        "request_object.spec.containers[*].name": "c",
+        "request_object.spec.containers[0].name": "b",
+        "objectref_subresource": {"exists": True},
+        "responsestatus_code": "200",
+    }
+    for field, test in bad.items():
+        assert not compile_condition({field: test}, "t")(v), field
+
+
+def test_request_object_parsed_from_text_when_raw_missing():
+    raw = example_event({"verb": "create", "requestObject": {"spec": {"hostPID": True}}})
+    ev = normalize_event(raw, "c")
+    assert compile_condition({"request_object.spec.hostPID": True}, "t")(EventView(ev))
+
+
+# ---------------------------------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ("rules: [{id: x, title: T, match: {verb: {inn: [get]}}}]", "rule 'x'): field 'match.verb.inn': unknown operator 'inn'"),
+        ("rules: [{id: x, title: T, match: {nosuch: 1}}]", "rule 'x'): field 'match.nosuch': unknown field 'nosuch'"),
+        ("rules: [{id: x, title: T, severity: huge, match: {verb: get}}]", "field 'severity': 'huge' is not one of"),
+        ("rules: [{id: x, match: {verb: get}}]", "rule 'x'): field 'title' is required"),
+        ("rules: [{id: x, title: T, match: {verb: get}, threshold: {count: 0}}]", "field 'threshold.count'"),
+        ("rules: [{id: x, title: T, match: {username: {regex: '('}}}]", "field 'match.username.regex': bad regex"),
+        ("rules: [{id: x, title: T, match: {verb: get}, stages: [Done]}]", "field 'stages'"),
+        ("rules: [{id: x, title: T, match: {verb: get}, colour: red}]", "unknown field(s) colour"),
+        ("rules: [{id: X Y, title: T, match: {verb: get}}]", "field 'id'"),
+        ("rules: {a: 1}", "needs a top-level 'rules:' list"),
+        ("rules: [", "not valid YAML"),
+    ],
+)
+def test_bad_rule_file_is_a_clear_error(tmp_path: Path, text: str, needle: str):
+    f = tmp_path / "rules.yaml"
+    f.write_text(text)
+    with pytest.raises(RuleError) as exc:
+        load_rules(f)
+    assert needle in str(exc.value)
+    assert str(f) in str(exc.value)
+
+
+def test_user_rules_add_replace_and_disable(tmp_path: Path):
+    f = tmp_path / "rules.yaml"
+    f.write_text(
+        """
+rules:
+  - {id: secret-read, enabled: false}
+  - id: risky-verb
+    title: Deletes only
+    severity: high
+    match: {verb: delete}
+  - id: team-x-touch
+    title: Someone touched team-x
+    match: {objectref_namespace: team-x}
+"""
+    )
+    rules = {r.id: r for r in load_rules(f)}
+    assert rules["secret-read"].enabled is False
+    assert rules["risky-verb"].severity == "high"
+    got = fired(
+        [
+            example_event({"verb": "patch", "objectRef": {"resource": "pods", "namespace": "team-x"}}, 1),
+            example_event({"verb": "get", "objectRef": {"resource": "secrets", "namespace": "a", "name": "s"}}, 2),
+        ],
+        list(rules.values()),
+    )
+    assert got == Counter({"team-x-touch": 1})
+    with pytest.raises(RuleError, match="no such rule"):
+        f.write_text("rules: [{id: nope, enabled: false}]")
+        load_rules(f)
+
+
+def test_default_file_loads_alone():
+    rules, disabled = load_rule_file(Path(__file__).resolve().parent.parent / "pipeline/agents/rules/default.yaml")
+    assert not disabled and len({r.id for r in rules}) == len(rules)

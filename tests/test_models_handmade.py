@@ -156,5 +156,5 @@ def test_avro_round_trip_is_lossless_for_handmade_records():
         normalize_event(ev(auditID="r2", stage="Panic", responseStatus={"code": 500}, newField=True), "c"),
     ]
     c = codec("event_batch")
-    batch = {"source_id": "0:7", "cluster": "c", "received_at": 1, "events": recs}
+    batch = {"source_id": "0:7", "cluster": "c", "received_at": 1, "events": recs, "dropped_keys": []}
     assert c.decode(c.encode(batch), c.fp) == batch

@@ -9,7 +9,7 @@ from __future__ import annotations
 import io
 import json
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -65,7 +65,7 @@ def _load(path: Path) -> Any:
     return fastavro.parse_schema(json.loads(path.read_text()))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _known_by_fp() -> dict[str, Any]:
     out = {}
     for p in sorted(SCHEMA_DIR.glob("*.avsc")):
@@ -74,7 +74,7 @@ def _known_by_fp() -> dict[str, Any]:
     return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def codec(file_stem: str) -> Codec:
     """codec('event_batch'), codec('verb_stats'), codec('status_stats'), codec('alert'), codec('audit_event')."""
     parsed = _load(SCHEMA_DIR / f"{file_stem}.avsc")

@@ -217,11 +217,12 @@ cmd_format() {
   need_java
   [ -f "$STAMP" ] || die "no broker jars in $LIBS; run: $0 fetch"
   t0="$(now)"
-  # A cluster id is a base64url-encoded 16-byte UUID (what `StorageTool random-uuid` prints).
+  # A cluster id is a base64url-encoded 16-byte UUID (what `StorageTool random-uuid` prints). It may start
+  # with "-", hence --cluster-id=VALUE rather than -t VALUE.
   cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
   # No log4j config here: log4j's default (ERROR to the console) keeps the tool's INFO lines out of
   # server.log; its own messages go to logs/format.out.
-  java -cp "$LIBS/*" kafka.tools.StorageTool format --standalone -t "$cid" -c "$PROPS" -g >"$LOGS/format.out" 2>&1 \
+  java -cp "$LIBS/*" kafka.tools.StorageTool format --standalone --cluster-id="$cid" -c "$PROPS" -g >"$LOGS/format.out" 2>&1 \
     || { cat "$LOGS/format.out" >&2; die "formatting $DATA failed"; }
   say "formatted $DATA (cluster id $cid) in $(since "$t0") s"
 }

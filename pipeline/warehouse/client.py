@@ -7,6 +7,8 @@ Each thread should use its own client (chDB clients are not safe to share while 
 
 from __future__ import annotations
 
+import fcntl
+import os
 import threading
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from pipeline.config import Settings, get_settings
 SESSION_SETTINGS: dict[str, Any] = {"async_insert": 0}
 
 _lock = threading.Lock()
+_opened_here: set[Path] = set()  # chDB paths this process has opened (clients of one process share the engine)
 
 
 class WarehouseLockedError(RuntimeError):
@@ -39,15 +42,46 @@ def open_client(s: Settings | None = None, dsn: str | None = None, **kwargs: Any
         path = Path(dsn[len("chdb://") :])
         path.mkdir(parents=True, exist_ok=True)
         with _lock:
+            if path not in _opened_here and locked_by_other_process(path):
+                raise WarehouseLockedError(_locked_message(path))
             try:
-                return clickhouse_connect.get_client(dsn=dsn, settings=settings, **kwargs)
+                client = clickhouse_connect.get_client(dsn=dsn, settings=settings, **kwargs)
+                _opened_here.add(path)
+                return client
             except Exception as exc:  # noqa: BLE001
                 text = str(exc)
                 # chDB prints "Cannot lock file ... (Code 76)" to stderr; the exception says Code 36.
                 if any(m in text for m in ("Cannot lock file", "already running", "Code: 76", "Error initializing EmbeddedServer")):
-                    raise WarehouseLockedError(
-                        f"the embedded warehouse {path} is open in another process (the sink owns it); "
-                        "query it through that process's API (KAUDIT_API_URL) or use a ClickHouse server DSN"
-                    ) from exc
+                    raise WarehouseLockedError(_locked_message(path)) from exc
                 raise
     return clickhouse_connect.get_client(dsn=dsn, settings=settings, **kwargs)
+
+
+def _locked_message(path: Path) -> str:
+    return (
+        f"the embedded warehouse {path} is open in another process (the sink owns it); "
+        "query it through that process's API (KAUDIT_API_URL) or use a ClickHouse server DSN"
+    )
+
+
+def locked_by_other_process(path: Path) -> bool:
+    """True if another process holds the chDB folder (ClickHouse flock()s <path>/status while open).
+
+    Checked before opening so that a locked path gives one clear error instead of chDB's stderr noise.
+    """
+    status = path / "status"
+    if not status.exists():
+        return False
+    try:
+        fd = os.open(status, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    else:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return False
+    finally:
+        os.close(fd)

@@ -1,0 +1,1 @@
+"""Kafka -> ClickHouse writers (``kaudit sink``): idempotent, batched, offsets committed after the insert."""

@@ -1,0 +1,118 @@
+"""Cheap Avro plumbing for the hot path: read the few header fields of an ``EventBatch`` without decoding its
+events, and wrap many schemaless records into one Avro Object Container File that ClickHouse decodes in C++.
+
+Why: fastavro decodes ~35k events/s in Python, while ClickHouse reads the same bytes (``FORMAT Avro``) at
+several hundred thousand rows/s. The sink only needs each record's ``source_id`` and event count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from functools import cache
+
+from pipeline.models.avro import _known_by_fp, codec
+
+MAGIC = b"Obj\x01"
+
+
+class HeaderError(ValueError):
+    """The bytes are not a well-formed EventBatch prefix."""
+
+
+def zigzag(n: int) -> bytes:
+    n = (n << 1) ^ (n >> 63)
+    out = bytearray()
+    while n & ~0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def read_long(buf: bytes, pos: int) -> tuple[int, int]:
+    shift = 0
+    acc = 0
+    n = len(buf)
+    while True:
+        if pos >= n or shift > 63:
+            raise HeaderError("truncated varint")
+        b = buf[pos]
+        pos += 1
+        acc |= (b & 0x7F) << shift
+        if not b & 0x80:
+            break
+        shift += 7
+    return (acc >> 1) ^ -(acc & 1), pos
+
+
+def read_string(buf: bytes, pos: int) -> tuple[str, int]:
+    n, pos = read_long(buf, pos)
+    if n < 0 or pos + n > len(buf):
+        raise HeaderError("bad string length")
+    try:
+        return buf[pos : pos + n].decode(), pos + n
+    except UnicodeDecodeError as exc:
+        raise HeaderError("string is not UTF-8") from exc
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    source_id: str
+    cluster: str
+    received_at: int
+    n_events: int
+
+
+def read_batch_header(value: bytes) -> BatchHeader:
+    """source_id, cluster, received_at and the event count of an EventBatch (field order of the schema).
+
+    fastavro writes an array as one block followed by a 0 block; the count is that block's. A writer that
+    splits arrays into several blocks would make the count low: the sink then sees a "partial" source and
+    falls back to the exact per-event path, so nothing is lost either way.
+    """
+    source_id, pos = read_string(value, 0)
+    cluster, pos = read_string(value, pos)
+    received_at, pos = read_long(value, pos)
+    count, pos = read_long(value, pos)
+    if count < 0:  # negative count: block size in bytes follows
+        count = -count
+        _, pos = read_long(value, pos)
+    if not value or value[-1] != 0:
+        raise HeaderError("array not terminated")
+    return BatchHeader(source_id, cluster, received_at, count)
+
+
+@cache
+def _schema_json(fp: str) -> bytes:
+    current = codec("event_batch")
+    if fp in ("", current.fp):
+        parsed = current.schema
+    else:
+        known = _known_by_fp()
+        if fp not in known:
+            raise HeaderError(f"unknown writer schema fingerprint {fp}")
+        parsed = known[fp]
+    return json.dumps(_strip_fastavro_keys(parsed)).encode()
+
+
+def _strip_fastavro_keys(schema):  # noqa: ANN001, ANN202 - JSON-ish recursion
+    """fastavro's parsed schema carries private ``__fastavro_parsed`` keys; ClickHouse wants plain JSON."""
+    if isinstance(schema, dict):
+        return {k: _strip_fastavro_keys(v) for k, v in schema.items() if not k.startswith("__")}
+    if isinstance(schema, list):
+        return [_strip_fastavro_keys(v) for v in schema]
+    return schema
+
+
+def container(values: list[bytes], writer_fp: str = "") -> bytes:
+    """One Avro Object Container File (codec null) holding ``values`` as datums of the writer schema."""
+    schema = _schema_json(writer_fp)
+    sync = os.urandom(16)
+    header = b"".join(
+        [MAGIC, zigzag(2), zigzag(11), b"avro.schema", zigzag(len(schema)), schema,
+         zigzag(10), b"avro.codec", zigzag(4), b"null", zigzag(0), sync]
+    )  # fmt: skip
+    body = b"".join(values)
+    return b"".join([header, zigzag(len(values)), zigzag(len(body)), body, sync])

@@ -151,6 +151,8 @@ def test_query_box(page, app_url):
     assert "since=all" in page.url
     page.wait_for_selector("#query-count, #query-error")
     shot(page, "query")
+    if page.locator("#query-error").count():
+        print("QUERY ERROR:", page.locator("#query-error").inner_text())
     if not HAS_QUERY_API:
         assert "not served here" in page.locator("#query-error").inner_text()
         pytest.skip(

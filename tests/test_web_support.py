@@ -33,8 +33,8 @@ def loaded(chdb_session_path) -> Loaded:
     """Every sample file (cluster = folder name), deduplicated like the worker, plus alerts for them."""
     from pipeline.warehouse.client import open_client
     from pipeline.warehouse.migrations import migrate
+    from pipeline.warehouse.reader import Warehouse
     from pipeline.web.sampledata import demo_alerts, insert_alerts, insert_events, sample_events
-    from pipeline.web.store import ClientWarehouse
 
     dsn = f"chdb://{chdb_session_path}"
     admin = open_client(dsn=dsn)
@@ -47,7 +47,7 @@ def loaded(chdb_session_path) -> Loaded:
     alerts = demo_alerts(events)
     insert_events(client, events)
     insert_alerts(client, alerts)
-    wh = ClientWarehouse(lambda: open_client(s, database=db))
+    wh = Warehouse(s, database=db)
     yield Loaded(s, db, events, alerts, wh)
     wh.close()
     admin.command(f"DROP DATABASE IF EXISTS {db}")

@@ -82,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     from pipeline.config import Settings
     from pipeline.warehouse.client import open_client
     from pipeline.warehouse.migrations import migrate
+    from pipeline.warehouse.reader import Warehouse
     from pipeline.web import routes
-    from pipeline.web.store import ClientWarehouse
 
     path = Path(a.path)
     if a.events and path.exists():
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     total = client.query("SELECT count() FROM audit_events").result_rows[0][0]
     rollup = client.query("SELECT count(), sum(events) FROM events_1m").result_rows[0]
     print(f"audit_events {total:,} rows; events_1m {rollup[0]:,} rows summing {rollup[1]:,}")
-    wh = ClientWarehouse(lambda: open_client(s))
+    wh = Warehouse(s)
 
     def factory() -> web.Application:
         app = web.Application()

@@ -128,21 +128,11 @@ def open_warehouse(settings: Any) -> tuple[Any, Any]:
     and applies missing migrations so that an empty warehouse shows an empty dashboard, not errors."""
     from pipeline.warehouse.client import open_client
     from pipeline.warehouse.migrations import migrate
-    from pipeline.web.store import ClientWarehouse
+    from pipeline.warehouse.reader import Warehouse
 
     probe = open_client(settings)
     migrate(probe, settings)
-    try:
-        from pipeline.warehouse.reader import Warehouse
-    except ModuleNotFoundError as exc:
-        if exc.name != "pipeline.warehouse.reader":
-            raise
-        return ClientWarehouse(lambda: open_client(settings)), probe
-    try:
-        return Warehouse(settings), probe
-    except TypeError:  # a different constructor than expected: fall back to the stand-in
-        log.warning("pipeline.warehouse.reader.Warehouse(settings) failed; using the dashboard's own reader")
-        return ClientWarehouse(lambda: open_client(settings)), probe
+    return Warehouse(settings), probe
 
 
 def run(args: argparse.Namespace) -> int:

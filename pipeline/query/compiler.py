@@ -70,6 +70,8 @@ def time_range(since: str | None = None, from_: str | None = None, to: str | Non
     now_us = now_us if now_us is not None else time.time_ns() // 1000
     if since and (from_ or to):
         raise QueryError("give either --since or --from/--to, not both")
+    if since and since.strip().lower() in ("all", "ever"):  # the dashboard's "all time"
+        since = None
     if since:
         secs = duration_seconds(since)
         if not secs:

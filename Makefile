@@ -8,7 +8,7 @@ KAUDIT := $(VENV)/bin/kaudit
 export KAUDIT_VAR ?= $(CURDIR)/var
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: help install up down demo demo-stop test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-normalize clean
+.PHONY: help install up down demo demo-stop test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e bench-normalize clean
 
 help:
 	@echo "make demo    start Kafka, bridge, worker and sink; replay the sample audit logs; show results"
@@ -50,7 +50,7 @@ lint: install
 	$(VENV)/bin/ruff check pipeline tests
 	$(VENV)/bin/ruff format --check pipeline tests || true
 
-bench: install bench-normalize bench-bridge bench-worker bench-sink bench-query bench-web
+bench: install bench-normalize bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e
 
 bench-normalize: install
 	$(PY) -m pipeline.bench.normalize
@@ -69,6 +69,9 @@ bench-query: install
 
 bench-web: install
 	$(PY) -m pipeline.bench.web
+
+bench-e2e: install
+	$(PY) -m pipeline.bench.e2e
 
 clean:
 	-bash infra/kafka/kafka.sh down

@@ -1,0 +1,160 @@
+"""End to end: webhook -> bridge -> Kafka -> worker -> sink -> queryable (python -m pipeline.bench.e2e).
+
+Starts its own Kafka (port 9192, state under var/bench-e2e), a sink (embedded chDB + query API), a worker and
+the bridge, then POSTs EventList batches built from the samples (auditIDs made unique) at a fixed rate and
+polls the query API. Prints the sustained rate (events visible in a query per second) and freshness (bridge
+2xx -> visible in `SELECT count()`) p50/p99 per batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+
+import aiohttp
+import orjson
+
+from pipeline.config import REPO_ROOT
+from pipeline.models.readers import RawEvent, read_events
+
+SAMPLES = REPO_ROOT.parent / "shared" / "data" / "audit-samples"
+
+
+def build_bodies(n_events: int, per_batch: int) -> list[bytes]:
+    base = []
+    for f in sorted(p for p in SAMPLES.glob("*/*") if p.is_file() and p.suffix != ".md"):
+        base += [it.event for it in read_events(f.read_bytes()) if isinstance(it, RawEvent)]
+    now = time.time()
+    bodies, i = [], 0
+    while i < n_events:
+        items = []
+        for _ in range(min(per_batch, n_events - i)):
+            ev = dict(base[i % len(base)])
+            ev["auditID"] = str(uuid.UUID(int=i))
+            ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".000000Z"
+            ev["requestReceivedTimestamp"] = ev["stageTimestamp"] = ts
+            ev.pop("kind", None)
+            ev.pop("apiVersion", None)
+            items.append(ev)
+            i += 1
+        bodies.append(orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}))
+    return bodies
+
+
+async def run_load(args, bodies: list[bytes], api: str, bridge: str) -> None:
+    acked: list[tuple[float, int]] = []  # (ack time, cumulative events)
+    visible: list[tuple[float, int]] = []
+    total = sum(1 for _ in range(args.events))
+    done = asyncio.Event()
+
+    async def poll(session: aiohttp.ClientSession) -> None:
+        while not done.is_set():
+            async with session.post(f"{api}/api/sql", json={"sql": "SELECT count() FROM audit_events"}) as r:
+                n = (await r.json())["rows"][0][0]
+            visible.append((time.monotonic(), n))
+            if n >= total:
+                done.set()
+            await asyncio.sleep(0.1)
+
+    async with aiohttp.ClientSession() as session:
+        poller = asyncio.create_task(poll(session))
+        interval = args.per_batch / args.rate
+        t0 = time.monotonic()
+        sem = asyncio.Semaphore(16)
+        cum = 0
+        tasks = []
+
+        async def send(i: int, body: bytes, cum_after: int) -> None:
+            async with sem:
+                async with session.post(f"{bridge}/audit/bench-{i % 8}", data=body,
+                                        headers={"Content-Type": "application/json"}) as r:  # fmt: skip
+                    if r.status // 100 != 2:
+                        raise RuntimeError(f"bridge answered {r.status}: {await r.text()}")
+                acked.append((time.monotonic(), cum_after))
+
+        for i, body in enumerate(bodies):
+            cum += min(args.per_batch, args.events - i * args.per_batch)
+            delay = t0 + i * interval - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(send(i, body, cum)))
+        await asyncio.gather(*tasks)
+        t_sent = time.monotonic()
+        try:
+            await asyncio.wait_for(done.wait(), timeout=300)
+        finally:
+            done.set()
+            await poller
+    t_end = next(t for t, n in visible if n >= total)
+    fresh = []
+    for t_ack, cum_after in sorted(acked, key=lambda x: x[1]):
+        t_vis = next((t for t, n in visible if n >= cum_after and t >= t_ack), None)
+        if t_vis is not None:
+            fresh.append(t_vis - t_ack)
+    fresh.sort()
+    print(f"e2e: offered {args.rate:,} events/s; sent {args.events:,} events in {t_sent - t0:.1f} s; "
+          f"all visible after {t_end - t0:.1f} s -> sustained {args.events / (t_end - t0):,.0f} events/s")  # fmt: skip
+    print(f"e2e: freshness (bridge 2xx -> visible in a query) p50 {statistics.median(fresh):.2f} s, "
+          f"p99 {fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))]:.2f} s over {len(fresh)} batches")  # fmt: skip
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--events", type=int, default=100_000)
+    ap.add_argument("--rate", type=int, default=5_000, help="offered events/s")
+    ap.add_argument("--per-batch", type=int, default=400)
+    ap.add_argument("--workers", type=int, default=1)
+    args = ap.parse_args()
+    var = REPO_ROOT / "var" / "bench-e2e"
+    env = {**os.environ, "KAUDIT_VAR": str(var), "KAUDIT_KAFKA_PORT": "9192", "KAUDIT_KAFKA_CONTROLLER_PORT": "9193",
+           "KAUDIT_KAFKA_BOOTSTRAP": "127.0.0.1:9192", "KAUDIT_KAFKA_LIBS": str(REPO_ROOT / "var/kafka/libs"),
+           "KAUDIT_API_PORT": "8181", "KAUDIT_BRIDGE_PORT": "8866", "KAUDIT_LOG_LEVEL": "WARNING"}  # fmt: skip
+    kafka = ["bash", str(REPO_ROOT / "infra/kafka/kafka.sh")]
+    subprocess.run([*kafka, "down"], env=env, check=False, capture_output=True)
+    shutil.rmtree(var, ignore_errors=True)
+    subprocess.run([*kafka, "up"], env=env, check=True, capture_output=True)
+    procs: list[subprocess.Popen] = []
+    var.mkdir(parents=True, exist_ok=True)
+    try:
+        kaudit = [sys.executable, "-m", "pipeline.cli"]
+        for name, extra in [("sink", []), *[("worker", ["--id", f"w{i}"]) for i in range(args.workers)],
+                            ("bridge", ["--no-auth"])]:  # fmt: skip
+            log = open(var / f"{name}-{len(procs)}.log", "wb")
+            procs.append(subprocess.Popen([*kaudit, name, *extra], env=env, stdout=log, stderr=subprocess.STDOUT))
+        api, bridge = "http://127.0.0.1:8181", "http://127.0.0.1:8866"
+        deadline = time.monotonic() + 90
+        import urllib.request
+
+        for url in (f"{api}/api/health", f"{bridge}/readyz"):
+            while True:
+                try:
+                    urllib.request.urlopen(url, timeout=2)
+                    break
+                except OSError:
+                    if time.monotonic() > deadline:
+                        raise SystemExit(f"e2e: {url} not ready; logs in {var}") from None
+                    time.sleep(0.3)
+        bodies = build_bodies(args.events, args.per_batch)
+        asyncio.run(run_load(args, bodies, api, bridge))
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        subprocess.run([*kafka, "down"], env=env, check=False, capture_output=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,7 +1,7 @@
 # kaudit: `make demo` runs the whole pipeline on the sample audit logs; `make test` runs the suite.
 # Everything is installed into .venv and state lives under var/ (both ignored by git).
 
-PYTHON ?= python3.11
+PYTHON3 ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 KAUDIT := $(VENV)/bin/kaudit
@@ -18,8 +18,8 @@ help:
 	@echo "make lint    ruff"
 
 $(VENV)/.installed: pyproject.toml
-	@command -v $(PYTHON) >/dev/null || { echo "kaudit: Python 3.11 is required ($(PYTHON) not found)"; exit 2; }
-	$(PYTHON) -m venv $(VENV)
+	@command -v $(PYTHON3) >/dev/null || { echo "kaudit: Python 3.11 is required ($(PYTHON3) not found)"; exit 2; }
+	$(PYTHON3) -m venv $(VENV)
 	$(VENV)/bin/pip install -q -U pip
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	@touch $@

@@ -44,7 +44,12 @@ def kafka_bootstrap() -> str:
     """A real Kafka 4.x broker for the whole session (reused if already running on the test port)."""
     env = kafka_env()
     already_running = _port_open(KAFKA_PORT)
-    subprocess.run(["bash", str(REPO / "infra/kafka/kafka.sh"), "up"], env=env, check=True)
+    if already_running:  # a broker (this checkout's or another's) already serves the test port: use it
+        from confluent_kafka.admin import AdminClient
+
+        AdminClient({"bootstrap.servers": f"127.0.0.1:{KAFKA_PORT}"}).list_topics(timeout=30)
+    else:
+        subprocess.run(["bash", str(REPO / "infra/kafka/kafka.sh"), "up"], env=env, check=True)
     yield f"127.0.0.1:{KAFKA_PORT}"
     # Stop only a broker this session started (another test run may be using one it started).
     if not already_running and not os.environ.get("KAUDIT_TEST_KEEP_KAFKA"):

@@ -16,6 +16,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
 
@@ -28,14 +29,14 @@ from pipeline.models.readers import RawEvent, read_events
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "audit-samples"
 
 
-def build_bodies(n_events: int, per_batch: int) -> list[bytes]:
+def build_bodies(n_events: int, per_batch: int) -> tuple[list[bytes], list[list[str]]]:
     base = []
     for f in sorted(p for p in SAMPLES.glob("*/*") if p.is_file() and p.suffix != ".md"):
         base += [it.event for it in read_events(f.read_bytes()) if isinstance(it, RawEvent)]
     now = time.time()
-    bodies, i = [], 0
+    bodies, deletes, i = [], [], 0
     while i < n_events:
-        items = []
+        items, dels = [], []
         for _ in range(min(per_batch, n_events - i)):
             ev = dict(base[i % len(base)])
             ev["auditID"] = str(uuid.UUID(int=i))
@@ -44,13 +45,42 @@ def build_bodies(n_events: int, per_batch: int) -> list[bytes]:
             ev.pop("kind", None)
             ev.pop("apiVersion", None)
             items.append(ev)
+            if ev.get("verb") == "delete" and ev.get("stage") == "ResponseComplete":
+                dels.append(ev["auditID"])
             i += 1
         bodies.append(orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": items}))
-    return bodies
+        deletes.append(dels)
+    return bodies, deletes
 
 
-async def run_load(args, bodies: list[bytes], api: str, bridge: str) -> None:
+class AlertWatcher(threading.Thread):
+    """Records when each risky-verb alert arrives on the JSON alerts topic."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True)
+        from confluent_kafka import Consumer
+
+        self.seen: dict[str, float] = {}
+        self.stop = threading.Event()
+        self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e2e-{uuid.uuid4().hex}",
+                           "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})  # fmt: skip
+        self.c.subscribe([topic])
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            for m in self.c.consume(500, timeout=0.05):
+                if m.error() or not m.value():
+                    continue
+                a = orjson.loads(m.value())
+                if a.get("rule_id") == "risky-verb":
+                    self.seen.setdefault(a["auditid"], time.monotonic())
+        self.c.close()
+
+
+async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str, bridge: str,
+                   watcher: AlertWatcher) -> None:  # fmt: skip
     acked: list[tuple[float, int]] = []  # (ack time, cumulative events)
+    ack_of_batch: dict[int, float] = {}
     visible: list[tuple[float, int]] = []
     total = sum(1 for _ in range(args.events))
     done = asyncio.Event()
@@ -79,6 +109,7 @@ async def run_load(args, bodies: list[bytes], api: str, bridge: str) -> None:
                     if r.status // 100 != 2:
                         raise RuntimeError(f"bridge answered {r.status}: {await r.text()}")
                 acked.append((time.monotonic(), cum_after))
+                ack_of_batch[i] = time.monotonic()
 
         for i, body in enumerate(bodies):
             cum += min(args.per_batch, args.events - i * args.per_batch)
@@ -100,6 +131,12 @@ async def run_load(args, bodies: list[bytes], api: str, bridge: str) -> None:
         if t_vis is not None:
             fresh.append(t_vis - t_ack)
     fresh.sort()
+    time.sleep(1)
+    lat = sorted(watcher.seen[a] - ack_of_batch[i] for i, ids in enumerate(deletes) for a in ids if a in watcher.seen)
+    n_del = sum(map(len, deletes))
+    if lat:
+        print(f"e2e: delete -> alert on k8s-audit-alerts-json after bridge 2xx: p50 {statistics.median(lat):.3f} s, "
+              f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.3f} s ({len(lat)}/{n_del} deletes alerted)")  # fmt: skip
     print(f"e2e: offered {args.rate:,} events/s; sent {args.events:,} events in {t_sent - t0:.1f} s; "
           f"all visible after {t_end - t0:.1f} s -> sustained {args.events / (t_end - t0):,.0f} events/s")  # fmt: skip
     print(f"e2e: freshness (bridge 2xx -> visible in a query) p50 {statistics.median(fresh):.2f} s, "
@@ -142,8 +179,11 @@ def main() -> int:
                     if time.monotonic() > deadline:
                         raise SystemExit(f"e2e: {url} not ready; logs in {var}") from None
                     time.sleep(0.3)
-        bodies = build_bodies(args.events, args.per_batch)
-        asyncio.run(run_load(args, bodies, api, bridge))
+        bodies, deletes = build_bodies(args.events, args.per_batch)
+        watcher = AlertWatcher("127.0.0.1:9192", "k8s-audit-alerts-json")
+        watcher.start()
+        asyncio.run(run_load(args, bodies, deletes, api, bridge, watcher))
+        watcher.stop.set()
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

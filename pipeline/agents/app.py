@@ -15,16 +15,17 @@ import asyncio
 import json
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import faust
-from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 
 from pipeline import config
 from pipeline.agents.filters import NoiseFilter
-from pipeline.agents.processor import Processor, RecordOutput
+from pipeline.agents.processor import Processor, RecordOutput, tune_gc
 from pipeline.agents.rules import RuleSet
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
@@ -101,6 +102,73 @@ def rebuild_state(
         partition, topic, n_records, n_keys, s.dedup_horizon_seconds, time.perf_counter() - started, resume_offset,
     )  # fmt: skip
     return state
+
+
+JSON_HEADERS = [("content-type", b"application/json")]
+
+
+class GroupAck:
+    """Delivery reports of one group of outputs, counted in librdkafka's callback thread: one asyncio wakeup per
+    group instead of a future per record. ``wait`` returns when every queued record was acknowledged and
+    raises the first delivery error (like ``asyncio.gather`` over per-record futures)."""
+
+    __slots__ = ("loop", "pending", "error", "lock", "done", "sealed", "_cb")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.pending = 0
+        self.error: BaseException | None = None
+        self.lock = threading.Lock()
+        self.done = loop.create_future()
+        self.sealed = False
+        self._cb = self._on_delivery
+
+    def _on_delivery(self, err: KafkaError | None, msg: Any) -> None:
+        with self.lock:
+            self.pending -= 1
+            if err is not None and self.error is None:
+                self.error = KafkaException(err)
+            finished = self.sealed and self.pending == 0
+        if finished:
+            self.loop.call_soon_threadsafe(self._finish)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def producer(self, raw: Producer) -> Any:
+        """A produce(topic, value, key, headers, partition) function counted by this group."""
+        cb = self._cb
+        lock = self.lock
+
+        def produce(topic: str, value: bytes, key: bytes | None, headers: Any, partition: int | None) -> None:
+            with lock:
+                self.pending += 1
+            while True:
+                try:
+                    if partition is None:
+                        raw.produce(topic, value=value, key=key, headers=headers, on_delivery=cb)
+                    else:
+                        raw.produce(topic, value=value, key=key, headers=headers, partition=partition, on_delivery=cb)
+                    return
+                except BufferError:  # local queue full: the poll thread drains it
+                    time.sleep(0.01)
+                except BaseException:
+                    with lock:
+                        self.pending -= 1
+                    raise
+
+        return produce
+
+    async def wait(self) -> None:
+        with self.lock:
+            self.sealed = True
+            finished = self.pending == 0
+        if finished:
+            self._finish()
+        await self.done
+        if self.error is not None:
+            raise self.error
 
 
 class Worker:
@@ -205,8 +273,8 @@ class Worker:
         """Process a group of raw records and wait until Kafka acknowledged every output."""
         if self.producer is None:
             self.producer = AsyncProducer(self.s)
-        futures: list[asyncio.Future] = []
         loop = asyncio.get_running_loop()
+        acks = GroupAck(loop)
         for m in messages:
             st = self.states.get(m.partition)
             if st is None:
@@ -217,31 +285,30 @@ class Worker:
                 headers = list(headers.items())
             ts = m.timestamp
             out = self.proc.process(st, m.offset, m.key, m.value, headers, int(ts * 1000) if ts else None)
-            futures.extend(self.send(out))
+            self.send(out, acks)
             self.count(out)
-        if futures:
-            await asyncio.gather(*futures)
+        await acks.wait()
         self.last_processed = time.time()
 
-    def send(self, out: RecordOutput) -> list[asyncio.Future]:
+    def send(self, out: RecordOutput, acks: GroupAck) -> None:
+        """Queue every output of one raw record; ``acks`` counts their delivery reports."""
         p = self.producer
         assert p is not None
+        produce = acks.producer(p.raw)
         key = out.cluster.encode()
-        futs = []
         if out.events_value is not None:
-            futs.append(p.send(self.t_events, out.events_value, key=key, headers=self.h_events, partition=out.partition))
+            produce(self.t_events, out.events_value, key, self.h_events, out.partition)
         if out.verb_value is not None:
-            futs.append(p.send(self.t_verb, out.verb_value, key=key, headers=self.h_verb, partition=out.partition))
+            produce(self.t_verb, out.verb_value, key, self.h_verb, out.partition)
         if out.status_value is not None:
-            futs.append(p.send(self.t_status, out.status_value, key=key, headers=self.h_status, partition=out.partition))
+            produce(self.t_status, out.status_value, key, self.h_status, out.partition)
         for alert in out.alerts:
             avro, js = self.proc.encode_alert(alert)
             akey = alert.alert_id.encode()
-            futs.append(p.send(self.t_alerts, avro, key=akey, headers=self.h_alert))
-            futs.append(p.send(self.t_alerts_json, js, key=akey, headers=[("content-type", b"application/json")]))
+            produce(self.t_alerts, avro, akey, self.h_alert, None)
+            produce(self.t_alerts_json, js, akey, JSON_HEADERS, None)
         for value, headers in out.deadletters:
-            futs.append(p.send(self.t_dead, value, key=key, headers=headers))
-        return futs
+            produce(self.t_dead, value, key, headers, None)
 
     def count(self, out: RecordOutput) -> None:
         t = self.totals
@@ -287,6 +354,7 @@ class Worker:
     def run(self) -> int:
         """Run until SIGTERM/SIGINT (faust's worker handles the signals and stops the agent cleanly)."""
         worker = faust.Worker(self.app, loglevel=logging.getLogger().level or logging.INFO, quiet=True, override_logging=False)
+        tune_gc()
         try:
             worker.execute_from_commandline()
         except SystemExit as exc:

@@ -48,6 +48,7 @@ MAP_ROOTS = frozenset({"annotations", "user_extra"})
 POSITIVE_OPS = ("equals", "in", "startswith", "endswith", "contains", "regex", "gt", "gte", "lt", "lte", "in_cidr")
 NEGATIVE_OPS = {f"not_{op}": op for op in ("equals", "in", "startswith", "endswith", "contains", "regex", "in_cidr")}
 ALL_OPS = (*POSITIVE_OPS, *NEGATIVE_OPS, "exists")
+FAST_PATHS = True  # specialised predicates for common value types (tests compare them with the general ones)
 
 
 class ConditionError(ValueError):
@@ -269,12 +270,22 @@ def _scalar_pred(op: str, operand: Any, where: str) -> Callable[[Any], bool]:
         except ValueError as exc:
             raise ConditionError(where, f"bad network in {operand!r}: {exc}") from None
 
+        seen: dict[str, bool] = {}  # source IPs repeat: parse each once (bounded)
+
         def in_net(x: Any) -> bool:
-            try:
-                ip = ipaddress.ip_address(_text(x))
-            except ValueError:
-                return False
-            return any(ip.version == n.version and ip in n for n in nets)
+            text = _text(x)
+            hit = seen.get(text)
+            if hit is None:
+                try:
+                    ip = ipaddress.ip_address(text)
+                except ValueError:
+                    hit = False
+                else:
+                    hit = any(ip.version == n.version and ip in n for n in nets)
+                if len(seen) >= 65536:
+                    seen.clear()
+                seen[text] = hit
+            return hit
 
         return in_net
     raise ConditionError(where, f"unknown operator {op!r}; use one of {', '.join(ALL_OPS)}")
@@ -322,45 +333,173 @@ def compile_test(field: str, test: Any, where: str) -> Predicate:
                 has = any(_present(e) for e in x) if isinstance(x, Many) else _present(x)
                 return has is want
 
-            preds.append(exists)
+            if FAST_PATHS and field in NORMALIZED_FIELDS and field not in LIST_FIELDS:
+
+                def exists_str(v: EventView, want: bool = want, general: Predicate = exists) -> bool:
+                    x = v.ev.get(field)
+                    if type(x) is str:
+                        return (x != "") is want
+                    return general(v)
+
+                preds.append(exists_str)
+            else:
+                preds.append(exists)
             continue
         negate = op in NEGATIVE_OPS
-        sp = _scalar_pred(NEGATIVE_OPS.get(op, op), operand, at)
+        pos = NEGATIVE_OPS.get(op, op)
+        sp = _scalar_pred(pos, operand, at)
 
         def test_one(v: EventView, sp: Callable[[Any], bool] = sp, negate: bool = negate) -> bool:
             x = get(v)
             hit = any(sp(e) for e in x) if isinstance(x, Many) else (x is not None and sp(x))
             return hit is not negate
 
-        preds.append(test_one)
-    if len(preds) == 1:
-        return preds[0]
-    return lambda v: all(p(v) for p in preds)
-
-
-def compile_condition(cond: Any, where: str) -> Predicate:
-    """A condition mapping (fields + all/any/not) -> predicate on an EventView."""
-    if not isinstance(cond, dict) or not cond:
-        raise ConditionError(where, f"a condition must be a non-empty mapping of field: test, got {cond!r}")
-    preds: list[Predicate] = []
-    for key, value in cond.items():
-        at = f"{where}.{key}"
-        if key in ("all", "any"):
-            if not isinstance(value, list) or not value:
-                raise ConditionError(at, f"{key} needs a non-empty list of conditions")
-            subs = [compile_condition(c, f"{at}[{i}]") for i, c in enumerate(value)]
-            preds.append((lambda v, s=subs: all(p(v) for p in s)) if key == "all" else (lambda v, s=subs: any(p(v) for p in s)))
-        elif key == "not":
-            sub = compile_condition(value, at)
-            preds.append(lambda v, s=sub: not s(v))
-        else:
-            preds.append(compile_test(str(key), value, at))
+        preds.append(_fast_test(field, pos, operand, negate, test_one) or test_one)
     if len(preds) == 1:
         return preds[0]
     if len(preds) == 2:
         a, b = preds
         return lambda v: a(v) and b(v)
     return lambda v: all(p(v) for p in preds)
+
+
+def _int_texts(texts: frozenset[str] | set[str]) -> frozenset[int]:
+    """The ints whose text is in ``texts`` (403 matches "403", not "0403")."""
+    out = set()
+    for t in texts:
+        try:
+            n = int(t)
+        except ValueError:
+            continue
+        if str(n) == t:
+            out.add(n)
+    return frozenset(out)
+
+
+def _fast_test(field: str, op: str, operand: Any, negate: bool, general: Predicate) -> Predicate | None:
+    """A specialised predicate for the common cases (a normalized field holding a str, an int or a list of str,
+    tested with equals/in/startswith/endswith/contains) that gives exactly ``general``'s answer; other values
+    fall through to ``general``. None when there is no fast form."""
+    scalar = field in NORMALIZED_FIELDS and field not in LIST_FIELDS
+    if not FAST_PATHS or (not scalar and field not in LIST_FIELDS):
+        return None
+    if op in ("equals", "in"):
+        values = [operand] if op == "equals" else operand
+        if any(isinstance(x, dict | list | bool) for x in values):
+            return None
+        texts = frozenset(_text(x) for x in values)
+        ints = _int_texts(texts)
+        if scalar:
+
+            def eq_scalar(v: EventView) -> bool:
+                x = v.ev.get(field)
+                t = type(x)
+                if t is str:
+                    return (x in texts) is not negate
+                if t is int:
+                    return (x in ints) is not negate
+                return general(v)
+
+            return eq_scalar
+
+        def eq_list(v: EventView) -> bool:
+            xs = v.ev.get(field)
+            if type(xs) is list:
+                for x in xs:
+                    if type(x) is not str:
+                        return general(v)
+                return texts.isdisjoint(xs) is negate
+            return general(v)
+
+        return eq_list
+    if op in ("startswith", "endswith") and scalar:
+        subs = tuple(_text(i) for i in (operand if isinstance(operand, list) else [operand]))
+        if op == "startswith":
+
+            def starts(v: EventView) -> bool:
+                x = v.ev.get(field)
+                if type(x) is str:
+                    return x.startswith(subs) is not negate
+                return general(v)
+
+            return starts
+
+        def ends(v: EventView) -> bool:
+            x = v.ev.get(field)
+            if type(x) is str:
+                return x.endswith(subs) is not negate
+            return general(v)
+
+        return ends
+    return None
+
+
+def _cost(key: str, value: Any) -> int:
+    """Relative evaluation cost of one part of a condition, to test cheap parts of a conjunction first."""
+    if key in ("all", "any"):
+        return max((_cost_of(c) for c in value), default=0) if isinstance(value, list) else 9
+    if key == "not":
+        return _cost_of(value)
+    if key in NORMALIZED_FIELDS:
+        return 1 if key in LIST_FIELDS else 0
+    if key in DERIVED_FIELDS or key.partition(".")[0] in MAP_ROOTS:
+        return 2
+    return 5  # request_object / response_object paths
+
+
+def _cost_of(cond: Any) -> int:
+    if not isinstance(cond, dict):
+        return 9
+    return max((_cost(str(k), v) for k, v in cond.items()), default=0)
+
+
+def compile_condition(cond: Any, where: str) -> Predicate:
+    """A condition mapping (fields + all/any/not) -> predicate on an EventView."""
+    if not isinstance(cond, dict) or not cond:
+        raise ConditionError(where, f"a condition must be a non-empty mapping of field: test, got {cond!r}")
+    parts: list[tuple[int, Predicate]] = []
+    for key, value in cond.items():
+        at = f"{where}.{key}"
+        if key in ("all", "any"):
+            if not isinstance(value, list) or not value:
+                raise ConditionError(at, f"{key} needs a non-empty list of conditions")
+            subs = [compile_condition(c, f"{at}[{i}]") for i, c in enumerate(value)]
+            # conditions are pure, so their order does not change the answer: cheap ones first
+            subs = [p for _, p in sorted(zip([_cost_of(c) for c in value], subs, strict=True), key=lambda cp: cp[0])]
+            parts.append((_cost(str(key), value), _all_of(subs) if key == "all" else _any_of(subs)))
+        elif key == "not":
+            sub = compile_condition(value, at)
+            parts.append((_cost(str(key), value), lambda v, s=sub: not s(v)))
+        else:
+            parts.append((_cost(str(key), value), compile_test(str(key), value, at)))
+    preds = [p for _, p in sorted(parts, key=lambda cp: cp[0])]
+    if len(preds) == 1:
+        return preds[0]
+    if len(preds) == 2:
+        a, b = preds
+        return lambda v: a(v) and b(v)
+    return lambda v: all(p(v) for p in preds)
+
+
+def _all_of(subs: list[Predicate]) -> Predicate:
+    if len(subs) == 1:
+        return subs[0]
+    if len(subs) == 2:
+        a, b = subs
+        return lambda v: a(v) and b(v)
+    return lambda v: all(p(v) for p in subs)
+
+
+def _any_of(subs: list[Predicate]) -> Predicate:
+    if len(subs) == 1:
+        return subs[0]
+    if len(subs) == 2:
+        a, b = subs
+        return lambda v: a(v) or b(v)
+    if len(subs) == 3:
+        a, b, c = subs
+        return lambda v: a(v) or b(v) or c(v)
+    return lambda v: any(p(v) for p in subs)
 
 
 def equality_values(cond: Any, field: str) -> frozenset[str] | None:

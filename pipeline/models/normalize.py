@@ -11,7 +11,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.models.timestamps import TimestampError, parse_ts_us
+from pipeline.models.timestamps import TimestampError, _seconds, parse_ts_us
 
 KNOWN_KEYS = frozenset(
     {
@@ -82,6 +82,18 @@ def _object_text(obj: Any, cap: int) -> tuple[str, bool]:
     return text, False
 
 
+def _ts_us(value: Any) -> int:
+    """parse_ts_us with a fast path for the MicroTime form '2023-01-27T18:28:08.129781Z' (same result)."""
+    if type(value) is str and len(value) == 27 and value[26] == "Z" and value[19] == "." and value[10] == "T":
+        frac = value[20:26]
+        if frac.isdigit():
+            try:
+                return _seconds(value[:19]) * 1_000_000 + int(frac)
+            except ValueError:
+                pass  # let parse_ts_us decide (and word the error)
+    return parse_ts_us(value)
+
+
 def normalize_event(
     ev: Any,
     cluster: str,
@@ -92,20 +104,23 @@ def normalize_event(
     """Flatten one audit event dict. Raises NormalizeError with a readable reason."""
     if not isinstance(ev, dict):
         raise NormalizeError(f"event is a JSON {type(ev).__name__}, not an object")
-    audit_id = ev.get("auditID")
+    get = ev.get
+    audit_id = get("auditID")
     if not audit_id or not isinstance(audit_id, str):
         raise NormalizeError("missing auditID")
-    stage = ev.get("stage")
+    stage = get("stage")
     if stage not in STAGES:
         raise NormalizeError(f"missing or unknown stage {stage!r}")
 
     # Timestamps: v1 MicroTime, else v1beta1 `timestamp` / `metadata.creationTimestamp` (seconds).
-    meta = ev.get("metadata")
-    received_raw = ev.get("requestReceivedTimestamp") or ev.get("timestamp")
-    stage_raw = ev.get("stageTimestamp") or (meta.get("creationTimestamp") if isinstance(meta, dict) else None)
+    received_raw = get("requestReceivedTimestamp") or get("timestamp")
+    stage_raw = get("stageTimestamp")
+    if not stage_raw:
+        meta = get("metadata")
+        stage_raw = meta.get("creationTimestamp") if isinstance(meta, dict) else None
     try:
-        received = parse_ts_us(received_raw) if received_raw else None
-        stage_ts = parse_ts_us(stage_raw) if stage_raw else None
+        received = _ts_us(received_raw) if received_raw else None
+        stage_ts = _ts_us(stage_raw) if stage_raw else None
     except TimestampError as exc:
         raise NormalizeError(str(exc)) from None
     if received is None and stage_ts is None:
@@ -115,26 +130,27 @@ def normalize_event(
     if stage_ts is None:
         stage_ts = received
 
-    user = ev.get("user") or {}
+    user = get("user") or {}
     if not isinstance(user, dict):
         raise NormalizeError("user is not an object")
-    imp = ev.get("impersonatedUser") or {}
+    imp = get("impersonatedUser") or {}
     if not isinstance(imp, dict):
         imp = {}
-    ref = ev.get("objectRef") or {}
+    ref = get("objectRef") or {}
     if not isinstance(ref, dict):
         raise NormalizeError("objectRef is not an object")
-    status = ev.get("responseStatus") or {}
+    status = get("responseStatus") or {}
     if not isinstance(status, dict):
         status = {}
-    annotations = ev.get("annotations") or {}
+    annotations = get("annotations") or {}
     if not isinstance(annotations, dict):
         annotations = {}
     elif annotations and not all(isinstance(v, str) for v in annotations.values()):
         annotations = {str(k): _str(v) if isinstance(v, str) else orjson.dumps(v).decode() for k, v in annotations.items()}
 
     api_group = ref.get("apiGroup")
-    api_version = _str(ref.get("apiVersion"))
+    x = ref.get("apiVersion")
+    api_version = x if type(x) is str else _str(x)
     if api_group is None and "/" in api_version:  # v1alpha1: "group/version"
         api_group, _, api_version = api_version.rpartition("/")
 
@@ -143,49 +159,73 @@ def normalize_event(
         {str(k): ",".join(_str_list(v)) for k, v in extra_user.items()} if isinstance(extra_user, dict) else {}
     )
 
-    resource = _str(ref.get("resource"))
-    req_obj = ev.get("requestObject")
-    resp_obj = ev.get("responseObject")
-    if redact and (resource == "secrets" or req_obj is not None or resp_obj is not None):
-        is_secret = resource == "secrets"
-        req_obj = redact_secrets(req_obj, is_secret)
-        resp_obj = redact_secrets(resp_obj, is_secret)
-    req_text, cut1 = _object_text(req_obj, max_object_bytes)
-    resp_text, cut2 = _object_text(resp_obj, max_object_bytes)
+    x = ref.get("resource")
+    resource = x if type(x) is str else _str(x)
+    req_obj = get("requestObject")
+    resp_obj = get("responseObject")
+    if req_obj is None and resp_obj is None:
+        req_text = resp_text = ""
+        cut1 = cut2 = False
+    else:
+        if redact:
+            is_secret = resource == "secrets"
+            req_obj = redact_secrets(req_obj, is_secret)
+            resp_obj = redact_secrets(resp_obj, is_secret)
+        req_text, cut1 = _object_text(req_obj, max_object_bytes)
+        resp_text, cut2 = _object_text(resp_obj, max_object_bytes)
 
     code = status.get("code")
-    try:
-        code = int(code) if code is not None else 0
-    except (TypeError, ValueError):
-        code = 0
+    if type(code) is not int:
+        try:
+            code = int(code) if code is not None else 0
+        except (TypeError, ValueError):
+            code = 0
 
-    unknown = {k: v for k, v in ev.items() if k not in KNOWN_KEYS}
+    if ev.keys() <= KNOWN_KEYS:
+        extra = ""
+    else:
+        extra = orjson.dumps({k: v for k, v in ev.items() if k not in KNOWN_KEYS}).decode()
+    # string fields: the common case (already a str) inline, anything else through _str
+    level = get("level")
+    verb = get("verb")
+    uri = get("requestURI")
+    username = user.get("username")
+    uid = user.get("uid")
+    agent = get("userAgent")
+    namespace = ref.get("namespace")
+    name = ref.get("name")
+    subresource = ref.get("subresource")
+    ref_uid = ref.get("uid")
+    status_status = status.get("status")
+    reason = status.get("reason")
+    message = status.get("message")
+    version = get("apiVersion")
     return {
         "cluster": cluster,
         "auditid": audit_id,
         "stage": stage,
-        "level": _str(ev.get("level")),
-        "verb": _str(ev.get("verb")),
-        "request_uri": _str(ev.get("requestURI")),
-        "username": _str(user.get("username")),
-        "useruid": _str(user.get("uid")),
+        "level": level if type(level) is str else _str(level),
+        "verb": verb if type(verb) is str else _str(verb),
+        "request_uri": uri if type(uri) is str else _str(uri),
+        "username": username if type(username) is str else _str(username),
+        "useruid": uid if type(uid) is str else _str(uid),
         "usergroups": _str_list(user.get("groups")),
         "user_extra": user_extra,
-        "impersonated_username": _str(imp.get("username")),
-        "impersonated_groups": _str_list(imp.get("groups")),
-        "sourceips": _str_list(ev.get("sourceIPs")),
-        "useragent": _str(ev.get("userAgent")),
+        "impersonated_username": _str(imp.get("username")) if imp else "",
+        "impersonated_groups": _str_list(imp.get("groups")) if imp else [],
+        "sourceips": _str_list(get("sourceIPs")),
+        "useragent": agent if type(agent) is str else _str(agent),
         "objectref_resource": resource,
-        "objectref_namespace": _str(ref.get("namespace")),
-        "objectref_name": _str(ref.get("name")),
-        "objectref_apigroup": _str(api_group),
+        "objectref_namespace": namespace if type(namespace) is str else _str(namespace),
+        "objectref_name": name if type(name) is str else _str(name),
+        "objectref_apigroup": api_group if type(api_group) is str else _str(api_group),
         "objectref_apiversion": api_version,
-        "objectref_subresource": _str(ref.get("subresource")),
-        "objectref_uid": _str(ref.get("uid")),
+        "objectref_subresource": subresource if type(subresource) is str else _str(subresource),
+        "objectref_uid": ref_uid if type(ref_uid) is str else _str(ref_uid),
         "responsestatus_code": code,
-        "responsestatus_status": _str(status.get("status")),
-        "responsestatus_reason": _str(status.get("reason")),
-        "responsestatus_message": _str(status.get("message")),
+        "responsestatus_status": status_status if type(status_status) is str else _str(status_status),
+        "responsestatus_reason": reason if type(reason) is str else _str(reason),
+        "responsestatus_message": message if type(message) is str else _str(message),
         "decision": annotations.get(DECISION, ""),
         "decision_reason": annotations.get(REASON, ""),
         "annotations": annotations,
@@ -194,6 +234,6 @@ def normalize_event(
         "request_object": req_text,
         "response_object": resp_text,
         "objects_truncated": cut1 or cut2,
-        "event_version": _str(ev.get("apiVersion")),
-        "extra": orjson.dumps(unknown).decode() if unknown else "",
+        "event_version": version if type(version) is str else _str(version),
+        "extra": extra,
     }

@@ -472,13 +472,7 @@ def compile_condition(cond: Any, where: str) -> Predicate:
             parts.append((_cost(str(key), value), lambda v, s=sub: not s(v)))
         else:
             parts.append((_cost(str(key), value), compile_test(str(key), value, at)))
-    preds = [p for _, p in sorted(parts, key=lambda cp: cp[0])]
-    if len(preds) == 1:
-        return preds[0]
-    if len(preds) == 2:
-        a, b = preds
-        return lambda v: a(v) and b(v)
-    return lambda v: all(p(v) for p in preds)
+    return _all_of([p for _, p in sorted(parts, key=lambda cp: cp[0])])
 
 
 def _all_of(subs: list[Predicate]) -> Predicate:

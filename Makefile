@@ -24,7 +24,17 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/pip install -q -e ".[dev]"
 	@touch $@
 
-install: $(VENV)/.installed
+# The compiled hot path (native/, Rust + PyO3): optional; without cargo the worker uses pure Python (same output).
+$(VENV)/.native: $(VENV)/.installed native/Cargo.toml native/pyproject.toml $(wildcard native/src/*.rs)
+	@if command -v cargo >/dev/null; then \
+		echo "kaudit: building the compiled hot path (native/, about a minute the first time)"; \
+		$(VENV)/bin/pip install -q ./native || { echo "kaudit: native build failed; see above"; exit 2; }; \
+	else \
+		echo "kaudit: cargo not found: skipping native/ (the worker runs pure Python, ~2x slower; install Rust for speed)"; \
+	fi
+	@touch $@
+
+install: $(VENV)/.installed $(VENV)/.native
 
 up: install
 	bash infra/kafka/kafka.sh up

@@ -40,6 +40,11 @@ class Settings(BaseSettings):
         256 * 1024, description="requestObject/responseObject above this size are cut and flagged."
     )
     redact_secrets: bool = Field(True, description="Replace Secret data/stringData values with a hash.")
+    native: bool = Field(
+        True,
+        description="Use the compiled hot path (native/, built by make install) in the worker when it is installed; "
+        "0 forces the pure-Python path (same output, slower).",
+    )
 
     # --- bridge ------------------------------------------------------------------------------------
     bridge_host: str = Field("127.0.0.1", description="Bridge listen address.")

@@ -24,7 +24,8 @@ from pipeline.agents.windows import WindowCounts, window_start_us
 from pipeline.config import Settings
 from pipeline.kafka import deadletter
 from pipeline.kafka import headers as H
-from pipeline.models.avro import codec
+from pipeline.models import native
+from pipeline.models.avro import codec, encode_event_batch
 from pipeline.models.normalize import NormalizeError, normalize_event
 from pipeline.models.readers import ParseIssue, RawEvent, read_events
 
@@ -85,6 +86,7 @@ class Processor:
         self.c_verb = codec("verb_stats")
         self.c_status = codec("status_stats")
         self.c_alert = codec("alert")
+        self.native = settings.native and native.available()
 
     # ------------------------------------------------------------------------------------------------
     def process(
@@ -139,17 +141,42 @@ class Processor:
         skip: set[int] = set()
         if hdr.get(H.SKIP_ITEMS):
             skip = {int(x) for x in hdr[H.SKIP_ITEMS].split(",") if x.strip().isdigit()}
-        items = list(read_events(value))
-        if not any(isinstance(it, RawEvent) for it in items):
-            reasons = "; ".join(f"line {it.line}: {it.reason}" for it in items if isinstance(it, ParseIssue))
-            out.n_bad = 1
-            out.deadletters.append(
-                deadletter.record(f"no audit event in raw record: {reasons or 'empty'}"[:2000], "worker", value, cluster=cluster, origin=origin, received_at=received_at)
-            )
-            return
-
         s = self.s
         max_obj, redact = s.max_object_bytes, s.redact_secrets
+        # (normalized event: dict or native Event, raw event dict or None, Avro AuditEvent bytes or None)
+        events: list[tuple[dict[str, Any], dict[str, Any] | None, bytes | None]] = []
+        fast = native.normalize_record(value, cluster, max_obj, redact) if self.native else None
+        if fast is not None:
+            events = [(ev, None, ev.avro) for i, ev in enumerate(fast) if i not in skip]
+            out.n_events = len(events)
+        else:
+            items = list(read_events(value))
+            if not any(isinstance(it, RawEvent) for it in items):
+                reasons = "; ".join(f"line {it.line}: {it.reason}" for it in items if isinstance(it, ParseIssue))
+                out.n_bad = 1
+                out.deadletters.append(
+                    deadletter.record(f"no audit event in raw record: {reasons or 'empty'}"[:2000], "worker", value, cluster=cluster, origin=origin, received_at=received_at)
+                )
+                return
+            for index, item in enumerate(items):
+                if index in skip:
+                    continue
+                if isinstance(item, ParseIssue):
+                    out.n_bad += 1
+                    out.deadletters.append(
+                        deadletter.record(item.reason, "worker", item.text, cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
+                    )
+                    continue
+                out.n_events += 1
+                raw = item.event
+                try:
+                    events.append((normalize_event(raw, cluster, max_object_bytes=max_obj, redact=redact), raw, None))
+                except NormalizeError as exc:
+                    out.n_bad += 1
+                    out.deadletters.append(
+                        deadletter.record(str(exc), "worker", orjson.dumps(raw), cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
+                    )
+
         wsize = self.window_seconds
         count_stages = self.count_stages
         rules, noise = self.rules, self.noise
@@ -157,28 +184,11 @@ class Processor:
         in_record: set[tuple[str, str]] = set()
         alerts: dict[str, Alert] = {}
         kept: list[dict[str, Any]] = []
-        dropped_keys: list[dict[str, str]] = []
+        kept_blobs: list[bytes | None] = []
+        dropped_keys: list[tuple[str, str]] = []
         verbs, codes = WindowCounts(), WindowCounts()
 
-        for index, item in enumerate(items):
-            if index in skip:
-                continue
-            if isinstance(item, ParseIssue):
-                out.n_bad += 1
-                out.deadletters.append(
-                    deadletter.record(item.reason, "worker", item.text, cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
-                )
-                continue
-            out.n_events += 1
-            raw = item.event
-            try:
-                ev = normalize_event(raw, cluster, max_object_bytes=max_obj, redact=redact)
-            except NormalizeError as exc:
-                out.n_bad += 1
-                out.deadletters.append(
-                    deadletter.record(str(exc), "worker", orjson.dumps(raw), cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
-                )
-                continue
+        for ev, raw, blob in events:
             k = (ev["auditid"], ev["stage"])
             if k in in_record or not seen.first_at((cluster, *k), offset, now):
                 out.n_dup += 1
@@ -195,15 +205,20 @@ class Processor:
                 codes.add(cluster, ws, ev["responsestatus_code"], not keep)
             if keep:
                 kept.append(ev)
+                kept_blobs.append(blob)
             else:
                 out.n_dropped += 1
-                dropped_keys.append({"auditid": k[0], "stage": k[1]})
+                dropped_keys.append(k)
 
         out.n_kept = len(kept)
         if kept or dropped_keys:
-            out.events_value = self.c_events.encode(
-                {"source_id": out.source_id, "cluster": cluster, "received_at": received_at, "events": kept, "dropped_keys": dropped_keys}
-            )
+            if fast is not None:
+                out.events_value = encode_event_batch(out.source_id, cluster, received_at, kept_blobs, dropped_keys)  # type: ignore[arg-type]
+            else:
+                out.events_value = self.c_events.encode(
+                    {"source_id": out.source_id, "cluster": cluster, "received_at": received_at, "events": kept,
+                     "dropped_keys": [{"auditid": a, "stage": st} for a, st in dropped_keys]}
+                )  # fmt: skip
         if verbs:
             out.verb_value = self.c_verb.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": verbs.rows("verb")})
             out.status_value = self.c_status.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": codes.rows("code")})

@@ -297,3 +297,22 @@ def header_value(headers: list[tuple[str, bytes]] | None, key: str) -> str | Non
 
 def decode_record(stem: str, value: bytes, headers: list[tuple[str, bytes]] | None) -> dict[str, Any]:
     return codec(stem).decode(value, header_value(headers, H_FP))
+
+
+def encode_event_batch(
+    source_id: str, cluster: str, received_at: int, event_blobs: list[bytes], dropped_keys: list[tuple[str, str]]
+) -> bytes:
+    """An ``EventBatch`` from events already encoded as ``AuditEvent`` (the compiled path's output): the same
+    bytes as ``codec("event_batch").encode`` of the decoded events, without touching them again."""
+    parts = [_str_bytes(source_id), _str_bytes(cluster), _varint(received_at)]
+    if event_blobs:
+        parts.append(_varint(len(event_blobs)))
+        parts.extend(event_blobs)
+    parts.append(b"\x00")
+    if dropped_keys:
+        parts.append(_varint(len(dropped_keys)))
+        for auditid, stage in dropped_keys:
+            parts.append(_str_bytes(auditid))
+            parts.append(_str_bytes(stage))
+    parts.append(b"\x00")
+    return b"".join(parts)

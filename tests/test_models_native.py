@@ -1,0 +1,203 @@
+"""The compiled hot path (native/) against the Python reference: same dicts, same Avro bytes, same worker
+outputs, and a clean fallback (None) for everything it does not handle."""
+
+from __future__ import annotations
+
+import copy
+import gzip
+import shutil
+
+import orjson
+import pytest
+
+from pipeline.agents import testing as T
+from pipeline.agents.processor import Processor
+from pipeline.agents.rules import RuleSet, load_rules
+from pipeline.agents.state import PartitionState
+from pipeline.config import Settings
+from pipeline.models import native
+from pipeline.models.avro import codec, encode_event_batch
+from pipeline.models.normalize import normalize_event
+from pipeline.models.readers import RawEvent, read_events
+from tests.conftest import SAMPLES
+
+if not native.available():
+    if shutil.which("cargo"):
+        pytest.fail("cargo is installed but kaudit_native is not: run `make install` (it builds native/)")
+    pytest.skip("kaudit_native not built (no Rust toolchain): the Python path is the only one", allow_module_level=True)
+
+CAP = 256 * 1024
+SAMPLE_FILES = sorted(p for p in SAMPLES.glob("*/*") if p.is_file() and p.suffix != ".md")
+EVENT = codec("event_batch")
+# AKS Event Hub exports wrap events in records/properties.log: the Python reader's job
+PYTHON_ONLY = {"eventhub-records.json", "sample_EventHubs_event.json", "sample_KubeAuditLog_event.json"}
+
+
+def python_events(value: bytes, cluster: str = "c", redact: bool = True) -> list[dict]:
+    return [normalize_event(it.event, cluster, max_object_bytes=CAP, redact=redact) for it in read_events(value) if isinstance(it, RawEvent)]  # fmt: skip
+
+
+def event_bytes(ev: dict) -> bytes:
+    """The AuditEvent bytes of one event, cut out of an EventBatch written by the reference writer."""
+    whole = EVENT.encode({"source_id": "", "cluster": "", "received_at": 0, "events": [ev], "dropped_keys": []})
+    assert whole[:4] == b"\x00\x00\x00\x02" and whole[-2:] == b"\x00\x00"
+    return whole[4:-2]
+
+
+def assert_same(value: bytes, cluster: str = "c", redact: bool = True) -> int:
+    got = native.normalize_record(value, cluster, CAP, redact)
+    assert got is not None, "the native path declined a record it should handle"
+    want = python_events(value, cluster, redact)
+    assert len(got) == len(want)
+    for ev, ref in zip(got, want, strict=True):
+        d = ev.to_dict()
+        assert d == ref
+        assert list(d) == list(ref)
+        assert ev.avro == event_bytes(ref)
+    return len(got)
+
+
+@pytest.mark.parametrize("path", SAMPLE_FILES, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_sample_file_same_as_python(path):
+    if path.name in PYTHON_ONLY:
+        assert native.normalize_record(path.read_bytes(), "c", CAP, True) is None
+        return
+    assert assert_same(path.read_bytes()) > 0
+
+
+def test_the_sample_files_cover_most_events():
+    n = sum(len(native.normalize_record(p.read_bytes(), "c", CAP, True) or []) for p in SAMPLE_FILES)
+    assert n >= 950  # 1,001 sample events; only the AKS wrappers (24) go the Python way
+
+
+def base_event(**over) -> dict:
+    ev = {
+        "kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "RequestResponse", "auditID": "a-1",
+        "stage": "ResponseComplete", "requestURI": "/api/v1/namespaces/ns/secrets/s", "verb": "create",
+        "user": {"username": "alice", "uid": "u1", "groups": ["g1", "system:authenticated"],
+                 "extra": {"scopes": ["a", "b"], "one": "x", "none": None}},
+        "sourceIPs": ["10.0.0.1", "::1"], "userAgent": "kubectl/v1.30",
+        "objectRef": {"resource": "secrets", "namespace": "ns", "name": "s", "apiVersion": "v1"},
+        "responseStatus": {"metadata": {}, "code": 201, "status": "Success"},
+        "requestReceivedTimestamp": "2024-02-29T23:59:59.123456Z", "stageTimestamp": "2024-03-01T00:00:00.5Z",
+        "annotations": {"authorization.k8s.io/decision": "allow", "authorization.k8s.io/reason": "RBAC: ok"},
+    }  # fmt: skip
+    ev.update(over)
+    return ev
+
+
+HANDMADE = {
+    "secret redacted": base_event(requestObject={"kind": "Secret", "data": {"k": "dmFs", "n": 5}, "stringData": {"p": "pw"}}),
+    "secret without kind": base_event(requestObject={"data": {"k": "v"}}, responseObject={"items": [{"data": {"a": "b"}}]}),
+    "secret list": base_event(objectRef={"resource": "secrets"}, responseObject={"kind": "SecretList", "items": [{"kind": "Secret", "data": {"x": "y"}}, 3]}),
+    "not a secret": base_event(objectRef={"resource": "configmaps"}, requestObject={"data": {"k": "v"}}),
+    "escapes and unicode": base_event(requestURI="/api?q=<a>&b=\u2028", userAgent='kübectl "x" \\ \n\t\u0001',
+                                      requestObject={"metadata": {"name": "🐳", "labels": {"a<b": "c&d"}}, "v": [1.5, -0.0, 1e21, 10, None, True]}),
+    "unknown fields kept in extra": base_event(future={"b": 1, "a": [2]}, another="x"),
+    "v1alpha1 group/version": base_event(objectRef={"resource": "deployments", "apiVersion": "apps/v1beta1"}),
+    "apiGroup given": base_event(objectRef={"resource": "deployments", "apiGroup": "", "apiVersion": "apps/v1"}),
+    "impersonation": base_event(impersonatedUser={"username": "system:admin", "groups": ["system:masters"]}),
+    "empty impersonation": base_event(impersonatedUser={}),
+    "nulls": base_event(user=None, objectRef=None, responseStatus=None, annotations=None, sourceIPs=None, requestObject=None),
+    "no code": base_event(responseStatus={"status": "Failure", "message": "m", "reason": "Forbidden"}),
+    "v1beta1 timestamp": {k: v for k, v in base_event(timestamp="2017-09-11T19:55:05Z").items() if k not in ("requestReceivedTimestamp", "stageTimestamp")},
+    "creationTimestamp": {**{k: v for k, v in base_event().items() if k != "stageTimestamp"}, "metadata": {"creationTimestamp": "2017-09-11T19:55:05Z"}},
+    "short fraction": base_event(requestReceivedTimestamp="2024-01-01T00:00:00.1Z", stageTimestamp="1999-12-31T23:59:59z"),
+    "long fraction": base_event(stageTimestamp="2024-01-01T00:00:00.123456789Z"),
+    "pre-1970": base_event(stageTimestamp="1969-07-20T20:17:40.000001Z"),
+    "group as string": base_event(user={"username": "bob", "groups": "solo"}),
+    "empty strings": base_event(verb="", level="", requestURI=""),
+    "repeated annotation key": base_event(annotations={"x": "1"}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(HANDMADE))
+def test_handmade_events_same_as_python(name):
+    ev = HANDMADE[name]
+    assert_same(T.eventlist([ev]))
+    assert_same(orjson.dumps(ev))  # a single event
+    assert_same(orjson.dumps(ev) + b"\n\n" + orjson.dumps({**ev, "auditID": "a-2"}) + b"\n")  # JSON lines
+
+
+def test_redaction_off_keeps_secret_values():
+    ev = HANDMADE["secret redacted"]
+    assert_same(T.eventlist([ev]), redact=False)
+    got = native.normalize_record(T.eventlist([ev]), "c", CAP, False)
+    assert "dmFs" in got[0]["request_object"]
+
+
+def test_pretty_printed_eventlist():
+    assert_same(orjson.dumps({"kind": "EventList", "items": [base_event(), base_event(auditID="b")]}, option=orjson.OPT_INDENT_2))
+
+
+def test_event_mapping_interface():
+    (ev,) = native.normalize_record(T.eventlist([HANDMADE["impersonation"]]), "prod", CAP, True)
+    assert ev["cluster"] == "prod" and ev.get("verb") == "create" and ev["responsestatus_code"] == 201
+    assert ev.get("nope") is None and ev.get("nope", 7) == 7 and "verb" in ev and "nope" not in ev
+    assert ev["usergroups"] == ["g1", "system:authenticated"]
+    assert ev["user_extra"] == {"scopes": "a,b", "one": "x", "none": ""}
+    assert ev["impersonated_username"] == "system:admin"
+    with pytest.raises(KeyError):
+        ev["nope"]
+    assert len(ev) == len(ev.keys()) == 35
+
+
+FALLBACKS = {
+    "code as string": T.eventlist([base_event(responseStatus={"code": "403"})]),
+    "verb as number": T.eventlist([base_event(verb=5)]),
+    "timestamp with offset": T.eventlist([base_event(stageTimestamp="2024-01-01T01:00:00+01:00")]),
+    "bad date": T.eventlist([base_event(stageTimestamp="2024-02-30T00:00:00Z")]),
+    "no timestamp": T.eventlist([{k: v for k, v in base_event().items() if "Timestamp" not in k}]),
+    "no auditID": T.eventlist([{k: v for k, v in base_event().items() if k != "auditID"}]),
+    "unknown stage": T.eventlist([base_event(stage="Later")]),
+    "object over the cap": T.eventlist([base_event(requestObject={"blob": "x" * (CAP + 10)})]),
+    "gzip": gzip.compress(T.eventlist([base_event()])),
+    "BOM": b"\xef\xbb\xbf" + T.eventlist([base_event()]),
+    "AKS record": orjson.dumps({"records": [{"category": "kube-audit", "properties": {"log": orjson.dumps(base_event()).decode()}}]}),
+    "garbage line": orjson.dumps(base_event()) + b"\nnot json\n",
+    "item not an object": T.eventlist([base_event(), 3]),
+    "code out of int range": T.eventlist([base_event(responseStatus={"code": 2**40})]),
+    "repeated unknown key": b'{"auditID":"x","stage":"ResponseComplete","stageTimestamp":"2024-01-01T00:00:00Z","z":1,"z":2}',
+    "empty": b"",
+    "a JSON array": orjson.dumps([base_event()]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FALLBACKS))
+def test_unusual_records_take_the_python_path(name):
+    assert native.normalize_record(FALLBACKS[name], "c", CAP, True) is None
+
+
+def run_processor(records: list[T.RawRecord], use_native: bool) -> list:
+    proc = Processor(Settings(native=use_native), RuleSet(load_rules()))
+    assert proc.native is use_native
+    state, outs = PartitionState(0, 900), []
+    for off, r in enumerate(records):
+        o = proc.process(state, off, r.cluster.encode(), r.value, r.headers, now=1_700_000_000.0)
+        outs.append((o.events_value, o.verb_value, o.status_value, [(a.alert_id, proc.encode_alert(a)) for a in o.alerts],
+                     [d[0] for d in o.deadletters], o.n_events, o.n_kept, o.n_dup, o.n_bad))  # fmt: skip
+    return outs
+
+
+def test_worker_outputs_identical_with_and_without_native():
+    records = []
+    for i, path in enumerate(SAMPLE_FILES):
+        value = path.read_bytes()
+        records.append(T.raw_record(f"c{i % 3}", value))
+        records.append(T.raw_record(f"c{i % 3}", value))  # the same batch again: all duplicates
+    records += [T.raw_record("odd", v) for v in FALLBACKS.values()]
+    records.append(T.raw_record("skip", T.eventlist([base_event(auditID=f"s{i}") for i in range(5)]), skip_items="1,3"))
+    fixed = copy.deepcopy(records)
+    with_native, without = run_processor(records, True), run_processor(fixed, False)
+    assert with_native == without
+    assert sum(o[3] != [] for o in with_native) > 10  # alerts were produced and compared
+    assert sum(o[5] for o in with_native) > 1900
+
+
+def test_event_batch_assembly_matches_the_codec():
+    evs = native.normalize_record(T.eventlist([base_event(auditID=f"x{i}") for i in range(3)]), "c", CAP, True)
+    dropped = [("d1", "ResponseComplete")]
+    want = EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 1_700_000_000_000_000,
+                         "events": [e.to_dict() for e in evs], "dropped_keys": [{"auditid": "d1", "stage": "ResponseComplete"}]})  # fmt: skip
+    assert encode_event_batch("1:2", "c", 1_700_000_000_000_000, [e.avro for e in evs], dropped) == want
+    assert encode_event_batch("1:2", "c", 5, [], []) == EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 5, "events": [], "dropped_keys": []})

@@ -23,6 +23,9 @@ DEFAULT_EVENT_FIELDS = [
 DEFAULT_EVENT_LIMIT = 100
 DEFAULT_GROUP_LIMIT = 1000
 MAX_LIMIT = 1_000_000
+WINDOW_MAX_LIMIT = 10_000  # listings up to this LIMIT get a window_sql (newest-first search)
+WINDOW_MARK = "__window__"  # in window_sql: replaced by a time condition (pipeline.query.listing)
+WINDOW_LIMIT = "wlimit"  # window_sql's LIMIT parameter; never clashes with the generated p0, p1, ...
 AGG_SQL = {"count_distinct": "uniqExact", "sum": "sum", "min": "min", "max": "max", "avg": "avg"}
 
 
@@ -34,6 +37,10 @@ class CompiledQuery:
     kind: str  # events | aggregate
     time_range: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
+    limit: int = 0  # events: the LIMIT of ``sql``
+    # events sorted newest first: ``sql`` with WINDOW_MARK (a time window) and a LIMIT parameter, so that
+    # pipeline.query.listing can search the newest events first; None when the sort does not allow it
+    window_sql: str | None = None
 
 
 class _Ctx:
@@ -119,7 +126,10 @@ class Compiler:
     # --- conditions ------------------------------------------------------------------------------------
     def cond(self, node: object) -> str:
         if isinstance(node, Logic):
-            return "(" + f" {node.op.upper()} ".join(self.cond(i) for i in node.items) + ")"
+            op = node.op.upper()
+            neutral = "1" if op == "AND" else "0"  # e.g. logtype="Kubernetes Audit Logs" compiles to 1
+            items = [sql for sql in (self.cond(i) for i in node.items) if sql != neutral] or [neutral]
+            return "(" + f" {op} ".join(items) + ")"
         if isinstance(node, Not):
             return f"NOT ({self.cond(node.item)})"
         assert isinstance(node, Cmp)
@@ -287,7 +297,12 @@ class Compiler:
         limit = min(q.limit or DEFAULT_EVENT_LIMIT, MAX_LIMIT)
         sql = (f"SELECT {', '.join(select)} FROM audit_events WHERE {where} "
                f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
-        return CompiledQuery(sql, self.ctx.params, names, "events", self.rng)
+        window_sql = None
+        if order[0] == f"{TS} DESC" and limit <= WINDOW_MAX_LIMIT:
+            window_sql = (f"SELECT {', '.join(select)} FROM audit_events WHERE {where} AND {WINDOW_MARK} "
+                          f"ORDER BY {', '.join(order)} LIMIT {{{WINDOW_LIMIT}:UInt64}}")  # fmt: skip
+        return CompiledQuery(sql, self.ctx.params, names, "events", self.rng, limit=limit,
+                             window_sql=window_sql)  # fmt: skip
 
     def aggregate(self) -> CompiledQuery:
         q = self.q

@@ -77,16 +77,16 @@ def _local(wh: Any, query: str | None, sql: str | None, qargs: dict[str, str | N
     if query is not None:
         cq = compile_query(query, since=qargs.get("since"), from_=qargs.get("from"), to=qargs.get("to"),
                            cluster=qargs.get("cluster"))  # fmt: skip
-        out = _timed(wh, cq.sql, cq.params)
+        out = _timed(wh, cq.sql, cq.params, cq)
         out["columns"] = cq.columns
         out["kind"] = cq.kind
         return out
     return _timed(wh, check_read_only(sql or ""), {})
 
 
-def _timed(wh: Any, sql: str, params: dict[str, Any]) -> dict[str, Any]:
+def _timed(wh: Any, sql: str, params: dict[str, Any], compiled: Any = None) -> dict[str, Any]:
     try:
-        return wh.timed(sql, params)
+        return wh.timed(sql, params, compiled)
     except WarehouseLockedError:
         raise
     except Exception as exc:  # noqa: BLE001

@@ -44,11 +44,14 @@ async def health(request: web.Request) -> web.Response:
     return web.json_response({"ok": True, "embedded": request.app[WAREHOUSE].embedded})
 
 
-async def _run(request: web.Request, sql: str, params: dict[str, Any], extra: dict[str, Any]) -> web.Response:
+async def _run(
+    request: web.Request, sql: str, params: dict[str, Any], extra: dict[str, Any], cq: Any = None
+) -> web.Response:
     wh = request.app[WAREHOUSE]
     t0 = time.perf_counter()
     try:
-        cols, rows = await wh.aquery(sql, params)
+        # a compiled query-language query runs through query_compiled: listings search the newest events first
+        cols, rows = await (wh.aquery_compiled(cq) if cq is not None else wh.aquery(sql, params))
     except Exception as exc:  # noqa: BLE001 - ClickHouse says what is wrong
         log.info("query failed: %s", exc)
         return _error(400, f"query failed: {str(exc).strip().splitlines()[0][:500]}")
@@ -66,7 +69,7 @@ async def query(request: web.Request) -> web.Response:
     except QueryError as exc:
         return _error(400, str(exc), exc.column)
     # columns: the display names (group fields, count, ...) rather than the SQL aliases
-    return await _run(request, cq.sql, cq.params, {"kind": cq.kind, "columns": cq.columns})
+    return await _run(request, cq.sql, cq.params, {"kind": cq.kind, "columns": cq.columns}, cq)
 
 
 async def sql(request: web.Request) -> web.Response:

@@ -108,15 +108,24 @@ class Warehouse:
         res = self._client().query(sql, parameters=params or None, settings=READ_SETTINGS)
         return list(res.column_names), [[jsonable(v) for v in row] for row in res.result_rows]
 
+    def query_compiled(self, cq: Any) -> tuple[list[str], list[list[Any]]]:
+        """A compiled query-language query (pipeline.query.CompiledQuery): listings search newest events first."""
+        from pipeline.query.listing import run_compiled
+
+        return run_compiled(self.query, cq)
+
+    async def aquery_compiled(self, cq: Any) -> tuple[list[str], list[list[Any]]]:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.query_compiled, cq)
+
     def sql(self, sql: str) -> tuple[list[str], list[list[Any]]]:
         return self.query(check_read_only(sql))
 
     async def aquery(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[list[Any]]]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.query, sql, params)
 
-    def timed(self, sql: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+    def timed(self, sql: str, params: dict[str, Any] | None = None, cq: Any = None) -> dict[str, Any]:
         t0 = time.perf_counter()
-        cols, rows = self.query(sql, params)
+        cols, rows = self.query_compiled(cq) if cq is not None else self.query(sql, params)
         return {"columns": cols, "rows": rows, "sql": sql, "params": jsonable(params or {}),
                 "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
 

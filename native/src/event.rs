@@ -241,6 +241,7 @@ pub struct Event {
     received: i64,
     stage_ts: i64,
     cluster: Py<PyString>,
+    cache: [std::sync::OnceLock<PyObject>; 35], // each field's Python value, built on first read
 }
 
 fn read_long(b: &[u8], at: &mut usize) -> i64 {
@@ -273,10 +274,19 @@ impl Event {
             received: b.received,
             stage_ts: b.stage_ts,
             cluster,
+            cache: std::array::from_fn(|_| std::sync::OnceLock::new()),
         })
     }
 
+    /// Field i as a Python object; the same object on every read (rules read a field several times).
     fn value(&self, py: Python<'_>, i: usize) -> PyObject {
+        match kind(i) {
+            Kind::List | Kind::Map => self.build(py, i), // mutable: a fresh one per read, like a dict's copy
+            _ => self.cache[i].get_or_init(|| self.build(py, i)).clone_ref(py),
+        }
+    }
+
+    fn build(&self, py: Python<'_>, i: usize) -> PyObject {
         let blob = self.blob.as_bytes(py);
         let (start, len) = self.pos[i];
         let start = start as usize;

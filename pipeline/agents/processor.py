@@ -178,6 +178,7 @@ class Processor:
                     )
 
         wsize = self.window_seconds
+        wsize_us = wsize * 1_000_000  # window_start_us, inline
         count_stages = self.count_stages
         rules, noise = self.rules, self.noise
         seen = state.seen
@@ -199,8 +200,9 @@ class Processor:
                 for rule in rules.matches(view):
                     self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
             keep = noise.keep(view) if noise is not None else True
-            if count_stages is None or ev["stage"] in count_stages:
-                ws = window_start_us(ev["stage_ts"], wsize)
+            if count_stages is None or k[1] in count_stages:
+                ts = ev["stage_ts"]
+                ws = ts - ts % wsize_us
                 verbs.add(cluster, ws, ev["verb"], not keep)
                 codes.add(cluster, ws, ev["responsestatus_code"], not keep)
             if keep:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,9 +29,11 @@ from typing import Any
 import yaml
 
 from pipeline.agents.conditions import (
+    LIST_FIELDS,
     ConditionError,
     EventView,
     Predicate,
+    _int_texts,
     accessor,
     compile_condition,
     equality_values,
@@ -67,6 +70,9 @@ class Rule:
     source: str = ""
     resources: frozenset[str] | None = None  # index hint: objectref_resource values the rule can match
     verbs: frozenset[str] | None = None  # index hint: verb values the rule can match
+    subresources: frozenset[str] | None = None  # index hint: objectref_subresource values
+    codes: frozenset[int] | None = None  # index hint: responsestatus_code values
+    guard: Guard | None = None  # memoized necessary condition on low-cardinality fields
 
     def group_key(self, view: EventView) -> str:
         parts = []
@@ -76,6 +82,70 @@ class Rule:
                 v = ",".join(map(str, v))
             parts.append("" if v is None else str(v))
         return "|".join(parts)
+
+
+# Fields whose values repeat across events (users, verbs, resources, codes, source IPs), so that a guard's answer
+# for one combination of them is worth remembering. Names, URIs and objects are not among them.
+GUARD_FIELDS = frozenset(
+    {
+        "username", "usergroups", "impersonated_username", "impersonated_groups", "verb", "stage", "level",
+        "objectref_resource", "objectref_subresource", "objectref_namespace", "objectref_apigroup",
+        "responsestatus_code", "decision", "useragent", "sourceip",
+    }
+)  # fmt: skip
+GUARD_MEMO_MAX = 100_000
+
+
+def fields_of(cond: Any) -> set[str]:
+    """Every field a condition reads (keys other than all/any/not, recursively)."""
+    out: set[str] = set()
+    if isinstance(cond, dict):
+        for k, v in cond.items():
+            if k in ("all", "any"):
+                for c in v if isinstance(v, list) else ():
+                    out |= fields_of(c)
+            elif k == "not":
+                out |= fields_of(v)
+            else:
+                out.add(str(k))
+    return out
+
+
+class Guard:
+    """The top-level parts of a rule's condition that read only GUARD_FIELDS: a necessary condition (the rule's
+    condition is their conjunction with the rest) and a pure function of those fields' values, so RuleSet
+    remembers its answer per value combination. ``complete``: the guard is the whole condition."""
+
+    __slots__ = ("pred", "fields", "complete")
+
+    def __init__(self, pred: Predicate, fields: tuple[str, ...], complete: bool) -> None:
+        self.pred = pred
+        self.fields = fields
+        self.complete = complete
+
+
+def key_function(fields: tuple[str, ...]) -> Callable[[EventView, Any], tuple]:
+    """(view, view.ev) -> the tuple of the fields' values (lists as tuples), as one generated expression: a
+    generator over the fields would cost more than the memo saves."""
+    parts = [
+        "(x[0] if (x := ev.get('sourceips')) else '')"  # EventView.derived('sourceip'), inline
+        if f == "sourceip"
+        else f"tuple(ev.get({f!r}) or ())"
+        if f in LIST_FIELDS
+        else f"ev.get({f!r})"
+        for f in fields
+        if f in GUARD_FIELDS  # known names only: this text is compiled
+    ]
+    return eval(f"lambda v, ev: ({', '.join(parts)},)")  # noqa: S307 - field names from a fixed set
+
+
+def make_guard(match: Any) -> Guard | None:
+    if not isinstance(match, dict):
+        return None
+    parts = {k: v for k, v in match.items() if (f := fields_of({k: v})) and f <= GUARD_FIELDS}
+    if not parts:
+        return None
+    return Guard(compile_condition(parts, "match"), tuple(sorted(fields_of(parts))), len(parts) == len(match))
 
 
 def alert_id(*parts: object) -> str:
@@ -161,7 +231,19 @@ def _parse_rule(raw: Any, where: str) -> Rule:
         source=where,
         resources=equality_values(raw["match"], "objectref_resource"),
         verbs=equality_values(raw["match"], "verb"),
+        subresources=equality_values(raw["match"], "objectref_subresource"),
+        codes=_code_hint(raw["match"]),
+        guard=make_guard(raw["match"]),
     )
+
+
+def _code_hint(match: Any) -> frozenset[int] | None:
+    """The status codes a rule can match, when its top-level condition pins them (all as canonical ints)."""
+    texts = equality_values(match, "responsestatus_code")
+    if texts is None:
+        return None
+    ints = _int_texts(texts)
+    return ints if len(ints) == len(texts) else None
 
 
 def load_rule_file(path: Path | str, *, allow_disable_only: bool = False) -> tuple[list[Rule], set[str]]:
@@ -216,31 +298,74 @@ class Match:
     view: EventView
 
 
+class _Slot:
+    """The rules an event with one (resource, verb, stage, subresource, code) can match, and per combination of
+    their guard fields' values, which of them remain (with whether the full condition must still be tested)."""
+
+    __slots__ = ("rules", "key", "memo")
+
+    def __init__(self, rules: list[Rule]) -> None:
+        self.rules = rules
+        fields = sorted({f for r in rules if r.guard is not None for f in r.guard.fields})
+        self.key = key_function(tuple(fields)) if fields else None
+        self.memo: dict[Any, list[tuple[Rule, bool]]] = {}
+
+    def remaining(self, view: EventView) -> list[tuple[Rule, bool]]:
+        if self.key is None:
+            return [(r, True) for r in self.rules]
+        k = self.key(view, view.ev)
+        found = self.memo.get(k)
+        if found is None:
+            found = [
+                (r, r.guard is None or not r.guard.complete)
+                for r in self.rules
+                if r.guard is None or r.guard.pred(view)
+            ]
+            if len(self.memo) >= GUARD_MEMO_MAX:
+                self.memo.clear()
+            self.memo[k] = found
+        return found
+
+
 class RuleSet:
-    """Enabled rules indexed by (objectref_resource, verb, stage): an event meets only the rules that can match it."""
+    """Enabled rules indexed by the event's (resource, verb, stage, subresource, status code), then filtered by
+    their memoized guards: an event is tested only against the rules it can still match."""
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = [r for r in rules if r.enabled]
-        self._candidates: dict[tuple[str, str, str], list[Rule]] = {}
+        self._slots: dict[tuple[str, str, str, str, int], _Slot] = {}
 
-    def candidates(self, resource: str, verb: str, stage: str) -> list[Rule]:
-        key = (resource, verb, stage)
-        found = self._candidates.get(key)
-        if found is None:
-            found = [
-                r
-                for r in self.rules
-                if stage in r.stages
-                and (r.resources is None or resource in r.resources)
-                and (r.verbs is None or verb in r.verbs)
-            ]
-            if len(self._candidates) < 20_000:  # bounded: resource/verb names are a small set in practice
-                self._candidates[key] = found
-        return found
+    def candidates(self, resource: str, verb: str, stage: str, subresource: str = "", code: int = 0) -> list[Rule]:
+        return self._slot((resource, verb, stage, subresource, code)).rules
+
+    def _slot(self, key: tuple[str, str, str, str, int]) -> _Slot:
+        slot = self._slots.get(key)
+        if slot is None:
+            resource, verb, stage, subresource, code = key
+            slot = _Slot(
+                [
+                    r
+                    for r in self.rules
+                    if stage in r.stages
+                    and (r.resources is None or resource in r.resources)
+                    and (r.verbs is None or verb in r.verbs)
+                    and (r.subresources is None or subresource in r.subresources)
+                    and (r.codes is None or code in r.codes)
+                ]
+            )
+            if len(self._slots) >= 50_000:  # bounded: these are small sets in practice
+                self._slots.clear()
+            self._slots[key] = slot
+        return slot
 
     def matches(self, view: EventView) -> list[Rule]:
         ev = view.ev
-        return [r for r in self.candidates(ev["objectref_resource"], ev["verb"], ev["stage"]) if r.match(view)]
+        slot = self._slot(
+            (ev["objectref_resource"], ev["verb"], ev["stage"], ev["objectref_subresource"], ev["responsestatus_code"])
+        )
+        if not slot.rules:
+            return []
+        return [r for r, full in slot.remaining(view) if not full or r.match(view)]
 
 
 EXAMPLE_TS = "2024-05-01T12:00:10.000000Z"

@@ -15,6 +15,7 @@ from pipeline.agents.rules import RuleError, RuleSet, example_event, load_rule_f
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
 from pipeline.models.normalize import normalize_event
+from pipeline.models.readers import RawEvent, read_events
 from tests.conftest import SAMPLES
 
 RULES = load_rules()
@@ -262,3 +263,34 @@ rules:
 def test_default_file_loads_alone():
     rules, disabled = load_rule_file(Path(__file__).resolve().parent.parent / "pipeline/agents/rules/default.yaml")
     assert not disabled and len({r.id for r in rules}) == len(rules)
+
+
+def test_index_and_guard_memo_give_the_plain_answer():
+    """One RuleSet sees every example event of every rule (and the Falco samples), shuffled, three times: its
+    answers (index slots, memoized guards) must equal testing each rule's full condition on each event."""
+    import random
+
+    rules = load_rules()
+    rs = RuleSet(rules)
+    events = []
+    for r in rules:
+        for kind in ("fire", "quiet"):
+            for i, ex in enumerate(r.examples.get(kind, [])):
+                raw = example_event({k: v for k, v in ex.items() if k != "count"}, i)
+                events.append(EventView(normalize_event(raw, "c"), raw))
+    for path in sorted((SAMPLES / "falco").glob("*.json")):
+        for it in read_events(path.read_bytes()):
+            if isinstance(it, RawEvent):
+                events.append(EventView(normalize_event(it.event, "c"), it.event))
+    assert len(events) > 150
+    rng = random.Random(7)
+    fired = 0
+    for _ in range(3):
+        rng.shuffle(events)
+        for v in events:
+            want = sorted(r.id for r in rs.rules if v.ev["stage"] in r.stages and r.match(v))
+            got = sorted(r.id for r in rs.matches(v))
+            assert got == want, v.ev["auditid"]
+            fired += len(got)
+    assert fired > 100
+    assert any(slot.memo for slot in rs._slots.values())  # the memo was used, not bypassed

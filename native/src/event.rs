@@ -188,7 +188,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     let extra = extra_text(&p.unknown)?;
     let ann = |key: &str| annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.0.as_ref()).unwrap_or("");
 
-    let mut w = W { out: Vec::with_capacity(400 + req_text.len() + resp_text.len()), pos: [(0, 0); 35], field: 0 };
+    let mut w = W { out: Vec::with_capacity(1024 + req_text.len() + resp_text.len()), pos: [(0, 0); 35], field: 0 };
     w.str(cluster);
     w.str(auditid);
     w.str(stage);

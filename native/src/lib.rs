@@ -13,7 +13,9 @@ mod parse;
 mod timestamps;
 
 use event::{build, Event};
-use parse::Parsed;
+use parse::{Ctx, PSeed};
+use serde::de::DeserializeSeed;
+use std::cell::RefCell;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString};
 
@@ -21,51 +23,46 @@ use pyo3::types::{PyList, PyString};
 pub struct Fallback;
 pub type R<T> = Result<T, Fallback>;
 
-/// The events of a record, like `readers.read_events` + `unwrap` for the shapes an API server sends.
-fn events(value: &[u8]) -> R<Vec<Parsed<'_>>> {
+/// The events of a record, like `readers.read_events` + `unwrap` for the shapes an API server sends: a
+/// whole document (EventList or one event, compact or pretty), else JSON lines (each an event or EventList).
+fn events(value: &[u8], ctx: &Ctx) -> R<()> {
     if value.starts_with(&[0x1f, 0x8b]) || value.starts_with(&[0xef, 0xbb, 0xbf]) {
         return Err(Fallback); // gzip or a BOM: the Python reader handles them
     }
-    let mut out = Vec::new();
-    match serde_json::from_slice::<Parsed>(value) {
-        Ok(doc) => resolve(doc, &mut out)?,
-        Err(_) => {
-            for line in value.split(|&b| b == b'\n') {
-                if line.iter().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
-                    continue;
-                }
-                resolve(serde_json::from_slice::<Parsed>(line).map_err(|_| Fallback)?, &mut out)?;
+    let text = std::str::from_utf8(value).map_err(|_| Fallback)?; // once, not per string
+    if document(text, ctx).is_err() {
+        ctx.out.borrow_mut().clear();
+        for line in text.split('\n') {
+            if line.bytes().all(|b| matches!(b, b' ' | b'\t' | b'\r')) {
+                continue;
             }
+            document(line, ctx)?;
         }
     }
-    if out.is_empty() {
+    if ctx.out.borrow().is_empty() {
         return Err(Fallback);
     }
-    Ok(out)
+    Ok(())
 }
 
-fn resolve<'a>(mut doc: Parsed<'a>, out: &mut Vec<Parsed<'a>>) -> R<()> {
+fn document(text: &str, ctx: &Ctx) -> R<()> {
+    let mut de = serde_json::Deserializer::from_str(text);
+    let doc = PSeed(Some(ctx)).deserialize(&mut de).map_err(|_| Fallback)?;
+    de.end().map_err(|_| Fallback)?;
     if doc.has_id_or_stage {
-        if doc.items.is_some() {
+        if doc.items.is_some() || doc.has_items {
             return Err(Fallback); // an event with an `items` field: Python keeps it in `extra`
         }
-        out.push(doc);
+        let built = build(&doc, ctx.cluster, ctx.cap, ctx.redact)?;
+        ctx.out.borrow_mut().push(built);
         return Ok(());
     }
     let kind_ok = match &doc.kind {
         None => true,
         Some(k) => k.0 == "EventList",
     };
-    match doc.items.take() {
-        Some(items) if kind_ok => {
-            for item in items {
-                if item.items.is_some() {
-                    return Err(Fallback);
-                }
-                out.push(item);
-            }
-            Ok(())
-        }
+    match doc.items {
+        Some(_) if kind_ok => Ok(()),
         _ => Err(Fallback),
     }
 }
@@ -83,14 +80,11 @@ fn normalize_record<'py>(
     max_object_bytes: usize,
     redact: bool,
 ) -> PyResult<Option<Bound<'py, PyList>>> {
-    let Ok(parsed) = events(value) else { return Ok(None) };
-    let mut built = Vec::with_capacity(parsed.len());
-    for p in &parsed {
-        match build(p, cluster, max_object_bytes, redact) {
-            Ok(b) => built.push(b),
-            Err(Fallback) => return Ok(None),
-        }
+    let ctx = Ctx { cluster, cap: max_object_bytes, redact, out: RefCell::new(Vec::new()) };
+    if events(value, &ctx).is_err() {
+        return Ok(None);
     }
+    let built = ctx.out.into_inner();
     let py_cluster = PyString::new_bound(py, cluster).unbind();
     let out = PyList::empty_bound(py);
     for b in built {

@@ -3,7 +3,9 @@
 //! Any type the Python path would coerce (a number where a string belongs, ...) is a parse error here, and
 //! the caller falls back to the Python path.
 
-use serde::de::{self, Deserialize, Deserializer, MapAccess, SeqAccess, Visitor};
+use crate::event::{build, Built};
+use serde::de::{self, Deserialize, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use std::cell::RefCell;
 use serde_json::value::RawValue;
 use std::borrow::Cow;
 use std::fmt;
@@ -168,62 +170,113 @@ pub struct Parsed<'a> {
     pub annotations: Option<Pairs<'a, BStr<'a>>>,
     pub timestamp: Option<BStr<'a>>,
     pub metadata: Option<Meta<'a>>,
-    pub items: Option<Vec<Parsed<'a>>>,
+    /// EventList items, normalized as they are read (see `Ctx`): how many were pushed
+    pub items: Option<usize>,
+    /// an `items` field was seen where no context was given (a nested one): not a shape for this path
+    pub has_items: bool,
     pub unknown: Vec<(Cow<'a, str>, &'a RawValue)>,
     pub has_id_or_stage: bool,
 }
 
-impl<'de> Deserialize<'de> for Parsed<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Parsed<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an audit event or an EventList")
+/// What normalization needs, and where EventList items go as soon as each is read: the record's events are
+/// never all held as parsed structs at once (a 400-event Vec<Parsed> is half a MB of fresh pages per record).
+pub struct Ctx<'c> {
+    pub cluster: &'c str,
+    pub cap: usize,
+    pub redact: bool,
+    pub out: RefCell<Vec<Built>>,
+}
+
+/// Parses one object; with a context, its `items` are normalized into `ctx.out` while reading.
+pub struct PSeed<'x, 'c>(pub Option<&'x Ctx<'c>>);
+
+impl<'de, 'x, 'c> DeserializeSeed<'de> for PSeed<'x, 'c> {
+    type Value = Parsed<'de>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+struct Items<'x, 'c>(&'x Ctx<'c>);
+
+impl<'de, 'x, 'c> DeserializeSeed<'de> for Items<'x, 'c> {
+    type Value = usize;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, 'x, 'c> Visitor<'de> for Items<'x, 'c> {
+    type Value = usize;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of audit events")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let ctx = self.0;
+        let mut n = 0;
+        while let Some(p) = seq.next_element_seed(PSeed(None))? {
+            if p.has_items {
+                return Err(de::Error::custom("an item with items"));
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut p = Parsed::default();
-                while let Some(BStr(key)) = map.next_key()? {
-                    match key.as_ref() {
-                        "kind" => p.kind = map.next_value()?,
-                        "apiVersion" => p.api_version = map.next_value()?,
-                        "level" => p.level = map.next_value()?,
-                        "auditID" => {
-                            p.has_id_or_stage = true;
-                            p.audit_id = map.next_value()?
-                        }
-                        "stage" => {
-                            p.has_id_or_stage = true;
-                            p.stage = map.next_value()?
-                        }
-                        "requestURI" => p.request_uri = map.next_value()?,
-                        "verb" => p.verb = map.next_value()?,
-                        "user" => p.user = map.next_value()?,
-                        "impersonatedUser" => p.impersonated_user = map.next_value()?,
-                        "sourceIPs" => p.source_ips = map.next_value()?,
-                        "userAgent" => p.user_agent = map.next_value()?,
-                        "objectRef" => p.object_ref = map.next_value()?,
-                        "responseStatus" => p.response_status = map.next_value()?,
-                        "requestObject" => p.request_object = map.next_value()?,
-                        "responseObject" => p.response_object = map.next_value()?,
-                        "requestReceivedTimestamp" => p.request_received_timestamp = map.next_value()?,
-                        "stageTimestamp" => p.stage_timestamp = map.next_value()?,
-                        "annotations" => p.annotations = map.next_value()?,
-                        "timestamp" => p.timestamp = map.next_value()?,
-                        "metadata" => p.metadata = map.next_value()?,
-                        "items" => p.items = Some(map.next_value()?),
-                        _ => {
-                            if p.unknown.iter().any(|(k, _)| *k == key) {
-                                return Err(de::Error::custom("repeated key"));
-                            }
-                            let v: &'de RawValue = map.next_value()?;
-                            p.unknown.push((key, v));
-                        }
-                    }
+            let built = build(&p, ctx.cluster, ctx.cap, ctx.redact).map_err(|_| de::Error::custom("fallback"))?;
+            ctx.out.borrow_mut().push(built);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+impl<'de, 'x, 'c> Visitor<'de> for PSeed<'x, 'c> {
+    type Value = Parsed<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an audit event or an EventList")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut p = Parsed::default();
+        while let Some(BStr(key)) = map.next_key()? {
+            match key.as_ref() {
+                "kind" => p.kind = map.next_value()?,
+                "apiVersion" => p.api_version = map.next_value()?,
+                "level" => p.level = map.next_value()?,
+                "auditID" => {
+                    p.has_id_or_stage = true;
+                    p.audit_id = map.next_value()?
                 }
-                Ok(p)
+                "stage" => {
+                    p.has_id_or_stage = true;
+                    p.stage = map.next_value()?
+                }
+                "requestURI" => p.request_uri = map.next_value()?,
+                "verb" => p.verb = map.next_value()?,
+                "user" => p.user = map.next_value()?,
+                "impersonatedUser" => p.impersonated_user = map.next_value()?,
+                "sourceIPs" => p.source_ips = map.next_value()?,
+                "userAgent" => p.user_agent = map.next_value()?,
+                "objectRef" => p.object_ref = map.next_value()?,
+                "responseStatus" => p.response_status = map.next_value()?,
+                "requestObject" => p.request_object = map.next_value()?,
+                "responseObject" => p.response_object = map.next_value()?,
+                "requestReceivedTimestamp" => p.request_received_timestamp = map.next_value()?,
+                "stageTimestamp" => p.stage_timestamp = map.next_value()?,
+                "annotations" => p.annotations = map.next_value()?,
+                "timestamp" => p.timestamp = map.next_value()?,
+                "metadata" => p.metadata = map.next_value()?,
+                "items" => match self.0 {
+                    Some(ctx) if p.items.is_none() => p.items = Some(map.next_value_seed(Items(ctx))?),
+                    _ => {
+                        map.next_value::<IgnoredAny>()?;
+                        p.has_items = true;
+                    }
+                },
+                _ => {
+                    if p.unknown.iter().any(|(k, _)| *k == key) {
+                        return Err(de::Error::custom("repeated key"));
+                    }
+                    let v: &'de RawValue = map.next_value()?;
+                    p.unknown.push((key, v));
+                }
             }
         }
-        d.deserialize_map(V)
+        Ok(p)
     }
 }

@@ -27,6 +27,9 @@ class Settings(BaseSettings):
     raw_partitions: int = Field(
         4, description="Partitions of the raw, events and stats topics (raw records are keyed by cluster)."
     )
+    kafka_compression: str = Field(
+        "lz4", description="Producer compression (none, lz4, zstd, snappy, gzip): the broker pays to check it."
+    )
     max_message_bytes: int = Field(64 * 1024 * 1024, description="Largest Kafka record (a whole webhook batch).")
 
     # --- ClickHouse --------------------------------------------------------------------------------

@@ -29,17 +29,24 @@ from pipeline.models.readers import RawEvent, read_events
 SAMPLES = REPO_ROOT.parent / "shared" / "data" / "audit-samples"
 
 
-def build_bodies(n_events: int, per_batch: int) -> tuple[list[bytes], list[list[str]]]:
+def build_bodies(
+    n_events: int, per_batch: int, mix: str = "realistic", start: int = 0
+) -> tuple[list[bytes], list[list[str]]]:
+    """EventList bodies of the mix (see pipeline.bench.worker: `realistic` is what clusters mostly send,
+    `samples` the security-heavy sample files where half the events alert), stamped now."""
+    from pipeline.bench.worker import realistic_event
+
     base = []
-    for f in sorted(p for p in SAMPLES.glob("*/*") if p.is_file() and p.suffix != ".md"):
-        base += [it.event for it in read_events(f.read_bytes()) if isinstance(it, RawEvent)]
+    if mix == "samples":
+        for f in sorted(p for p in SAMPLES.glob("*/*") if p.is_file() and p.suffix != ".md"):
+            base += [it.event for it in read_events(f.read_bytes()) if isinstance(it, RawEvent)]
     now = time.time()
     bodies, deletes, i = [], [], 0
     while i < n_events:
         items, dels = [], []
         for _ in range(min(per_batch, n_events - i)):
-            ev = dict(base[i % len(base)])
-            ev["auditID"] = str(uuid.UUID(int=i))
+            ev = dict(base[i % len(base)]) if base else realistic_event(i)
+            ev["auditID"] = str(uuid.UUID(int=start + i))
             ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + ".000000Z"
             ev["requestReceivedTimestamp"] = ev["stageTimestamp"] = ts
             ev.pop("kind", None)
@@ -78,17 +85,19 @@ class AlertWatcher(threading.Thread):
 
 
 async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str, bridge: str,
-                   watcher: AlertWatcher) -> None:  # fmt: skip
+                   watcher: AlertWatcher, base: int = 0, report: bool = True) -> None:  # fmt: skip
+    """Offer the bodies at args.rate; ``base`` events are already visible (a warm-up before this run)."""
     acked: list[tuple[float, int]] = []  # (ack time, cumulative events)
     ack_of_batch: dict[int, float] = {}
     visible: list[tuple[float, int]] = []
-    total = sum(1 for _ in range(args.events))
+    total = sum(min(args.per_batch, args.events - i * args.per_batch) for i in range(len(bodies)))
     done = asyncio.Event()
 
     async def poll(session: aiohttp.ClientSession) -> None:
         while not done.is_set():
             async with session.post(f"{api}/api/sql", json={"sql": "SELECT count() FROM audit_events"}) as r:
                 n = (await r.json())["rows"][0][0]
+            n -= base
             visible.append((time.monotonic(), n))
             if n >= total:
                 done.set()
@@ -125,6 +134,8 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
             done.set()
             await poller
     t_end = next(t for t, n in visible if n >= total)
+    if not report:
+        return
     fresh = []
     for t_ack, cum_after in sorted(acked, key=lambda x: x[1]):
         t_vis = next((t for t, n in visible if n >= cum_after and t >= t_ack), None)
@@ -143,12 +154,29 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
           f"p99 {fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))]:.2f} s over {len(fresh)} batches")  # fmt: skip
 
 
+def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """user+system CPU seconds of each process (from /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for name, pid in pids.items():
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                fields = fh.read().rpartition(")")[2].split()
+            out[name] = (int(fields[11]) + int(fields[12])) / tick
+        except (OSError, IndexError, ValueError):
+            out[name] = 0.0
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
     ap.add_argument("--rate", type=int, default=5_000, help="offered events/s")
     ap.add_argument("--per-batch", type=int, default=400)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--warmup", type=int, default=100_000, help="events sent (and waited for) before measuring")
+    ap.add_argument("--mix", choices=["realistic", "samples"], default="realistic",
+                    help="realistic: 85%% controller reads, 5%% deletes/patches (default); samples: the sample files")  # fmt: skip
     args = ap.parse_args()
     var = REPO_ROOT / "var" / "bench-e2e"
     env = {**os.environ, "KAUDIT_VAR": str(var), "KAUDIT_KAFKA_PORT": "9192", "KAUDIT_KAFKA_CONTROLLER_PORT": "9193",
@@ -179,11 +207,31 @@ def main() -> int:
                     if time.monotonic() > deadline:
                         raise SystemExit(f"e2e: {url} not ready; logs in {var}") from None
                     time.sleep(0.3)
-        bodies, deletes = build_bodies(args.events, args.per_batch)
+        bodies, deletes = build_bodies(args.events, args.per_batch, args.mix)
+        print(f"e2e: {args.mix} mix, {args.events:,} events in batches of {args.per_batch}, {args.workers} worker(s)")
         watcher = AlertWatcher("127.0.0.1:9192", "k8s-audit-alerts-json")
         watcher.start()
-        asyncio.run(run_load(args, bodies, deletes, api, bridge, watcher))
+        names = ["sink", *[f"worker w{i}" for i in range(args.workers)], "bridge"]
+        pids = {n: p.pid for n, p in zip(names, procs, strict=True)}
+        try:
+            pids["kafka"] = int((var / "kafka" / "kafka.pid").read_text().strip())
+        except (OSError, ValueError):
+            pass
+        pids["load generator"] = os.getpid()
+        if args.warmup:
+            # a fresh JVM spends its first minute compiling (C2 alone took ~40% of the broker's CPU in a cold
+            # run); a long-running broker is warm, so warm every component up first and measure after
+            wbodies, wdel = build_bodies(args.warmup, args.per_batch, args.mix, start=10**9)
+            t_w = time.monotonic()
+            asyncio.run(run_load(args, wbodies, wdel, api, bridge, watcher, report=False))
+            print(f"e2e: warm-up of {args.warmup:,} events done in {time.monotonic() - t_w:.1f} s")
+        cpu0, t_load = cpu_seconds(pids), time.monotonic()
+        asyncio.run(run_load(args, bodies, deletes, api, bridge, watcher, base=args.warmup))
         watcher.stop.set()
+        cpu1, wall = cpu_seconds(pids), time.monotonic() - t_load
+        print("e2e: CPU seconds during the run (cores busy on average): " + ", ".join(
+            f"{n} {cpu1[n] - cpu0[n]:.1f} ({(cpu1[n] - cpu0[n]) / wall:.2f})" for n in pids
+        ) + f"; wall {wall:.1f} s")  # fmt: skip
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

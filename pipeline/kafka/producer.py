@@ -20,7 +20,7 @@ def producer_config(s: Settings | None = None, **overrides: Any) -> dict[str, An
         "enable.idempotence": True,
         "linger.ms": 5,
         "batch.size": 4 * 1024 * 1024,
-        "compression.type": "lz4",
+        "compression.type": s.kafka_compression,
         "message.max.bytes": s.max_message_bytes,
         "queue.buffering.max.kbytes": 1024 * 1024,
         "delivery.timeout.ms": 120_000,

@@ -11,9 +11,11 @@ import orjson
 import pytest
 
 from pipeline.agents import testing as T
+from pipeline.agents.filters import load_filter
 from pipeline.agents.processor import Processor
 from pipeline.agents.rules import RuleSet, load_rules
 from pipeline.agents.state import PartitionState
+from pipeline.agents.windows import WindowCounts
 from pipeline.config import Settings
 from pipeline.models import native
 from pipeline.models.avro import codec, encode_event_batch
@@ -168,8 +170,8 @@ def test_unusual_records_take_the_python_path(name):
     assert native.normalize_record(FALLBACKS[name], "c", CAP, True) is None
 
 
-def run_processor(records: list[T.RawRecord], use_native: bool) -> list:
-    proc = Processor(Settings(native=use_native), RuleSet(load_rules()))
+def run_processor(records: list[T.RawRecord], use_native: bool, noise=None, **settings) -> list:
+    proc = Processor(Settings(native=use_native, **settings), RuleSet(load_rules()), noise)
     assert proc.native is use_native
     state, outs = PartitionState(0, 900), []
     for off, r in enumerate(records):
@@ -179,7 +181,7 @@ def run_processor(records: list[T.RawRecord], use_native: bool) -> list:
     return outs
 
 
-def test_worker_outputs_identical_with_and_without_native():
+def test_worker_outputs_identical_with_and_without_native(tmp_path):
     records = []
     for i, path in enumerate(SAMPLE_FILES):
         value = path.read_bytes()
@@ -192,6 +194,19 @@ def test_worker_outputs_identical_with_and_without_native():
     assert with_native == without
     assert sum(o[3] != [] for o in with_native) > 10  # alerts were produced and compared
     assert sum(o[5] for o in with_native) > 1900
+    # with a noise filter (drops and samples) and only some stages counted
+    noise_file = tmp_path / "noise.yaml"
+    noise_file.write_text(
+        "filters:\n"
+        "  - {name: reads, match: {verb: {in: [get, list, watch]}}, action: sample, keep: 0.5}\n"
+        "  - {name: events, match: {objectref_resource: events}, action: drop}\n"
+    )
+    noise = load_filter(noise_file)
+    opts = {"count_stages": "ResponseComplete,Panic", "window_seconds": 300}
+    a = run_processor(copy.deepcopy(fixed), True, noise, **opts)
+    b = run_processor(copy.deepcopy(fixed), False, noise, **opts)
+    assert a == b
+    assert sum(o[6] for o in a) < sum(o[6] for o in with_native)  # the filter dropped some
 
 
 def test_event_batch_assembly_matches_the_codec():
@@ -199,5 +214,30 @@ def test_event_batch_assembly_matches_the_codec():
     dropped = [("d1", "ResponseComplete")]
     want = EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 1_700_000_000_000_000,
                          "events": [e.to_dict() for e in evs], "dropped_keys": [{"auditid": "d1", "stage": "ResponseComplete"}]})  # fmt: skip
-    assert encode_event_batch("1:2", "c", 1_700_000_000_000_000, [e.avro for e in evs], dropped) == want
-    assert encode_event_batch("1:2", "c", 5, [], []) == EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 5, "events": [], "dropped_keys": []})
+    joined = native.join_avro(evs, [0, 1, 2])
+    assert joined == b"".join(e.avro for e in evs)
+    assert encode_event_batch("1:2", "c", 1_700_000_000_000_000, joined, 3, dropped) == want
+    assert encode_event_batch("1:2", "c", 5, b"", 0, []) == EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 5, "events": [], "dropped_keys": []})
+    assert native.join_avro(evs, [2, 0]) == evs[2].avro + evs[0].avro
+
+
+def test_record_helpers_match_the_fields():
+    value = b"".join(p.read_bytes() for p in SAMPLE_FILES if p.name not in PYTHON_ONLY and p.suffix == ".log")
+    evs = native.normalize_record(value, "c", CAP, True)
+    assert evs and len(evs) > 100
+    assert native.dedup_keys(evs) == [(e["auditid"], e["stage"]) for e in evs]
+    assert native.rule_keys(evs) == [
+        (e["objectref_resource"], e["verb"], e["stage"], e["objectref_subresource"], e["responsestatus_code"]) for e in evs
+    ]
+    idx = list(range(0, len(evs), 2))
+    flags = [i % 3 == 0 for i in idx]
+    for stages in (None, ["ResponseComplete"]):
+        want_v, want_c = WindowCounts(), WindowCounts()
+        for i, d in zip(idx, flags, strict=True):
+            e = evs[i]
+            if stages is None or e["stage"] in stages:
+                ws = e["stage_ts"] - e["stage_ts"] % 60_000_000
+                want_v.add("c", ws, e["verb"], d)
+                want_c.add("c", ws, e["responsestatus_code"], d)
+        got_v, got_c = native.window_counts(evs, idx, flags, "c", 60_000_000, stages)
+        assert got_v == want_v.counts and got_c == want_c.counts

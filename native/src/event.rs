@@ -278,8 +278,28 @@ impl Event {
         })
     }
 
+    /// A string field's text, borrowed from the Avro bytes.
+    pub(crate) fn text<'a>(&'a self, py: Python<'_>, i: usize) -> &'a str {
+        let blob = self.blob.as_bytes(py);
+        let (start, len) = self.pos[i];
+        let (start, len) = (start as usize, len as usize);
+        unsafe { std::str::from_utf8_unchecked(&blob[start..start + len]) } // written from &str
+    }
+
+    pub(crate) fn code(&self) -> i64 {
+        self.code
+    }
+
+    pub(crate) fn stage_ts(&self) -> i64 {
+        self.stage_ts
+    }
+
+    pub(crate) fn blob<'a>(&'a self, py: Python<'_>) -> &'a [u8] {
+        self.blob.as_bytes(py)
+    }
+
     /// Field i as a Python object; the same object on every read (rules read a field several times).
-    fn value(&self, py: Python<'_>, i: usize) -> PyObject {
+    pub(crate) fn value(&self, py: Python<'_>, i: usize) -> PyObject {
         match kind(i) {
             Kind::List | Kind::Map => self.build(py, i), // mutable: a fresh one per read, like a dict's copy
             _ => self.cache[i].get_or_init(|| self.build(py, i)).clone_ref(py),

@@ -7,6 +7,7 @@
 //! unparsable timestamp, an object over the size cap, invalid JSON -- makes it return `None`, and the worker
 //! takes the Python path for that record, which decides (and words any error) as before.
 
+mod batch;
 mod event;
 mod objects;
 mod parse;
@@ -97,5 +98,9 @@ fn normalize_record<'py>(
 fn kaudit_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_record, m)?)?;
     m.add_class::<Event>()?;
+    m.add_function(wrap_pyfunction!(batch::dedup_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(batch::rule_keys, m)?)?;
+    m.add_function(wrap_pyfunction!(batch::window_counts, m)?)?;
+    m.add_function(wrap_pyfunction!(batch::join_avro, m)?)?;
     Ok(())
 }

@@ -201,6 +201,7 @@ class Worker:
         self.h_status = codec("status_stats").headers
         self.h_alert = codec("alert").headers
         self.totals = {"records": 0, "events": 0, "kept": 0, "duplicates": 0, "dropped": 0, "bad": 0, "alerts": 0}
+        self.timing = {"processing_s": 0.0, "ack_wait_s": 0.0}  # where the handling time goes (liveness file)
         self.last_processed = 0.0
         self.alive_path = Path(s.var) / f"worker-{worker_id}.alive"
         self._last_log = (time.monotonic(), 0)
@@ -275,6 +276,7 @@ class Worker:
             self.producer = AsyncProducer(self.s)
         loop = asyncio.get_running_loop()
         acks = GroupAck(loop)
+        t0 = time.perf_counter()
         for m in messages:
             st = self.states.get(m.partition)
             if st is None:
@@ -287,7 +289,10 @@ class Worker:
             out = self.proc.process(st, m.offset, m.key, m.value, headers, int(ts * 1000) if ts else None)
             self.send(out, acks)
             self.count(out)
+        t1 = time.perf_counter()
         await acks.wait()
+        self.timing["processing_s"] += t1 - t0
+        self.timing["ack_wait_s"] += time.perf_counter() - t1
         self.last_processed = time.time()
 
     def send(self, out: RecordOutput, acks: GroupAck) -> None:
@@ -334,6 +339,7 @@ class Worker:
             "last_processed_at": self.last_processed or None,
             "partitions": {str(p): st.last_offset for p, st in sorted(self.states.items())},
             "totals": self.totals,
+            "timing": {k: round(v, 3) for k, v in self.timing.items()},
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(body))

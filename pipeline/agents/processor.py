@@ -143,39 +143,37 @@ class Processor:
             skip = {int(x) for x in hdr[H.SKIP_ITEMS].split(",") if x.strip().isdigit()}
         s = self.s
         max_obj, redact = s.max_object_bytes, s.redact_secrets
-        # (normalized event: dict or native Event, raw event dict or None, Avro AuditEvent bytes or None)
-        events: list[tuple[dict[str, Any], dict[str, Any] | None, bytes | None]] = []
+        events: list[tuple[dict[str, Any], dict[str, Any]]] = []  # (normalized, raw) per event
         fast = native.normalize_record(value, cluster, max_obj, redact) if self.native else None
         if fast is not None:
-            events = [(ev, None, ev.avro) for i, ev in enumerate(fast) if i not in skip]
-            out.n_events = len(events)
-        else:
-            items = list(read_events(value))
-            if not any(isinstance(it, RawEvent) for it in items):
-                reasons = "; ".join(f"line {it.line}: {it.reason}" for it in items if isinstance(it, ParseIssue))
-                out.n_bad = 1
+            self._process_native(state, out, offset, fast, skip, cluster, received_at, now)
+            return
+        items = list(read_events(value))
+        if not any(isinstance(it, RawEvent) for it in items):
+            reasons = "; ".join(f"line {it.line}: {it.reason}" for it in items if isinstance(it, ParseIssue))
+            out.n_bad = 1
+            out.deadletters.append(
+                deadletter.record(f"no audit event in raw record: {reasons or 'empty'}"[:2000], "worker", value, cluster=cluster, origin=origin, received_at=received_at)
+            )
+            return
+        for index, item in enumerate(items):
+            if index in skip:
+                continue
+            if isinstance(item, ParseIssue):
+                out.n_bad += 1
                 out.deadletters.append(
-                    deadletter.record(f"no audit event in raw record: {reasons or 'empty'}"[:2000], "worker", value, cluster=cluster, origin=origin, received_at=received_at)
+                    deadletter.record(item.reason, "worker", item.text, cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
                 )
-                return
-            for index, item in enumerate(items):
-                if index in skip:
-                    continue
-                if isinstance(item, ParseIssue):
-                    out.n_bad += 1
-                    out.deadletters.append(
-                        deadletter.record(item.reason, "worker", item.text, cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
-                    )
-                    continue
-                out.n_events += 1
-                raw = item.event
-                try:
-                    events.append((normalize_event(raw, cluster, max_object_bytes=max_obj, redact=redact), raw, None))
-                except NormalizeError as exc:
-                    out.n_bad += 1
-                    out.deadletters.append(
-                        deadletter.record(str(exc), "worker", orjson.dumps(raw), cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
-                    )
+                continue
+            out.n_events += 1
+            raw = item.event
+            try:
+                events.append((normalize_event(raw, cluster, max_object_bytes=max_obj, redact=redact), raw))
+            except NormalizeError as exc:
+                out.n_bad += 1
+                out.deadletters.append(
+                    deadletter.record(str(exc), "worker", orjson.dumps(raw), cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
+                )
 
         wsize = self.window_seconds
         wsize_us = wsize * 1_000_000  # window_start_us, inline
@@ -185,11 +183,10 @@ class Processor:
         in_record: set[tuple[str, str]] = set()
         alerts: dict[str, Alert] = {}
         kept: list[dict[str, Any]] = []
-        kept_blobs: list[bytes | None] = []
         dropped_keys: list[tuple[str, str]] = []
         verbs, codes = WindowCounts(), WindowCounts()
 
-        for ev, raw, blob in events:
+        for ev, raw in events:
             k = (ev["auditid"], ev["stage"])
             if k in in_record or not seen.first_at((cluster, *k), offset, now):
                 out.n_dup += 1
@@ -207,23 +204,85 @@ class Processor:
                 codes.add(cluster, ws, ev["responsestatus_code"], not keep)
             if keep:
                 kept.append(ev)
-                kept_blobs.append(blob)
             else:
                 out.n_dropped += 1
                 dropped_keys.append(k)
 
         out.n_kept = len(kept)
         if kept or dropped_keys:
-            if fast is not None:
-                out.events_value = encode_event_batch(out.source_id, cluster, received_at, kept_blobs, dropped_keys)  # type: ignore[arg-type]
-            else:
-                out.events_value = self.c_events.encode(
-                    {"source_id": out.source_id, "cluster": cluster, "received_at": received_at, "events": kept,
-                     "dropped_keys": [{"auditid": a, "stage": st} for a, st in dropped_keys]}
-                )  # fmt: skip
+            out.events_value = self.c_events.encode(
+                {"source_id": out.source_id, "cluster": cluster, "received_at": received_at, "events": kept,
+                 "dropped_keys": [{"auditid": a, "stage": st} for a, st in dropped_keys]}
+            )  # fmt: skip
         if verbs:
             out.verb_value = self.c_verb.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": verbs.rows("verb")})
             out.status_value = self.c_status.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": codes.rows("code")})
+        out.alerts = list(alerts.values())
+
+    def _process_native(
+        self,
+        state: PartitionState,
+        out: RecordOutput,
+        offset: int,
+        evs: list[Any],
+        skip: set[int],
+        cluster: str,
+        received_at: int,
+        now: float,
+    ) -> None:
+        """The same outputs as the Python loop of ``_process`` (tests compare them), with the per-record work --
+        dedup and rule-index keys, window counts, the events array -- done once per record in native code."""
+        rules, noise = self.rules, self.noise
+        seen = state.seen
+        keys = native.dedup_keys(evs)
+        rkeys = native.rule_keys(evs) if rules is not None else None
+        in_record: set[tuple[str, str]] = set()
+        alerts: dict[str, Alert] = {}
+        counted: list[int] = []  # deduplicated events: they count in the windows, kept or dropped
+        dropped: list[bool] = []
+        kept: list[int] = []
+        dropped_keys: list[tuple[str, str]] = []
+        n_dup = 0
+        for i, k in enumerate(keys):
+            if i in skip:
+                continue
+            if k in in_record or not seen.first_at((cluster, *k), offset, now):
+                n_dup += 1
+                continue
+            in_record.add(k)
+            view = None
+            if rkeys is not None:
+                slot = rules.slot(rkeys[i])  # type: ignore[union-attr]
+                if slot.rules:
+                    view = EventView(evs[i])
+                    for rule in slot.matching(view):
+                        self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
+            keep = True
+            if noise is not None:
+                keep = noise.keep(view or EventView(evs[i]))
+            counted.append(i)
+            dropped.append(not keep)
+            if keep:
+                kept.append(i)
+            else:
+                dropped_keys.append(k)
+        out.n_events = len(keys) - len(skip & set(range(len(keys))))
+        out.n_dup = n_dup
+        out.n_kept = len(kept)
+        out.n_dropped = len(dropped_keys)
+        if kept or dropped_keys:
+            joined = native.join_avro(evs, kept)
+            out.events_value = encode_event_batch(out.source_id, cluster, received_at, joined, len(kept), dropped_keys)
+        if counted:
+            stages = sorted(self.count_stages) if self.count_stages is not None else None
+            verbs, codes = WindowCounts(), WindowCounts()
+            verbs.counts, codes.counts = native.window_counts(
+                evs, counted, dropped, cluster, self.window_seconds * 1_000_000, stages
+            )
+            wsize = self.window_seconds
+            if verbs:
+                out.verb_value = self.c_verb.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": verbs.rows("verb")})
+                out.status_value = self.c_status.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": codes.rows("code")})
         out.alerts = list(alerts.values())
 
     def _alert(

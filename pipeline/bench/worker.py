@@ -157,7 +157,7 @@ def bench_worker(s: Settings, n_events: int) -> tuple[float, dict]:
             if done and t_first is None:
                 t_first, n_first = time.monotonic(), done
             if done >= n_events:
-                return (done - n_first) / max(time.monotonic() - t_first, 1e-9), body["totals"]
+                return (done - n_first) / max(time.monotonic() - t_first, 1e-9), {**body["totals"], **body.get("timing", {})}
             time.sleep(0.05)
         raise RuntimeError("worker did not finish within 600 s")
     finally:

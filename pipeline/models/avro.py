@@ -300,14 +300,14 @@ def decode_record(stem: str, value: bytes, headers: list[tuple[str, bytes]] | No
 
 
 def encode_event_batch(
-    source_id: str, cluster: str, received_at: int, event_blobs: list[bytes], dropped_keys: list[tuple[str, str]]
+    source_id: str, cluster: str, received_at: int, events: bytes, n_events: int, dropped_keys: list[tuple[str, str]]
 ) -> bytes:
-    """An ``EventBatch`` from events already encoded as ``AuditEvent`` (the compiled path's output): the same
-    bytes as ``codec("event_batch").encode`` of the decoded events, without touching them again."""
+    """An ``EventBatch`` from ``n_events`` events already encoded as ``AuditEvent``, back to back (the compiled
+    path's output): the same bytes as ``codec("event_batch").encode`` of the decoded events."""
     parts = [_str_bytes(source_id), _str_bytes(cluster), _varint(received_at)]
-    if event_blobs:
-        parts.append(_varint(len(event_blobs)))
-        parts.extend(event_blobs)
+    if n_events:
+        parts.append(_varint(n_events))
+        parts.append(events)
     parts.append(b"\x00")
     if dropped_keys:
         parts.append(_varint(len(dropped_keys)))

@@ -27,3 +27,11 @@ def normalize_record(value: bytes, cluster: str, max_object_bytes: int, redact: 
     if _native is None:
         return None
     return _native.normalize_record(value, cluster, max_object_bytes, redact)
+
+
+# Per-record helpers over normalize_record's list (see native/src/batch.rs); only called when available().
+if _native is not None:
+    dedup_keys = _native.dedup_keys  # [(auditid, stage)]
+    rule_keys = _native.rule_keys  # [(objectref_resource, verb, stage, objectref_subresource, responsestatus_code)]
+    window_counts = _native.window_counts  # (events, indices, dropped, cluster, window_us, stages) -> 2 dicts
+    join_avro = _native.join_avro  # (events, indices) -> the AuditEvent bytes back to back

@@ -310,6 +310,11 @@ class _Slot:
         self.key = key_function(tuple(fields)) if fields else None
         self.memo: dict[Any, list[tuple[Rule, bool]]] = {}
 
+    def matching(self, view: EventView) -> list[Rule]:
+        if not self.rules:
+            return []
+        return [r for r, full in self.remaining(view) if not full or r.match(view)]
+
     def remaining(self, view: EventView) -> list[tuple[Rule, bool]]:
         if self.key is None:
             return [(r, True) for r in self.rules]
@@ -336,9 +341,10 @@ class RuleSet:
         self._slots: dict[tuple[str, str, str, str, int], _Slot] = {}
 
     def candidates(self, resource: str, verb: str, stage: str, subresource: str = "", code: int = 0) -> list[Rule]:
-        return self._slot((resource, verb, stage, subresource, code)).rules
+        return self.slot((resource, verb, stage, subresource, code)).rules
 
-    def _slot(self, key: tuple[str, str, str, str, int]) -> _Slot:
+    def slot(self, key: tuple[str, str, str, str, int]) -> _Slot:
+        """The slot of (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)."""
         slot = self._slots.get(key)
         if slot is None:
             resource, verb, stage, subresource, code = key
@@ -360,12 +366,9 @@ class RuleSet:
 
     def matches(self, view: EventView) -> list[Rule]:
         ev = view.ev
-        slot = self._slot(
+        return self.slot(
             (ev["objectref_resource"], ev["verb"], ev["stage"], ev["objectref_subresource"], ev["responsestatus_code"])
-        )
-        if not slot.rules:
-            return []
-        return [r for r, full in slot.remaining(view) if not full or r.match(view)]
+        ).matching(view)
 
 
 EXAMPLE_TS = "2024-05-01T12:00:10.000000Z"

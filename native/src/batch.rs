@@ -1,0 +1,117 @@
+//! Per-record work on a list of `Event`s, done once per record instead of once per event in Python: the
+//! dedup and rule-index keys, the window counts, the events array of the EventBatch.
+
+use crate::event::Event;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use std::collections::HashMap;
+
+const AUDITID: usize = 1;
+const STAGE: usize = 2;
+const VERB: usize = 4;
+const RESOURCE: usize = 14;
+const SUBRESOURCE: usize = 19;
+const CODE: usize = 21;
+
+fn events_of<'py>(events: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, Event>>> {
+    events.iter().map(|e| Ok(e.downcast_into::<Event>()?)).collect()
+}
+
+/// [(auditid, stage)] per event: the dedup key (with the cluster).
+#[pyfunction]
+pub fn dedup_keys<'py>(py: Python<'py>, events: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty_bound(py);
+    for e in events_of(events)? {
+        let ev = e.get();
+        out.append(PyTuple::new_bound(py, [ev.value(py, AUDITID), ev.value(py, STAGE)]))?;
+    }
+    Ok(out)
+}
+
+/// [(objectref_resource, verb, stage, objectref_subresource, responsestatus_code)] per event: the rule index.
+#[pyfunction]
+pub fn rule_keys<'py>(py: Python<'py>, events: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty_bound(py);
+    for e in events_of(events)? {
+        let ev = e.get();
+        out.append(PyTuple::new_bound(
+            py,
+            [ev.value(py, RESOURCE), ev.value(py, VERB), ev.value(py, STAGE), ev.value(py, SUBRESOURCE), ev.value(py, CODE)],
+        ))?;
+    }
+    Ok(out)
+}
+
+/// The window counts of the events at `indices` (dropped[i]: the noise filter dropped indices[i]) whose stage
+/// is counted: ({(cluster, window_start, verb): [n, dropped]}, {(cluster, window_start, code): [n, dropped]}),
+/// the shape of `WindowCounts.counts`.
+#[pyfunction]
+#[pyo3(signature = (events, indices, dropped, cluster, window_us, stages=None))]
+pub fn window_counts<'py>(
+    py: Python<'py>,
+    events: &Bound<'py, PyList>,
+    indices: Vec<usize>,
+    dropped: Vec<bool>,
+    cluster: &str,
+    window_us: i64,
+    stages: Option<Vec<String>>,
+) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyDict>)> {
+    let evs = events_of(events)?;
+    let mut verbs: HashMap<(i64, &str), (u64, u64)> = HashMap::new();
+    let mut codes: HashMap<(i64, i64), (u64, u64)> = HashMap::new();
+    let mut order_v: Vec<(i64, &str)> = Vec::new();
+    let mut order_c: Vec<(i64, i64)> = Vec::new();
+    for (n, &i) in indices.iter().enumerate() {
+        let ev = evs.get(i).ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(i))?.get();
+        if let Some(st) = &stages {
+            if !st.iter().any(|s| s == ev.text(py, STAGE)) {
+                continue;
+            }
+        }
+        let ts = ev.stage_ts();
+        let ws = ts - ts.rem_euclid(window_us); // Python's ts - ts % size (floor modulo)
+        let d = dropped.get(n).copied().unwrap_or(false) as u64;
+        let v = verbs.entry((ws, ev.text(py, VERB))).or_insert_with(|| {
+            order_v.push((ws, ev.text(py, VERB)));
+            (0, 0)
+        });
+        v.0 += 1;
+        v.1 += d;
+        let c = codes.entry((ws, ev.code())).or_insert_with(|| {
+            order_c.push((ws, ev.code()));
+            (0, 0)
+        });
+        c.0 += 1;
+        c.1 += d;
+    }
+    let dv = PyDict::new_bound(py);
+    for k in order_v {
+        let (n, d) = verbs[&k];
+        dv.set_item((cluster, k.0, k.1), PyList::new_bound(py, [n, d]))?;
+    }
+    let dc = PyDict::new_bound(py);
+    for k in order_c {
+        let (n, d) = codes[&k];
+        dc.set_item((cluster, k.0, k.1), PyList::new_bound(py, [n, d]))?;
+    }
+    Ok((dv, dc))
+}
+
+/// The Avro bytes of the events at `indices`, back to back (the body of the EventBatch's events array).
+#[pyfunction]
+pub fn join_avro<'py>(py: Python<'py>, events: &Bound<'py, PyList>, indices: Vec<usize>) -> PyResult<Bound<'py, PyBytes>> {
+    let evs = events_of(events)?;
+    let mut total = 0;
+    for &i in &indices {
+        total += evs.get(i).ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(i))?.get().blob(py).len();
+    }
+    PyBytes::new_bound_with(py, total, |buf| {
+        let mut at = 0;
+        for &i in &indices {
+            let b = evs[i].get().blob(py);
+            buf[at..at + b.len()].copy_from_slice(b);
+            at += b.len();
+        }
+        Ok(())
+    })
+}

@@ -241,3 +241,22 @@ def test_record_helpers_match_the_fields():
                 want_c.add("c", ws, e["responsestatus_code"], d)
         got_v, got_c = native.window_counts(evs, idx, flags, "c", 60_000_000, stages)
         assert got_v == want_v.counts and got_c == want_c.counts
+
+
+def test_values_tuple_equals_the_rule_memo_key_of_a_dict():
+    from pipeline.agents.conditions import EventView
+    from pipeline.agents.rules import GUARD_FIELDS, key_function
+
+    fields = tuple(sorted(GUARD_FIELDS))
+    key = key_function(fields)
+    n = 0
+    for p in SAMPLE_FILES:
+        for ev in native.normalize_record(p.read_bytes(), "c", CAP, True) or []:
+            d = ev.to_dict()
+            assert ev.values(list(fields)) == key(EventView(d), d)
+            n += 1
+    assert n > 900
+    (ev,) = native.normalize_record(T.eventlist([base_event(sourceIPs=None)]), "c", CAP, True)
+    assert ev.values(["sourceip", "usergroups"]) == ("", ("g1", "system:authenticated"))
+    with pytest.raises(KeyError):
+        ev.values(["nope"])

@@ -7,7 +7,7 @@ use crate::timestamps::ts_us;
 use crate::{Fallback, R};
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 const STAGES: [&str; 4] = ["RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"];
 const DECISION: &str = "authorization.k8s.io/decision";
@@ -359,6 +359,41 @@ impl Event {
             Some(i) => self.value(py, i),
             None => default.unwrap_or_else(|| py.None()),
         }
+    }
+
+    /// The values of several fields as one tuple (lists as tuples; "sourceip" = the first source IP or ""):
+    /// the rules' memo key in one call instead of one per field.
+    fn values<'py>(&self, py: Python<'py>, names: Vec<String>) -> PyResult<Bound<'py, PyTuple>> {
+        let mut items: Vec<PyObject> = Vec::with_capacity(names.len());
+        for name in &names {
+            if name == "sourceip" {
+                let (start, _) = self.pos[12];
+                let blob = self.blob.as_bytes(py);
+                let mut at = start as usize;
+                let n = read_long(blob, &mut at);
+                let first = if n > 0 { read_str(blob, &mut at) } else { "" };
+                items.push(PyString::new_bound(py, first).into_any().unbind());
+                continue;
+            }
+            let Some(i) = index_of(name) else {
+                return Err(PyKeyError::new_err(name.clone()));
+            };
+            match kind(i) {
+                Kind::List => {
+                    let (start, _) = self.pos[i];
+                    let blob = self.blob.as_bytes(py);
+                    let mut at = start as usize;
+                    let n = read_long(blob, &mut at).max(0) as usize;
+                    let mut strs = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        strs.push(read_str(blob, &mut at));
+                    }
+                    items.push(PyTuple::new_bound(py, strs).into_any().unbind());
+                }
+                _ => items.push(self.value(py, i)),
+            }
+        }
+        Ok(PyTuple::new_bound(py, items))
     }
 
     fn __contains__(&self, key: &str) -> bool {

@@ -302,11 +302,12 @@ class _Slot:
     """The rules an event with one (resource, verb, stage, subresource, code) can match, and per combination of
     their guard fields' values, which of them remain (with whether the full condition must still be tested)."""
 
-    __slots__ = ("rules", "key", "memo")
+    __slots__ = ("rules", "key", "fields", "memo")
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
         fields = sorted({f for r in rules if r.guard is not None for f in r.guard.fields})
+        self.fields = [f for f in fields if f in GUARD_FIELDS]
         self.key = key_function(tuple(fields)) if fields else None
         self.memo: dict[Any, list[tuple[Rule, bool]]] = {}
 
@@ -318,7 +319,9 @@ class _Slot:
     def remaining(self, view: EventView) -> list[tuple[Rule, bool]]:
         if self.key is None:
             return [(r, True) for r in self.rules]
-        k = self.key(view, view.ev)
+        ev = view.ev
+        # a native Event builds the same tuple in one call (kaudit_native.Event.values)
+        k = self.key(view, ev) if type(ev) is dict else ev.values(self.fields)
         found = self.memo.get(k)
         if found is None:
             found = [

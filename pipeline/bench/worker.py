@@ -138,9 +138,34 @@ def bench_processor(s: Settings, records: list[T.RawRecord]) -> float:
     return n / (time.process_time() - t0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """user+system CPU seconds of a process (all its threads), from /proc."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def broker_pid() -> int | None:
+    """The local Kafka broker's pid when exactly one runs here (for the CPU split), else None."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if b"kafka.Kafka" in (d / "cmdline").read_bytes():
+                    found.append(int(d.name))
+            except OSError:
+                continue
+    return found[0] if len(found) == 1 else None
+
+
 def bench_worker(s: Settings, n_events: int) -> tuple[float, dict]:
     var = Path(s.var)
     w = T.start_worker(s, "bench")
+    bpid = broker_pid()
+    c_w = c_b = 0.0
     alive = var / "worker-bench.alive"
     t_first = n_first = None
     deadline = time.monotonic() + 600
@@ -156,8 +181,13 @@ def bench_worker(s: Settings, n_events: int) -> tuple[float, dict]:
             done = body["totals"]["events"]
             if done and t_first is None:
                 t_first, n_first = time.monotonic(), done
+                c_w, c_b = cpu_seconds(w.pid), cpu_seconds(bpid) if bpid else 0.0
             if done >= n_events:
-                return (done - n_first) / max(time.monotonic() - t_first, 1e-9), {**body["totals"], **body.get("timing", {})}
+                n = done - n_first
+                cpu = {"worker_cpu_us_per_event": round((cpu_seconds(w.pid) - c_w) / max(n, 1) * 1e6, 1)}
+                if bpid:
+                    cpu["broker_cpu_us_per_event"] = round((cpu_seconds(bpid) - c_b) / max(n, 1) * 1e6, 1)
+                return n / max(time.monotonic() - t_first, 1e-9), {**body["totals"], **body.get("timing", {}), **cpu}
             time.sleep(0.05)
         raise RuntimeError("worker did not finish within 600 s")
     finally:

@@ -260,3 +260,23 @@ def test_values_tuple_equals_the_rule_memo_key_of_a_dict():
     assert ev.values(["sourceip", "usergroups"]) == ("", ("g1", "system:authenticated"))
     with pytest.raises(KeyError):
         ev.values(["nope"])
+
+
+def test_alert_encoding_same_as_the_codec():
+    codec_alert = codec("alert")
+    records = run_processor([T.raw_record("c", p.read_bytes()) for p in SAMPLE_FILES], True)
+    assert sum(len(o[3]) for o in records) > 300  # run_processor encodes every alert (native when available)
+    proc = Processor(Settings(), RuleSet(load_rules()))
+    state = PartitionState(0, 900)
+    n = 0
+    for off, p in enumerate(SAMPLE_FILES):
+        for a in proc.process(state, off, b"c", p.read_bytes(), [], now=1.0).alerts:
+            assert native.encode_alert(a.record) == codec_alert.encode(a.record)
+            n += 1
+    assert n > 300
+    rec = dict(a.record)
+    for bad in ({"count": "3"}, {"responsestatus_code": 2**40}, {"tags": [1]}, {"usergroups": None}, {"verb": True}):
+        with pytest.raises(Exception):  # noqa: B017 - any error: the caller falls back to the codec
+            native.encode_alert({**rec, **bad})
+    with pytest.raises(KeyError):
+        native.encode_alert({k: v for k, v in rec.items() if k != "title"})

@@ -102,5 +102,6 @@ fn kaudit_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::rule_keys, m)?)?;
     m.add_function(wrap_pyfunction!(batch::window_counts, m)?)?;
     m.add_function(wrap_pyfunction!(batch::join_avro, m)?)?;
+    m.add_function(wrap_pyfunction!(batch::encode_alert, m)?)?;
     Ok(())
 }

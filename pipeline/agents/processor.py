@@ -322,6 +322,11 @@ class Processor:
 
     def encode_alert(self, alert: Alert) -> tuple[bytes, bytes]:
         """(Avro value, JSON value) of an alert."""
+        if self.native:
+            try:
+                return native.encode_alert(alert.record), orjson.dumps(alert.record)
+            except Exception:  # noqa: BLE001, S110 - anything unusual: the codec decides (same bytes or its error)
+                pass
         return self.c_alert.encode(alert.record), orjson.dumps(alert.record)
 
 

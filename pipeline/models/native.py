@@ -35,3 +35,4 @@ if _native is not None:
     rule_keys = _native.rule_keys  # [(objectref_resource, verb, stage, objectref_subresource, responsestatus_code)]
     window_counts = _native.window_counts  # (events, indices, dropped, cluster, window_us, stages) -> 2 dicts
     join_avro = _native.join_avro  # (events, indices) -> the AuditEvent bytes back to back
+    encode_alert = _native.encode_alert  # alert record dict -> Avro Alert bytes (raises on any other shape)

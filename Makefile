@@ -68,10 +68,10 @@ bench-normalize: install
 bench-bridge: install
 	$(PY) -m pipeline.bench.bridge
 
-bench-worker: install
+bench-worker: up
 	$(PY) -m pipeline.bench.worker
 
-bench-sink: install
+bench-sink: up
 	$(PY) -m pipeline.bench.sink
 
 bench-query: install

@@ -258,6 +258,16 @@ def test_values_tuple_equals_the_rule_memo_key_of_a_dict():
     assert n > 900
     (ev,) = native.normalize_record(T.eventlist([base_event(sourceIPs=None)]), "c", CAP, True)
     assert ev.values(["sourceip", "usergroups"]) == ("", ("g1", "system:authenticated"))
+    # the hashes: equal values give equal hashes, different values different ones
+    evs = [e for p in SAMPLE_FILES for e in native.normalize_record(p.read_bytes(), "c", CAP, True) or []]
+    by_values, by_hash = {}, {}
+    for e in evs:
+        by_values.setdefault(e.values(list(fields)), set()).add(e.values_hash(list(fields)))
+        by_hash.setdefault(e.values_hash(list(fields)), set()).add(e.values(list(fields)))
+    assert all(len(v) == 1 for v in by_values.values()) and all(len(v) == 1 for v in by_hash.values())
+    assert len(by_hash) > 100
+    rk, rh = native.rule_keys(evs), native.rule_hashes(evs)
+    assert len(set(rk)) == len(set(rh)) == len(set(zip(rk, rh, strict=True))) > 50
     with pytest.raises(KeyError):
         ev.values(["nope"])
 

@@ -42,6 +42,22 @@ pub fn rule_keys<'py>(py: Python<'py>, events: &Bound<'py, PyList>) -> PyResult<
     Ok(out)
 }
 
+/// A 128-bit hash of each event's rule_keys tuple (see Event.values_hash): the rule index key without building
+/// five Python objects per event.
+#[pyfunction]
+pub fn rule_hashes(py: Python<'_>, events: &Bound<'_, PyList>) -> PyResult<Vec<u128>> {
+    let mut out = Vec::with_capacity(events.len());
+    for e in events_of(events)? {
+        let ev = e.get();
+        let mut h = crate::event::Hash128::new();
+        for i in [RESOURCE, VERB, STAGE, SUBRESOURCE, CODE] {
+            ev.hash_field(py, i, &mut h);
+        }
+        out.push(h.finish());
+    }
+    Ok(out)
+}
+
 /// The window counts of the events at `indices` (dropped[i]: the noise filter dropped indices[i]) whose stage
 /// is counted: ({(cluster, window_start, verb): [n, dropped]}, {(cluster, window_start, code): [n, dropped]}),
 /// the shape of `WindowCounts.counts`.

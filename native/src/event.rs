@@ -229,6 +229,39 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// 128-bit hashing of field values (two SipHash-1-3 streams with different keys)
+
+pub struct Hash128(std::hash::DefaultHasher, std::hash::DefaultHasher);
+
+impl Hash128 {
+    pub fn new() -> Self {
+        use std::hash::Hasher;
+        let (a, mut b) = (std::hash::DefaultHasher::new(), std::hash::DefaultHasher::new());
+        b.write_u64(0x9e37_79b9_7f4a_7c15);
+        Hash128(a, b)
+    }
+    pub fn str(&mut self, s: &str) {
+        use std::hash::Hasher;
+        for h in [&mut self.0, &mut self.1] {
+            h.write_u8(b's');
+            h.write_usize(s.len());
+            h.write(s.as_bytes());
+        }
+    }
+    pub fn int(&mut self, n: i64) {
+        use std::hash::Hasher;
+        for h in [&mut self.0, &mut self.1] {
+            h.write_u8(b'i');
+            h.write_i64(n);
+        }
+    }
+    pub fn finish(&self) -> u128 {
+        use std::hash::Hasher;
+        ((self.0.finish() as u128) << 64) | self.1.finish() as u128
+    }
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // the Python object
 
 /// A normalized event backed by its Avro bytes: `ev["verb"]`, `ev.get("username")`, `ev.to_dict()`,
@@ -296,6 +329,27 @@ impl Event {
 
     pub(crate) fn blob<'a>(&'a self, py: Python<'_>) -> &'a [u8] {
         self.blob.as_bytes(py)
+    }
+
+    /// Feed field i into a hash (type-tagged, length-prefixed: distinct values give distinct input).
+    pub(crate) fn hash_field(&self, py: Python<'_>, i: usize, h: &mut Hash128) {
+        match kind(i) {
+            Kind::Str => h.str(self.text(py, i)),
+            Kind::List | Kind::Map => {
+                let blob = self.blob.as_bytes(py);
+                let mut at = self.pos[i].0 as usize;
+                let n = read_long(blob, &mut at).max(0);
+                h.int(n);
+                let per = if matches!(kind(i), Kind::Map) { 2 } else { 1 };
+                for _ in 0..n * per {
+                    h.str(read_str(blob, &mut at));
+                }
+            }
+            Kind::Code => h.int(self.code),
+            Kind::Received => h.int(self.received),
+            Kind::StageTs => h.int(self.stage_ts),
+            Kind::Truncated => h.int(0),
+        }
     }
 
     /// Field i as a Python object; the same object on every read (rules read a field several times).
@@ -394,6 +448,26 @@ impl Event {
             }
         }
         Ok(PyTuple::new_bound(py, items))
+    }
+
+    /// A 128-bit hash of the same values as `values(names)`: the memo key without building Python strings
+    /// (distinct value combinations collide with probability ~2^-128).
+    fn values_hash(&self, py: Python<'_>, names: Vec<String>) -> PyResult<u128> {
+        let mut h = Hash128::new();
+        for name in &names {
+            if name == "sourceip" {
+                let blob = self.blob.as_bytes(py);
+                let mut at = self.pos[12].0 as usize;
+                let n = read_long(blob, &mut at);
+                h.str(if n > 0 { read_str(blob, &mut at) } else { "" });
+                continue;
+            }
+            let Some(i) = index_of(name) else {
+                return Err(PyKeyError::new_err(name.clone()));
+            };
+            self.hash_field(py, i, &mut h);
+        }
+        Ok(h.finish())
     }
 
     fn __contains__(&self, key: &str) -> bool {

@@ -235,7 +235,7 @@ class Processor:
         rules, noise = self.rules, self.noise
         seen = state.seen
         keys = native.dedup_keys(evs)
-        rkeys = native.rule_keys(evs) if rules is not None else None
+        rkeys = native.rule_hashes(evs) if rules is not None else None
         in_record: set[tuple[str, str]] = set()
         alerts: dict[str, Alert] = {}
         counted: list[int] = []  # deduplicated events: they count in the windows, kept or dropped
@@ -252,7 +252,7 @@ class Processor:
             in_record.add(k)
             view = None
             if rkeys is not None:
-                slot = rules.slot(rkeys[i])  # type: ignore[union-attr]
+                slot = rules.slot_hashed(rkeys[i], evs[i])  # type: ignore[union-attr]
                 if slot.rules:
                     view = EventView(evs[i])
                     for rule in slot.matching(view):

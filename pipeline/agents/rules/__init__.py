@@ -320,8 +320,9 @@ class _Slot:
         if self.key is None:
             return [(r, True) for r in self.rules]
         ev = view.ev
-        # a native Event builds the same tuple in one call (kaudit_native.Event.values)
-        k = self.key(view, ev) if type(ev) is dict else ev.values(self.fields)
+        # a native Event gives a 128-bit hash of the same values (kaudit_native.Event.values_hash): no Python
+        # strings to build and hash per event
+        k = self.key(view, ev) if type(ev) is dict else ev.values_hash(self.fields)
         found = self.memo.get(k)
         if found is None:
             found = [
@@ -342,6 +343,7 @@ class RuleSet:
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = [r for r in rules if r.enabled]
         self._slots: dict[tuple[str, str, str, str, int], _Slot] = {}
+        self._by_hash: dict[int, _Slot] = {}
 
     def candidates(self, resource: str, verb: str, stage: str, subresource: str = "", code: int = 0) -> list[Rule]:
         return self.slot((resource, verb, stage, subresource, code)).rules
@@ -365,6 +367,18 @@ class RuleSet:
             if len(self._slots) >= 50_000:  # bounded: these are small sets in practice
                 self._slots.clear()
             self._slots[key] = slot
+        return slot
+
+    def slot_hashed(self, h: int, ev: Any) -> _Slot:
+        """The slot of a native Event whose rule-key hash is ``h`` (kaudit_native.rule_hashes)."""
+        slot = self._by_hash.get(h)
+        if slot is None:
+            slot = self.slot(
+                (ev["objectref_resource"], ev["verb"], ev["stage"], ev["objectref_subresource"], ev["responsestatus_code"])
+            )
+            if len(self._by_hash) >= 50_000:
+                self._by_hash.clear()
+            self._by_hash[h] = slot
         return slot
 
     def matches(self, view: EventView) -> list[Rule]:

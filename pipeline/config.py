@@ -19,7 +19,9 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAUDIT_", extra="ignore")
 
     # --- state -------------------------------------------------------------------------------------
-    var: Path = Field(REPO_ROOT / "var", description="Folder for local state (Kafka data, chDB, checkpoints).")
+    var: Path = Field(
+        REPO_ROOT / "var", description="Folder for local state (Kafka data, chDB, checkpoints)."
+    )
 
     # --- Kafka -------------------------------------------------------------------------------------
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
@@ -28,9 +30,12 @@ class Settings(BaseSettings):
         4, description="Partitions of the raw, events and stats topics (raw records are keyed by cluster)."
     )
     kafka_compression: str = Field(
-        "lz4", description="Producer compression (none, lz4, zstd, snappy, gzip): the broker pays to check it."
+        "lz4",
+        description="Producer compression (none, lz4, zstd, snappy, gzip): the broker pays to check it.",
     )
-    max_message_bytes: int = Field(64 * 1024 * 1024, description="Largest Kafka record (a whole webhook batch).")
+    max_message_bytes: int = Field(
+        64 * 1024 * 1024, description="Largest Kafka record (a whole webhook batch)."
+    )
 
     # --- ClickHouse --------------------------------------------------------------------------------
     clickhouse_dsn: str = Field(
@@ -54,9 +59,12 @@ class Settings(BaseSettings):
     bridge_port: int = Field(8765, description="Bridge listen port.")
     bridge_tokens_file: Path | None = Field(None, description="YAML/JSON file: cluster -> bearer token(s).")
     bridge_max_body_bytes: int = Field(
-        48 * 1024 * 1024, description="Largest accepted (decompressed) webhook body: 400 events x 100 KiB fit."
+        48 * 1024 * 1024,
+        description="Largest accepted (decompressed) webhook body: 400 events x 100 KiB fit.",
     )
-    bridge_ack_timeout: float = Field(10.0, description="Seconds to wait for Kafka acks before answering 503.")
+    bridge_ack_timeout: float = Field(
+        10.0, description="Seconds to wait for Kafka acks before answering 503."
+    )
 
     # --- worker ------------------------------------------------------------------------------------
     window_seconds: int = Field(60, description="Tumbling window size for verb/status aggregates.")
@@ -69,10 +77,23 @@ class Settings(BaseSettings):
     rules_file: Path | None = Field(None, description="Extra alert rules (YAML), added to the default set.")
     filter_file: Path | None = Field(None, description="Drop/sample rules (YAML) applied before storage.")
 
+    # --- sink ----------------------------------------------------------------------------------------
+    sink_batch_rows: int = Field(
+        200_000,
+        description="Rows per ClickHouse insert when Kafka has a backlog (fewer, larger parts to merge).",
+    )
+    sink_batch_seconds: float = Field(1.0, description="Longest wait before a partial batch is written.")
+    sink_read_threads: int = Field(
+        2,
+        description="Embedded chDB: threads decoding one insert's Avro (the batch goes in as that many files).",
+    )
+
     # --- query API / dashboard ----------------------------------------------------------------------
     api_host: str = Field("127.0.0.1", description="Query API / dashboard listen address.")
     api_port: int = Field(8080, description="Query API / dashboard listen port.")
-    api_url: str = Field("", description="Query API of the warehouse owner (embedded mode), e.g. http://127.0.0.1:8080.")
+    api_url: str = Field(
+        "", description="Query API of the warehouse owner (embedded mode), e.g. http://127.0.0.1:8080."
+    )
     api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
 
     def topic(self, name: str) -> str:

@@ -35,8 +35,20 @@ def sink_env(s: Settings, port: int) -> dict[str, str]:
 
 
 def start_sink(s: Settings, port: int, log: Path, *extra: str) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "pipeline.cli", "sink", "--group", f"{s.topic_prefix}sink", "--max-seconds", "0.3", *extra]
-    return subprocess.Popen(cmd, cwd=REPO, env=sink_env(s, port), stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pipeline.cli",
+        "sink",
+        "--group",
+        f"{s.topic_prefix}sink",
+        "--max-seconds",
+        "0.3",
+        *extra,
+    ]
+    return subprocess.Popen(
+        cmd, cwd=REPO, env=sink_env(s, port), stdout=log.open("ab"), stderr=subprocess.STDOUT
+    )
 
 
 def api(port: int) -> Settings:
@@ -135,23 +147,29 @@ def test_samples_end_to_end_through_api_and_cli(settings, tmp_path):
 
 @pytest.mark.slow
 def test_sigkill_mid_batch_then_restart_loses_nothing_and_duplicates_nothing(settings, tmp_path):
+    """Killed twice while batches are in flight (each insert split into files that chDB decodes in parallel, events
+    and stats alike), then left to finish: every row stored exactly once, aggregates exact."""
     total = produce_samples(settings, copies=12, dup_first=40)
     port, log = free_port(), tmp_path / "sink.log"
-    proc = start_sink(settings, port, log, "--max-rows", "1500")
-    killed_at = None
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            n = sql(port, "SELECT count() FROM audit_events")[0][0]
-        except ExecError:
-            n = 0
-        if 0 < n < total:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait()
-            killed_at = n
-            break
-        time.sleep(0.05)
-    assert killed_at is not None, "the sink finished before it could be killed"
+    kills = []
+    for below in (total // 2, total):  # the second kill lands after a restart, in the second half
+        proc = start_sink(settings, port, log, "--max-rows", "1500")
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None:
+            try:
+                n = sql(port, "SELECT count() FROM audit_events")[0][0]
+            except ExecError:
+                n = 0
+            if (kills[-1] if kills else 0) < n < below:
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+                kills.append(n)
+                break
+            time.sleep(0.05)
+        assert len(kills) == (1 if below < total else 2), (
+            f"the sink finished before it could be killed: {kills}"
+        )
+    killed_at = kills[-1]
     proc = start_sink(settings, port, log, "--max-rows", "1500")
     try:
         assert wait_count(port, total, proc, log) == total
@@ -168,7 +186,7 @@ def test_sigkill_mid_batch_then_restart_loses_nothing_and_duplicates_nothing(set
 
 def test_locked_chdb_path_makes_the_sink_wait_and_retry(settings, tmp_path):
     total = produce_samples(settings)
-    path = settings.clickhouse_dsn[len("chdb://"):]
+    path = settings.clickhouse_dsn[len("chdb://") :]
     flag = tmp_path / "holding"
     holder = subprocess.Popen(
         [sys.executable, "-c",

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.models.avro import codec
-from pipeline.sinks import avro_ocf
+from pipeline.sinks import avro_ocf, tables
 from pipeline.sinks.fixtures import chunks, sample_sources, stats_records
-from pipeline.sinks.tables import AlertsWriter, EventsWriter, Item, StatsWriter, stats_rows
+from pipeline.sinks.tables import AlertsWriter, EventsWriter, Item, StatsWriter
 from tests.conftest import SAMPLES
 
 
@@ -34,6 +34,17 @@ def _event_items(sources) -> list[Item]:
     return items
 
 
+def _stats_items(sources, stem: str) -> list[Item]:
+    c = codec(stem)
+    items = []
+    for sid, _cluster, events in sources:
+        rec = stats_records(sid, events)[0 if stem == "verb_stats" else 1]
+        value = c.encode(rec)
+        assert avro_ocf.read_rows_header(value) == (sid, len(rec["rows"]))
+        items.append(Item(stem, 0, 0, value, sid, len(rec["rows"]), c.fp))
+    return items
+
+
 def _count(client, sql: str):
     return client.query(sql).result_rows[0][0]
 
@@ -41,8 +52,8 @@ def _count(client, sql: str):
 @pytest.fixture()
 def writers(warehouse, tmp_path: Path):
     client, _s, _db = warehouse
-    return client, EventsWriter(client, True, tmp_path), StatsWriter(client, "verb_stats", "verb"), \
-        StatsWriter(client, "status_stats", "code")  # fmt: skip
+    return client, EventsWriter(client, True, tmp_path), StatsWriter(client, "verb_stats", "verb", True, tmp_path), \
+        StatsWriter(client, "status_stats", "code", True, tmp_path)  # fmt: skip
 
 
 def test_events_land_once_even_when_written_again(writers):
@@ -96,25 +107,68 @@ def test_dedup_token_drops_a_retried_identical_insert(writers):
     assert _count(client, "SELECT count() FROM audit_events") == sum(it.n_rows for it in items)
 
 
+def test_parallel_read_is_one_part_and_its_retry_is_dropped_whole(writers):
+    """The container split into files that two threads decode still lands as ONE block with ONE token, so a retry
+    of it (the split is a deterministic function of the sources) is dropped whole, in whatever order the threads
+    read the files; and the writer's plan skips stored sources whatever the split."""
+    client, ev, _, _ = writers
+    assert ev.read_threads == 2
+    items = _event_items(_sources(20))
+    parts = tables.split_rows(items, 2)
+    assert len(parts) == 2 and [it for part in parts for it in part] == items
+    assert abs(sum(it.n_rows for it in parts[0]) - sum(it.n_rows for it in parts[1])) < 2 * 20
+    files = [avro_ocf.container([it.value for it in part], items[0].fp) for part in parts]
+    want = sum(it.n_rows for it in items)
+    ev.insert_container(files, "tok-par")
+    assert _count(client, "SELECT count() FROM audit_events") == want
+    months = _count(client, "SELECT uniqExact(toYYYYMM(request_received_ts)) FROM audit_events")
+    assert _count(client, "SELECT count() FROM system.parts WHERE active AND table = 'audit_events' "
+                          "AND database = currentDatabase()") == months  # one block: one part per partition  # fmt: skip
+    ev.insert_container(files, "tok-par")  # a retry of the same insert
+    ev.insert_container(files[::-1], "tok-par")  # ... whichever file a thread happens to read first
+    assert _count(client, "SELECT count() FROM audit_events") == want
+    assert _count(client, "SELECT sum(events) FROM events_1m") == want
+    # the writer's own path: new sources go in split, a replay of them is skipped by the plan
+    more = _event_items([(f"{n % 4}:{1000 + n}", c, evs) for n, (_sid, c, evs) in enumerate(_sources(30))])
+    assert ev.write(more) == (want, 0)
+    assert EventsWriter(client, True, ev.tmp_dir).write(more) == (0, len(more))
+    assert _count(client, "SELECT count() FROM audit_events") == 2 * want
+    assert _count(client, "SELECT count() FROM (SELECT source_id, auditid, stage, count() c FROM audit_events "
+                          "GROUP BY ALL HAVING c > 1)") == 0  # fmt: skip
+    assert not list(ev.tmp_dir.glob("*.avro"))  # temporary files removed
+
+
+def test_split_rows_is_deterministic_and_never_empty():
+    items = [Item("t", 0, i, b"", f"0:{i}", n) for i, n in enumerate([5, 400, 1, 1, 1, 300, 0, 7])]
+    for n in (1, 2, 3, 8, 20):
+        parts = tables.split_rows(items, n)
+        assert parts == tables.split_rows(items, n)
+        assert 1 <= len(parts) <= n and all(parts)
+        assert [it for part in parts for it in part] == items
+    assert tables.split_rows(items[:1], 4) == [items[:1]]
+
+
 def test_aggregate_tables_equal_group_by_over_events(writers):
     client, ev, verb, status = writers
     sources = _sources()
     ev.write(_event_items(sources))
-    vitems, sitems = [], []
-    for sid, _cluster, events in sources:
-        v, s = stats_records(sid, events)
-        vitems.append(Item("verb", 0, 0, b"", sid, len(v["rows"]), rows=stats_rows(v)))
-        sitems.append(Item("status", 0, 0, b"", sid, len(s["rows"]), rows=stats_rows(s)))
-    verb.write(vitems)
+    vitems, sitems = _stats_items(sources, "verb_stats"), _stats_items(sources, "status_stats")
+    assert verb.write(vitems) == (sum(it.n_rows for it in vitems), 0)  # Avro decoded by ClickHouse
     status.write(sitems)
-    verb.write(vitems)  # replay: nothing new
-    StatsWriter(client, "status_stats", "code").write(sitems)  # restart + replay
+    assert verb.write(vitems)[0] == 0  # replay: nothing new
+    assert StatsWriter(client, "status_stats", "code", True, status.tmp_dir).write(sitems) == (0, len(sitems))
     by_verb = client.query("SELECT cluster, toStartOfMinute(request_received_ts), verb, count() FROM audit_events "
                            "GROUP BY ALL ORDER BY ALL").result_rows  # fmt: skip
-    stats = client.query("SELECT cluster, window_start, verb, sum(count) FROM verb_stats GROUP BY ALL ORDER BY ALL").result_rows
+    stats = client.query(
+        "SELECT cluster, window_start, verb, sum(count) FROM verb_stats GROUP BY ALL ORDER BY ALL"
+    ).result_rows
     assert [(c, w.replace(microsecond=0), v, n) for c, w, v, n in stats] == by_verb
-    by_code = client.query("SELECT responsestatus_code, count() FROM audit_events GROUP BY 1 ORDER BY 1").result_rows
-    assert client.query("SELECT code, sum(count) FROM status_stats GROUP BY 1 ORDER BY 1").result_rows == by_code
+    by_code = client.query(
+        "SELECT responsestatus_code, count() FROM audit_events GROUP BY 1 ORDER BY 1"
+    ).result_rows
+    assert (
+        client.query("SELECT code, sum(count) FROM status_stats GROUP BY 1 ORDER BY 1").result_rows == by_code
+    )
     assert sum(n for _, n in by_code) == 1001
 
 
@@ -148,4 +202,68 @@ def test_rollup_reconcile_restores_what_a_killed_insert_left_out(writers):
     assert reconcile_rollup(client) == 0  # idempotent
     by_min = client.query("SELECT cluster, toDateTime(toStartOfMinute(request_received_ts), 'UTC') m, count() "
                           "FROM audit_events GROUP BY ALL ORDER BY ALL").result_rows  # fmt: skip
-    assert client.query("SELECT cluster, minute, sum(events) FROM events_1m GROUP BY ALL ORDER BY ALL").result_rows == by_min
+    assert (
+        client.query(
+            "SELECT cluster, minute, sum(events) FROM events_1m GROUP BY ALL ORDER BY ALL"
+        ).result_rows
+        == by_min
+    )
+
+
+def test_partly_stored_stats_source_gets_only_its_missing_rows(writers):
+    client, _, verb, _ = writers
+    sources = _sources(100)
+    sid, _cluster, events = max(sources, key=lambda src: len(stats_records(src[0], src[2])[0]["rows"]))
+    rec = stats_records(sid, events)[0]
+    assert len(rec["rows"]) > 2
+    cut = {**rec, "rows": rec["rows"][:2]}  # a crash left two of its rows
+    c = codec("verb_stats")
+    verb.write([Item("v", 0, 0, c.encode(cut), sid, 2, c.fp)])
+    items = _stats_items(sources, "verb_stats")
+    fresh = StatsWriter(client, "verb_stats", "verb", True, verb.tmp_dir)
+    assert fresh.write(items)[0] == sum(it.n_rows for it in items) - 2
+    assert _count(client, "SELECT sum(count) FROM verb_stats") == 1001
+    assert _count(client, "SELECT count() FROM (SELECT source_id, window_start, verb, count() c FROM verb_stats "
+                          "GROUP BY ALL HAVING c > 1)") == 0  # fmt: skip
+
+
+def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse, tmp_path):
+    """ClickHouse decodes the Avro: a record whose header reads fine but whose body is garbage fails the insert;
+    the sink finds it in Python, dead-letters it, and writes the rest of the batch (events and stats) once."""
+    import threading
+
+    from pipeline.sinks.runner import Batch, Sink
+
+    client, s, _db = warehouse
+    sink = Sink(s.model_copy(update={"var": tmp_path}))
+    sink.writers = {"events": EventsWriter(client, True, tmp_path),
+                    "verb": StatsWriter(client, "verb_stats", "verb", True, tmp_path),
+                    "status": StatsWriter(client, "status_stats", "code", True, tmp_path),
+                    "alerts": AlertsWriter(client)}  # fmt: skip
+    sink._producer = object()  # noqa: SLF001 - produce_sync is replaced below
+    sources = _sources()
+    batch = Batch()
+    batch.items["events"] = _event_items(sources)
+    batch.items["verb"] = _stats_items(sources, "verb_stats")
+    bad_ev, bad_st = batch.items["events"][3], batch.items["verb"][5]
+    for it in (bad_ev, bad_st):  # keep the header (source_id, counts), break the rows
+        head = len(it.value) // 3
+        it.value = it.value[:head] + b"\xff" * (len(it.value) - head - 1) + b"\x00"
+    want_stats = sum(it.n_rows for it in batch.items["verb"]) - bad_st.n_rows
+    sent = []
+    timer = threading.Timer(60, sink.stop.set)  # a regression must fail, not retry forever
+    timer.start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(
+                "pipeline.sinks.runner.produce_sync",
+                lambda _p, _topic, value, headers=None: sent.append(value),
+            )
+            assert sink._write_until_done(batch)  # noqa: SLF001
+    finally:
+        timer.cancel()
+    assert len(sent) == 2
+    assert _count(client, "SELECT count() FROM audit_events") == 1001 - bad_ev.n_rows
+    assert _count(client, f"SELECT count() FROM audit_events WHERE source_id = '{bad_ev.source_id}'") == 0
+    assert _count(client, "SELECT count() FROM verb_stats") == want_stats
+    assert _count(client, f"SELECT count() FROM verb_stats WHERE source_id = '{bad_st.source_id}'") == 0

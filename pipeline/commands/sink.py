@@ -29,8 +29,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_kafka_flag(p)
     add_clickhouse_flag(p)
     p.add_argument("--group", default="kaudit-sink", help="Kafka consumer group (default kaudit-sink)")
-    p.add_argument("--max-rows", type=int, default=50_000, help="rows per insert batch (default 50000)")
-    p.add_argument("--max-seconds", type=float, default=1.0, help="longest wait before a partial batch is written")
+    p.add_argument(
+        "--max-rows", type=int, help="rows per insert batch (KAUDIT_SINK_BATCH_ROWS, default 200000)"
+    )
+    p.add_argument("--max-seconds", type=float,
+                   help="longest wait before a partial batch is written (KAUDIT_SINK_BATCH_SECONDS, default 1.0)")  # fmt: skip
     p.add_argument("--api-host", help="query API address (KAUDIT_API_HOST, default 127.0.0.1)")
     p.add_argument("--api-port", type=int, help="query API port (KAUDIT_API_PORT, default 8080; 0 = any)")
     p.add_argument("--no-api", action="store_true", help="do not serve the query API in embedded mode")

@@ -84,15 +84,38 @@ def read_batch_header(value: bytes) -> BatchHeader:
     return BatchHeader(source_id, cluster, received_at, count)
 
 
+def read_rows_header(value: bytes) -> tuple[str, int]:
+    """source_id and row count of a VerbStats / StatusStats record (``source_id``, ``window_seconds``,
+    ``rows``: the same single-block caveat as ``read_batch_header``)."""
+    source_id, pos = read_string(value, 0)
+    _window_seconds, pos = read_long(value, pos)
+    count, pos = read_long(value, pos)
+    if count < 0:
+        count = -count
+        _, pos = read_long(value, pos)
+    if not value or value[-1] != 0:
+        raise HeaderError("array not terminated")
+    return source_id, count
+
+
 @cache
-def _schema_json(fp: str) -> bytes:
-    current = codec("event_batch")
+def known_fps(stem: str) -> frozenset[str]:
+    """Fingerprints of every known version of ``stem``'s record (the writer schemas a reader can resolve)."""
+    name = codec(stem).name
+    return frozenset(
+        {codec(stem).fp} | {fp for fp, schema in _known_by_fp().items() if schema["name"] == name}
+    )
+
+
+@cache
+def _schema_json(fp: str, stem: str = "event_batch") -> bytes:
+    current = codec(stem)
     if fp in ("", current.fp):
         parsed = current.schema
     else:
         known = _known_by_fp()
-        if fp not in known:
-            raise HeaderError(f"unknown writer schema fingerprint {fp}")
+        if fp not in known or known[fp]["name"] != current.name:
+            raise HeaderError(f"unknown writer schema fingerprint {fp} for {current.name}")
         parsed = known[fp]
     return json.dumps(_strip_fastavro_keys(parsed)).encode()
 
@@ -106,13 +129,20 @@ def _strip_fastavro_keys(schema):  # noqa: ANN001, ANN202 - JSON-ish recursion
     return schema
 
 
-def container(values: list[bytes], writer_fp: str = "") -> bytes:
-    """One Avro Object Container File (codec null) holding ``values`` as datums of the writer schema."""
-    schema = _schema_json(writer_fp)
+def container_chunks(values: list[bytes], writer_fp: str = "", stem: str = "event_batch") -> list[bytes]:
+    """One Avro Object Container File (codec null) holding ``values`` as datums of the writer schema (the
+    schema with fingerprint ``writer_fp``, which must be a version of ``stem``'s record; "" = the current),
+    as pieces to write one after the other (``writelines``: the values are not copied into one buffer)."""
+    schema = _schema_json(writer_fp, stem)
     sync = os.urandom(16)
     header = b"".join(
         [MAGIC, zigzag(2), zigzag(11), b"avro.schema", zigzag(len(schema)), schema,
-         zigzag(10), b"avro.codec", zigzag(4), b"null", zigzag(0), sync]
+         zigzag(10), b"avro.codec", zigzag(4), b"null", zigzag(0), sync,
+         zigzag(len(values)), zigzag(sum(len(v) for v in values))]
     )  # fmt: skip
-    body = b"".join(values)
-    return b"".join([header, zigzag(len(values)), zigzag(len(body)), body, sync])
+    return [header, *values, sync]
+
+
+def container(values: list[bytes], writer_fp: str = "", stem: str = "event_batch") -> bytes:
+    """``container_chunks`` as one bytes object."""
+    return b"".join(container_chunks(values, writer_fp, stem))

@@ -33,7 +33,9 @@ def window_start(ts_us: int, window_seconds: int) -> int:
     return ts_us - ts_us % w
 
 
-def stats_records(source_id: str, events: list[dict[str, Any]], window_seconds: int = 60) -> tuple[dict, dict]:
+def stats_records(
+    source_id: str, events: list[dict[str, Any]], window_seconds: int = 60
+) -> tuple[dict, dict]:
     verbs: Counter = Counter()
     codes: Counter = Counter()
     for ev in events:
@@ -50,19 +52,33 @@ def stats_records(source_id: str, events: list[dict[str, Any]], window_seconds: 
 
 
 def produce_source(
-    producer: Producer, s: Settings, partition: int, source_id: str, cluster: str, events: list[dict[str, Any]],
-    *, stats: bool = True, received_at: int = 0,
+    producer: Producer,
+    s: Settings,
+    partition: int,
+    source_id: str,
+    cluster: str,
+    events: list[dict[str, Any]],
+    *,
+    stats: bool = True,
+    received_at: int = 0,
+    events_topic: bool = True,
 ) -> None:
     """Queue the EventBatch (and stats) of one source on `partition` of the output topics (call flush())."""
-    eb = codec("event_batch")
-    producer.produce(s.topic(config.EVENTS), eb.encode({"source_id": source_id, "cluster": cluster,
-                     "received_at": received_at, "events": events}), key=cluster.encode(),
-                     headers=eb.headers, partition=partition)  # fmt: skip
+    if events_topic:
+        eb = codec("event_batch")
+        producer.produce(s.topic(config.EVENTS), eb.encode({"source_id": source_id, "cluster": cluster,
+                         "received_at": received_at, "events": events}), key=cluster.encode(),
+                         headers=eb.headers, partition=partition)  # fmt: skip
     if stats:
         verb, status = stats_records(source_id, events)
-        for stem, topic, rec in (("verb_stats", config.VERB_STATS, verb), ("status_stats", config.STATUS_STATS, status)):
+        for stem, topic, rec in (
+            ("verb_stats", config.VERB_STATS, verb),
+            ("status_stats", config.STATUS_STATS, status),
+        ):
             c = codec(stem)
-            producer.produce(s.topic(topic), c.encode(rec), key=cluster.encode(), headers=c.headers, partition=partition)
+            producer.produce(
+                s.topic(topic), c.encode(rec), key=cluster.encode(), headers=c.headers, partition=partition
+            )
 
 
 def chunks(events: list[dict[str, Any]], size: int) -> Iterable[list[dict[str, Any]]]:

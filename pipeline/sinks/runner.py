@@ -1,9 +1,11 @@
 """The sink process: plain confluent-kafka consumer (one group, four topics) -> batches -> ClickHouse.
 
-Threads: the consumer thread polls Kafka and builds batches (bounded by rows, bytes and time); the writer
-thread writes a batch to every table, and only then commits its offsets. While the writer is busy (or retrying
-because ClickHouse is down) the consumer keeps filling the next batch; when that one is full too, it pauses
-its partitions and keeps polling so the group does not evict it. Nothing here runs on an asyncio loop.
+Threads: the consumer thread polls Kafka and builds batches (bounded by rows, bytes and time; an idle writer
+gets a batch at a quarter of the rows); the writer thread writes a batch to every table, and only then are its
+offsets committed. While the writer is busy (or retrying because ClickHouse is down) the consumer keeps filling
+the next batch; when that one is full too, it pauses its partitions and keeps polling so the group does not
+evict it. The consumer reads only record headers (source_id, row count); ClickHouse decodes the Avro of events
+and stats itself, in C++ and on several threads (see tables.py). Nothing here runs on an asyncio loop.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import queue
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -23,30 +25,43 @@ from pipeline.config import Settings
 from pipeline.kafka import deadletter
 from pipeline.kafka.producer import make_producer, produce_sync
 from pipeline.models.avro import H_FP, H_SCHEMA, AvroDecodeError, codec, decode_record, header_value
-from pipeline.sinks.avro_ocf import HeaderError, read_batch_header
+from pipeline.sinks.avro_ocf import HeaderError, known_fps, read_batch_header, read_rows_header
 from pipeline.sinks.metrics import M
-from pipeline.sinks.tables import AlertsWriter, EventsWriter, Item, StatsWriter, stats_rows
+from pipeline.sinks.tables import AlertsWriter, EventsWriter, Item, StatsWriter
 from pipeline.warehouse.client import WarehouseLockedError, is_embedded, open_client
 from pipeline.warehouse.migrations import migrate
 
 log = logging.getLogger("kaudit.sink")
 
+EAGER_FRACTION = 4  # an idle writer takes a batch at max_rows / EAGER_FRACTION rows (see Sink.run)
+
 # ClickHouse error codes that mean "these bytes are bad", not "the warehouse is unavailable".
-DATA_ERROR_CODES = ("Code: 27.", "Code: 33.", "Code: 117.", "Code: 6.", "Code: 69.", "Code: 53.", "Code: 70.")
+DATA_ERROR_CODES = (
+    "Code: 27.",
+    "Code: 33.",
+    "Code: 117.",
+    "Code: 6.",
+    "Code: 69.",
+    "Code: 53.",
+    "Code: 70.",
+    "Code: 748.",
+)
 
 
 @dataclass
 class SinkOptions:
     group: str = "kaudit-sink"
-    max_rows: int = 50_000
+    max_rows: int | None = None  # None: Settings.sink_batch_rows
     max_bytes: int = 128 * 1024 * 1024
-    max_seconds: float = 1.0
+    max_seconds: float | None = None  # None: Settings.sink_batch_seconds
     backoff_max: float = 30.0
 
 
 @dataclass
 class Batch:
-    items: dict[str, list[Item]] = field(default_factory=lambda: {"events": [], "verb": [], "status": [], "alerts": []})
+    items: dict[str, list[Item]] = field(
+        default_factory=lambda: {"events": [], "verb": [], "status": [], "alerts": []}
+    )
     offsets: dict[tuple[str, int], int] = field(default_factory=dict)  # next offset to commit
     dead: list[tuple[bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
     rows: int = 0
@@ -58,9 +73,13 @@ class Batch:
 
 
 class Sink:
-    def __init__(self, s: Settings, opts: SinkOptions | None = None, stop: threading.Event | None = None) -> None:
+    def __init__(
+        self, s: Settings, opts: SinkOptions | None = None, stop: threading.Event | None = None
+    ) -> None:
         self.s = s
-        self.opts = opts or SinkOptions()
+        opts = opts or SinkOptions()
+        self.opts = replace(opts, max_rows=opts.max_rows or s.sink_batch_rows,
+                            max_seconds=s.sink_batch_seconds if opts.max_seconds is None else opts.max_seconds)  # fmt: skip
         self.stop = stop or threading.Event()
         self.embedded = is_embedded(s.effective_clickhouse_dsn)
         self.topics = {
@@ -93,15 +112,17 @@ class Sink:
             except Exception as exc:  # noqa: BLE001 - server down, network, ...
                 M.retries.labels("unavailable").inc()
                 M.warehouse_up.set(0)
-                log.warning("warehouse %s unavailable (%s); retrying in %.1fs", _dsn_label(self.s), _short(exc), delay)
+                log.warning(
+                    "warehouse %s unavailable (%s); retrying in %.1fs", _dsn_label(self.s), _short(exc), delay
+                )
             else:
                 M.warehouse_up.set(1)
                 self.client = client
                 tmp = self.s.var / "sink-tmp"
                 self.writers = {
-                    "events": EventsWriter(client, self.embedded, tmp),
-                    "verb": StatsWriter(client, "verb_stats", "verb"),
-                    "status": StatsWriter(client, "status_stats", "code"),
+                    "events": EventsWriter(client, self.embedded, tmp, self.s.sink_read_threads),
+                    "verb": StatsWriter(client, "verb_stats", "verb", self.embedded, tmp),
+                    "status": StatsWriter(client, "status_stats", "code", self.embedded, tmp),
                     "alerts": AlertsWriter(client),
                 }
                 log.info("warehouse %s open", _dsn_label(self.s))
@@ -126,7 +147,10 @@ class Sink:
         marker = self._marker
         if marker.exists():
             added = reconcile_rollup(client)
-            log.warning("previous sink on this warehouse did not stop cleanly; events_1m reconciled (+%d events)", added)
+            log.warning(
+                "previous sink on this warehouse did not stop cleanly; events_1m reconciled (+%d events)",
+                added,
+            )
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("running\n")
 
@@ -175,22 +199,24 @@ class Sink:
         batch.bytes += len(value)
         M.records.labels(kind).inc()
         try:
-            if kind == "events":
+            if kind != "alerts":  # only the header is read here; ClickHouse decodes the rows (see tables.py)
+                stem = STEMS[kind]
                 name = header_value(headers, H_SCHEMA)
-                if name and name != codec("event_batch").name:
-                    raise AvroDecodeError(f"schema {name} on the events topic")
+                if name and name != codec(stem).name:
+                    raise AvroDecodeError(f"schema {name} on the {stem} topic")
                 fp = header_value(headers, H_FP) or ""
+                if fp and fp not in known_fps(stem):
+                    raise AvroDecodeError(f"unknown writer schema fingerprint {fp} for {codec(stem).name}")
                 try:
-                    h = read_batch_header(value)
-                    n, sid = h.n_events, h.source_id
+                    if kind == "events":
+                        h = read_batch_header(value)
+                        n, sid = h.n_events, h.source_id
+                    else:
+                        sid, n = read_rows_header(value)
                 except HeaderError:
-                    rec = decode_record("event_batch", value, headers)  # raises if really broken
-                    n, sid = len(rec["events"]), rec["source_id"]
+                    rec = decode_record(stem, value, headers)  # raises if really broken
+                    n, sid = len(rec["events" if kind == "events" else "rows"]), rec["source_id"]
                 it = Item(topic, msg.partition(), msg.offset(), value, sid, n, fp)
-            elif kind in ("verb", "status"):
-                rec = decode_record("verb_stats" if kind == "verb" else "status_stats", value, headers)
-                rows = stats_rows(rec)
-                it = Item(topic, msg.partition(), msg.offset(), b"", rec["source_id"], len(rows), rows=rows)
             else:
                 rec = decode_record("alert", value, headers)
                 it = Item(topic, msg.partition(), msg.offset(), b"", rec["source_id"], 1, rows=[rec])
@@ -205,7 +231,13 @@ class Sink:
         origin = f"{msg.topic()}:{msg.partition()}:{msg.offset()}"
         log.warning("dead-letter %s: %s", origin, reason)
         batch.dead.append(
-            deadletter.record(reason, "sink", msg.value() or b"", cluster=(key or b"").decode("utf-8", "replace"), origin=origin)
+            deadletter.record(
+                reason,
+                "sink",
+                msg.value() or b"",
+                cluster=(key or b"").decode("utf-8", "replace"),
+                origin=origin,
+            )
         )
 
     def run(self) -> int:
@@ -225,12 +257,20 @@ class Sink:
         try:
             while not self.stop.is_set() and self.error is None:
                 self._commit_done()
-                if self._backlog and not self._paused:  # backpressure: stop fetching, keep polling for the group
+                if (
+                    self._backlog and not self._paused
+                ):  # backpressure: stop fetching, keep polling for the group
                     consumer.pause(consumer.assignment())
                     self._paused = True
-                self._backlog.extend(consumer.consume(num_messages=1000 if self._backlog else 5000, timeout=0.1))
+                self._backlog.extend(
+                    consumer.consume(num_messages=1000 if self._backlog else 5000, timeout=0.1)
+                )
                 b = self._pending
-                while self._backlog and b.rows < self.opts.max_rows and b.bytes < self.opts.max_bytes:
+                # an idle writer gets a batch as soon as it holds a quarter of max_rows: the first rows after
+                # a start or a quiet spell go in early, while a busy writer lets batches grow to max_rows
+                idle = not self._queue.unfinished_tasks
+                limit = max(1, self.opts.max_rows // EAGER_FRACTION) if idle else self.opts.max_rows
+                while self._backlog and b.rows < limit and b.bytes < self.opts.max_bytes:
                     msg = self._backlog.popleft()
                     err = msg.error()
                     if err is not None:
@@ -240,7 +280,7 @@ class Sink:
                     if not len(b):
                         b.started = time.monotonic()
                     self.route(msg, b)
-                full = b.rows >= self.opts.max_rows or b.bytes >= self.opts.max_bytes
+                full = b.rows >= limit or b.bytes >= self.opts.max_bytes
                 due = len(b) and time.monotonic() - b.started >= self.opts.max_seconds
                 if full or due:
                     try:
@@ -294,7 +334,9 @@ class Sink:
                 M.retries.labels("insert").inc()
                 log.warning("insert failed (%s); retrying in %.1fs, nothing is committed", _short(exc), delay)
                 if self.stop.wait(delay):
-                    log.warning("stopping with an unwritten batch; it stays uncommitted and is read again on start")
+                    log.warning(
+                        "stopping with an unwritten batch; it stays uncommitted and is read again on start"
+                    )
                     return False
                 delay = min(delay * 2, self.opts.backoff_max)
 
@@ -318,15 +360,19 @@ class Sink:
         log.debug("batch written: %d rows", total)
 
     def _quarantine(self, batch: Batch) -> bool:
-        """After a data error: decode every events record in Python; move the undecodable ones to dead-letter."""
+        """After a data error: decode every record that ClickHouse decodes (events, stats) in Python; move the
+        undecodable ones to dead-letter."""
         bad = []
-        for it in batch.items["events"]:
-            try:
-                codec("event_batch").decode(it.value, it.fp or None)
-            except Exception as exc:  # noqa: BLE001
-                bad.append((it, exc))
-        for it, exc in bad:
-            batch.items["events"].remove(it)
+        for kind, stem in STEMS.items():
+            for it in batch.items[kind]:
+                if not it.value:
+                    continue
+                try:
+                    codec(stem).decode(it.value, it.fp or None)
+                except Exception as exc:  # noqa: BLE001
+                    bad.append((kind, it, exc))
+        for kind, it, exc in bad:
+            batch.items[kind].remove(it)
             origin = f"{it.topic}:{it.partition}:{it.offset}"
             log.warning("dead-letter %s: %s", origin, exc)
             batch.dead.append(deadletter.record(f"cannot decode: {exc}", "sink", it.value, origin=origin))
@@ -349,10 +395,15 @@ class Sink:
         try:
             self._consumer.commit(offsets=offsets, asynchronous=False)
         except Exception as exc:  # noqa: BLE001 - e.g. rebalanced away: the new owner skips what is stored
-            log.warning("offset commit failed (%s); the rows are stored, a re-read will skip them", _short(exc))
+            log.warning(
+                "offset commit failed (%s); the rows are stored, a re-read will skip them", _short(exc)
+            )
             return
         M.batches.inc()
         self.committed_batches += 1
+
+
+STEMS = {"events": "event_batch", "verb": "verb_stats", "status": "status_stats"}
 
 
 ROLLUP_KEYS = "cluster, minute, verb, objectref_resource, responsestatus_code"
@@ -369,7 +420,9 @@ def reconcile_rollup(client: Any) -> int:
     )
     added = client.query(f"SELECT sum(events) FROM ({missing})").result_rows[0][0] or 0
     if added:
-        client.command(f"INSERT INTO events_1m ({ROLLUP_KEYS}, events) {missing}", settings={"async_insert": 0})
+        client.command(
+            f"INSERT INTO events_1m ({ROLLUP_KEYS}, events) {missing}", settings={"async_insert": 0}
+        )
     return int(added)
 
 

@@ -8,6 +8,9 @@ stored for its partition cannot be in the table, so the common case needs no loo
 crash (worker or sink) land at or below it and get an exact ``count() ... WHERE source_id IN`` check.
 A source found with fewer rows than it should have (an insert cut by a crash between two parts) gets only
 its missing rows, matched by the table's natural key.
+
+Events and stats records are not decoded in Python on the happy path: their Kafka values go to ClickHouse as
+Avro container files that it decodes itself, split into files that several threads read (``ContainerWriter``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +215,7 @@ def _dt_us(v: Any) -> int:
 
 
 class ColumnWriter(TableWriter):
-    """Tables fed from decoded Avro rows: a reused insert context, column-oriented data."""
+    """Inserts of decoded rows: a reused insert context, column-oriented data."""
 
     columns: list[str] = []
 
@@ -225,40 +229,43 @@ class ColumnWriter(TableWriter):
         if self._ctx is None:
             self._ctx = self.client.create_insert_context(self.table, self.columns, column_oriented=True)
         self._ctx.data = [[r[c] for r in rows] for c in self.columns]
-        self._ctx.settings = {**(self._ctx.settings or {}), **INSERT_SETTINGS, "insert_deduplication_token": token}
+        self._ctx.settings = {
+            **(self._ctx.settings or {}),
+            **INSERT_SETTINGS,
+            "insert_deduplication_token": token,
+        }
         self.client.insert(context=self._ctx)
 
-    def _insert(self, new: list[Item], partial: list[Item]) -> int:
-        rows = [r for it in new for r in self.decoded_rows(it)] + self.missing_rows(partial)
-        token = dedup_token(self.table, (f"{r['source_id']}|{_key(r[c] for c in self.key_columns)}" for r in rows))
-        self.insert_rows(rows, token)
-        return len(rows)
 
+class ContainerWriter(ColumnWriter):
+    """Tables fed by one Avro record type that carries an array of rows (``EventBatch.events``,
+    ``VerbStats.rows``, ``StatusStats.rows``). New sources go in as Avro containers of the Kafka values, which
+    ClickHouse decodes itself (ARRAY JOIN of the array, the record's top-level fields copied onto each row);
+    partly stored sources are decoded in Python and only their missing rows inserted."""
 
-class EventsWriter(ColumnWriter):
-    """audit_events. New sources go in as one Avro container that ClickHouse decodes itself (ARRAY JOIN of
-    the batches' events); partly stored sources are decoded in Python and only their missing rows inserted."""
+    stem = ""  # schema file stem
+    array = ""  # the array field holding the rows
 
-    table = "audit_events"
-    key_columns = ("auditid", "stage")
-    columns = EVENT_INSERT_COLUMNS
-
-    def __init__(self, client: Client, embedded: bool, tmp_dir: Path) -> None:
+    def __init__(self, client: Client, embedded: bool, tmp_dir: Path, read_threads: int = 1) -> None:
         super().__init__(client)
         self.embedded = embedded
         self.tmp_dir = tmp_dir
-        cols = ", ".join(EVENT_INSERT_COLUMNS)
-        sel = ", ".join("source_id" if c == "source_id" else f"e.{c}" for c in EVENT_INSERT_COLUMNS)
-        self._insert_head = f"INSERT INTO audit_events ({cols}) SELECT {sel} FROM "
-        self._tail = " ARRAY JOIN events AS e"
+        # chDB decodes Avro at ~3-5 us/row on one thread, about 2/3 of an insert: split the container into
+        # this many files and let that many threads decode them (still one block and one token).
+        self.read_threads = max(1, read_threads) if embedded and not _has_glob(str(tmp_dir)) else 1
+        top = {f["name"] for f in codec(self.stem).schema["fields"]}
+        cols = ", ".join(self.columns)
+        sel = ", ".join(c if c in top else f"r.`{c}`" for c in self.columns)
+        self._insert_head = f"INSERT INTO {self.table} ({cols}) {{settings}}SELECT {sel} FROM "
+        self._tail = f" ARRAY JOIN `{self.array}` AS r"
 
     def decoded_rows(self, it: Item) -> list[dict[str, Any]]:
         if not it.rows:
-            batch = codec("event_batch").decode(it.value, it.fp or None)
-            for ev in batch["events"]:
-                ev["source_id"] = batch["source_id"]
-            it.rows = batch["events"]
+            it.rows = self.rows_of(codec(self.stem).decode(it.value, it.fp or None))
         return it.rows
+
+    def rows_of(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        raise NotImplementedError
 
     def _insert(self, new: list[Item], partial: list[Item]) -> int:
         n = 0
@@ -268,35 +275,129 @@ class EventsWriter(ColumnWriter):
                 by_fp.setdefault(it.fp, []).append(it)
         for fp, group in by_fp.items():
             token = dedup_token(self.table, (f"{it.source_id}:{it.n_rows}" for it in group))
-            self.insert_container(avro_ocf.container([it.value for it in group], fp), token)
+            files = [avro_ocf.container_chunks([it.value for it in part], fp, self.stem)
+                     for part in split_rows(group, self.read_threads)]  # fmt: skip
+            self.insert_container(files, token)
             n += sum(it.n_rows for it in group)
-        missing = self.missing_rows(partial)
-        if missing:
-            token = dedup_token(self.table, (f"{r['source_id']}|{r['auditid']}|{r['stage']}" for r in missing))
-            self.insert_rows(missing, token)
-            n += len(missing)
+        rows = self.missing_rows(partial)
+        if rows:
+            keys = (f"{r['source_id']}|{_key(r[c] for c in self.key_columns)}" for r in rows)
+            self.insert_rows(rows, dedup_token(self.table, keys))
+            n += len(rows)
         return n
 
-    def insert_container(self, data: bytes, token: str) -> None:
-        settings = {**INSERT_SETTINGS, "insert_deduplication_token": token,
-                    "use_structure_from_insertion_table_in_table_functions": 0}  # fmt: skip
-        if self.embedded:  # chDB: no request body; the engine reads a file we own
+    def insert_container(self, data: bytes | list[bytes] | list[list[bytes]], token: str) -> None:
+        """Insert Avro containers (one, or several read in parallel) of the stem's records with one token. A
+        container is bytes, or the list of its pieces (``avro_ocf.container_chunks``).
+
+        However many files, the rows reach the table as one block (squashed up to ``min_insert_block_size_rows``,
+        ~1M rows, above any sensible batch), hence one part per partition under one deduplication token: a
+        retry of the same files is dropped whole, in whatever order the threads read them. (ClickHouse derives
+        the block's id from the token and the source blocks, so the same sources split into another number of
+        files are not recognized by the token; ``split_rows`` is deterministic, and in any case the writer plans
+        again before every retry: stored sources are skipped by the exact check, which is what exactness rests
+        on. A batch above the squash size is cut in read order; for the same reason nothing is lost.)"""
+        files = [[data]] if isinstance(data, bytes) else [[f] if isinstance(f, bytes) else f for f in data]
+        settings: dict[str, Any] = {**INSERT_SETTINGS, "insert_deduplication_token": token,
+                                    "use_structure_from_insertion_table_in_table_functions": 0}  # fmt: skip
+        if self.embedded:  # chDB: no request body; the engine reads files we own
             self.tmp_dir.mkdir(parents=True, exist_ok=True)
-            path = self.tmp_dir / f"events-{os.getpid()}-{threading.get_ident()}.avro"
-            path.write_bytes(data)
+            stem = f"{self.table}-{os.getpid()}-{threading.get_ident()}"
+            paths = [self.tmp_dir / f"{stem}-{i}.avro" for i in range(len(files))]
             try:
-                literal = "'" + str(path).replace("\\", "\\\\").replace("'", "\\'") + "'"
-                self.client.command(f"{self._insert_head}file({literal}, 'Avro'){self._tail}", settings=settings)
+                for path, chunks in zip(paths, files, strict=True):
+                    with path.open("wb") as f:
+                        f.writelines(chunks)
+                if len(paths) > 1:  # a glob: StorageFile hands each reading thread its own file
+                    pattern = str(
+                        self.tmp_dir / f"{stem}-{{{','.join(str(i) for i in range(len(paths)))}}}.avro"
+                    )
+                    settings.update(
+                        max_threads=len(paths), max_insert_threads=len(paths), parallel_view_processing=1
+                    )
+                else:
+                    pattern = str(paths[0])
+                # settings inline: per-call settings cost chDB a snapshot query plus a SET and a reset each
+                head = self._insert_head.format(settings=_settings_clause(settings))
+                self.client.command(f"{head}file({_sql_string(pattern)}, 'Avro'){self._tail}")
             finally:
-                path.unlink(missing_ok=True)
+                for path in paths:
+                    path.unlink(missing_ok=True)
         else:  # server: the container is the request body
+            if len(files) != 1:
+                raise ValueError("a server insert takes one container")
             self.client.command(
-                f"{self._insert_head}input({_structure_literal()}){self._tail} FORMAT Avro", data=data, settings=settings
-            )
+                f"{self._insert_head.format(settings='')}input({_structure_literal(self.stem)}){self._tail} FORMAT Avro",
+                data=b"".join(files[0]), settings=settings,
+            )  # fmt: skip
 
 
-def _structure_literal() -> str:
-    """ClickHouse structure of an EventBatch for input(): derived from the Avro schema."""
+class EventsWriter(ContainerWriter):
+    """audit_events, from EventBatch records."""
+
+    table = "audit_events"
+    key_columns = ("auditid", "stage")
+    columns = EVENT_INSERT_COLUMNS
+    stem = "event_batch"
+    array = "events"
+
+    def __init__(self, client: Client, embedded: bool, tmp_dir: Path, read_threads: int = 2) -> None:
+        super().__init__(client, embedded, tmp_dir, read_threads)
+
+    def rows_of(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        for ev in record["events"]:
+            ev["source_id"] = record["source_id"]
+        return record["events"]
+
+
+class StatsWriter(ContainerWriter):
+    """verb_stats / status_stats: one row per (window, key, source_id), from VerbStats / StatusStats records."""
+
+    array = "rows"
+
+    def __init__(self, client: Client, table: str, key: str, embedded: bool, tmp_dir: Path) -> None:
+        self.table = table
+        self.stem = table  # the schema file is named like the table
+        self.key_columns = ("cluster", "window_start", key)
+        self.columns = ["cluster", "window_start", "window_seconds", key, "source_id", "count", "dropped"]
+        super().__init__(client, embedded, tmp_dir)
+
+    def rows_of(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        return stats_rows(record)
+
+
+def split_rows(items: list[Item], n: int) -> list[list[Item]]:
+    """Consecutive runs of items with about equal row counts (at most n, none empty); deterministic."""
+    total = sum(it.n_rows for it in items)
+    if n <= 1 or len(items) <= 1 or total == 0:
+        return [items]
+    out: list[list[Item]] = [[]]
+    acc = 0
+    for it in items:
+        if out[-1] and len(out) < n and acc >= total * len(out) / n:
+            out.append([])
+        out[-1].append(it)
+        acc += it.n_rows
+    return out
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _settings_clause(settings: dict[str, Any]) -> str:
+    """``SETTINGS a = 1, b = 'x' `` for an INSERT ... SELECT (applies to both halves of the query)."""
+    return "SETTINGS " + ", ".join(f"{k} = {int(v) if isinstance(v, (bool, int)) else _sql_string(str(v))}"
+                                   for k, v in settings.items()) + " "  # fmt: skip
+
+
+def _has_glob(path: str) -> bool:
+    return any(ch in path for ch in "*?{}[]")
+
+
+@cache
+def _structure_literal(stem: str = "event_batch") -> str:
+    """ClickHouse structure of a record type for input(): derived from the Avro schema."""
 
     def ch(t: Any) -> str:
         if isinstance(t, dict):
@@ -313,19 +414,9 @@ def _structure_literal() -> str:
         return {"string": "String", "int": "Int32", "long": "Int64", "boolean": "Bool", "double": "Float64",
                 "float": "Float32"}[t]  # fmt: skip
 
-    schema = avro_ocf._strip_fastavro_keys(codec("event_batch").schema)
+    schema = avro_ocf._strip_fastavro_keys(codec(stem).schema)
     text = ", ".join(f"{f['name']} {ch(f['type'])}" for f in schema["fields"])
     return "'" + text.replace("'", "\\'") + "'"
-
-
-class StatsWriter(ColumnWriter):
-    """verb_stats / status_stats: one row per (window, key, source_id)."""
-
-    def __init__(self, client: Client, table: str, key: str) -> None:
-        super().__init__(client)
-        self.table = table
-        self.key_columns = ("cluster", "window_start", key)
-        self.columns = ["cluster", "window_start", "window_seconds", key, "source_id", "count", "dropped"]
 
 
 def stats_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

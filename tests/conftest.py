@@ -4,6 +4,7 @@ one database per test)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -76,21 +77,30 @@ def chdb_session_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return tmp_path_factory.mktemp("chdb") / "db"
 
 
-@pytest.fixture()
-def warehouse(chdb_session_path: Path):
-    """A migrated ClickHouse database of its own on the session's chDB path; yields (client, settings)."""
+@contextlib.contextmanager
+def migrated_database(chdb_path: Path, prefix: str = "t"):
+    """A migrated ClickHouse database of its own on a chDB path, dropped afterwards: (client, settings, name)."""
     from pipeline.warehouse.client import open_client
     from pipeline.warehouse.migrations import migrate
 
-    dsn = f"chdb://{chdb_session_path}"
+    dsn = f"chdb://{chdb_path}"
     admin = open_client(dsn=dsn)
-    db = f"t_{uuid.uuid4().hex[:10]}"
+    db = f"{prefix}_{uuid.uuid4().hex[:10]}"
     admin.command(f"CREATE DATABASE {db}")
     s = Settings(clickhouse_dsn=dsn)
     client = open_client(s, database=db)
     migrate(client, s)
-    yield client, s, db
-    admin.command(f"DROP DATABASE IF EXISTS {db}")
+    try:
+        yield client, s, db
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+@pytest.fixture()
+def warehouse(chdb_session_path: Path):
+    """A migrated ClickHouse database of its own on the session's chDB path; yields (client, settings, name)."""
+    with migrated_database(chdb_session_path) as found:
+        yield found
 
 
 def sample_files() -> list[Path]:

@@ -4,7 +4,6 @@ column and suggestion, and injection attempts. Expected numbers are computed in 
 from __future__ import annotations
 
 import fnmatch
-import uuid
 from collections import Counter
 
 import pytest
@@ -12,7 +11,7 @@ import pytest
 from pipeline.query import QueryError, compile_query
 from pipeline.sinks.fixtures import sample_sources
 from pipeline.warehouse.migrations import EVENT_INSERT_COLUMNS
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, migrated_database
 
 SEED = [
     'logtype="Kubernetes Audit Logs" and verb="delete" groupby objectref_resource,username',
@@ -26,21 +25,10 @@ EVENTS = [e for _c, evs in sample_sources(SAMPLES) for e in evs]
 @pytest.fixture(scope="module")
 def db(chdb_session_path):
     """One loaded database for the module (read-only tests share it)."""
-    from pipeline.config import Settings
-    from pipeline.warehouse.client import open_client
-    from pipeline.warehouse.migrations import migrate
-
-    dsn = f"chdb://{chdb_session_path}"
-    admin = open_client(dsn=dsn)
-    name = f"q_{uuid.uuid4().hex[:10]}"
-    admin.command(f"CREATE DATABASE {name}")
-    s = Settings(clickhouse_dsn=dsn)
-    client = open_client(s, database=name)
-    migrate(client, s)
-    rows = [[{**e, "source_id": f"0:{i}"}[c] for c in EVENT_INSERT_COLUMNS] for i, e in enumerate(EVENTS)]
-    client.insert("audit_events", rows, column_names=EVENT_INSERT_COLUMNS)
-    yield client
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
+    with migrated_database(chdb_session_path, "q") as (client, _s, _name):
+        rows = [[{**e, "source_id": f"0:{i}"}[c] for c in EVENT_INSERT_COLUMNS] for i, e in enumerate(EVENTS)]
+        client.insert("audit_events", rows, column_names=EVENT_INSERT_COLUMNS)
+        yield client
 
 
 def run(client, text: str, **kw):

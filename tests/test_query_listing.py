@@ -4,8 +4,6 @@ step by step, or it falls back to the plain statement."""
 
 from __future__ import annotations
 
-import uuid
-
 import pytest
 
 from pipeline.bench.query import FILL, SEED
@@ -13,6 +11,7 @@ from pipeline.query import compile_query, run_compiled
 from pipeline.query import listing as listing_mod
 from pipeline.query.compiler import WINDOW_LIMIT, WINDOW_MARK
 from pipeline.query.listing import HI, LO
+from tests.conftest import migrated_database
 
 ROWS = 30_000  # 25 ms apart: 12.5 minutes of events; the demo user every 97th event
 T0_US = 1735689600000000  # FILL's first event
@@ -20,21 +19,10 @@ T0_US = 1735689600000000  # FILL's first event
 
 @pytest.fixture(scope="module")
 def db(chdb_session_path):
-    from pipeline.config import Settings
-    from pipeline.warehouse.client import open_client
-    from pipeline.warehouse.migrations import migrate
-
-    dsn = f"chdb://{chdb_session_path}"
-    admin = open_client(dsn=dsn)
-    name = f"l_{uuid.uuid4().hex[:10]}"
-    admin.command(f"CREATE DATABASE {name}")
-    s = Settings(clickhouse_dsn=dsn)
-    client = open_client(s, database=name)
-    migrate(client, s)
-    for start in range(0, ROWS, 10_000):  # three inserts: several parts
-        client.command(FILL.replace("FROM numbers({n:UInt64})", f"FROM numbers({start}, 10000)"))
-    yield client
-    admin.command(f"DROP DATABASE IF EXISTS {name}")
+    with migrated_database(chdb_session_path, "l") as (client, _s, _name):
+        for start in range(0, ROWS, 10_000):  # three inserts: several parts
+            client.command(FILL.replace("FROM numbers({n:UInt64})", f"FROM numbers({start}, 10000)"))
+        yield client
 
 
 @pytest.fixture()

@@ -203,6 +203,7 @@ class Worker:
         self.totals = {"records": 0, "events": 0, "kept": 0, "duplicates": 0, "dropped": 0, "bad": 0, "alerts": 0}
         self.timing = {"processing_s": 0.0, "ack_wait_s": 0.0}  # where the handling time goes (liveness file)
         self.last_processed = 0.0
+        self.first_handled = 0.0  # when the first raw record group started (benchmarks: exact rates)
         self.alive_path = Path(s.var) / f"worker-{worker_id}.alive"
         self._last_log = (time.monotonic(), 0)
         self.app = self._make_app()
@@ -277,6 +278,8 @@ class Worker:
         loop = asyncio.get_running_loop()
         acks = GroupAck(loop)
         t0 = time.perf_counter()
+        if not self.first_handled:
+            self.first_handled = time.time()
         for m in messages:
             st = self.states.get(m.partition)
             if st is None:
@@ -337,6 +340,7 @@ class Worker:
             "pid": os.getpid(),
             "heartbeat_at": time.time(),
             "last_processed_at": self.last_processed or None,
+            "first_handled_at": self.first_handled or None,
             "partitions": {str(p): st.last_offset for p, st in sorted(self.states.items())},
             "totals": self.totals,
             "timing": {k: round(v, 3) for k, v in self.timing.items()},

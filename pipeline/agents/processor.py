@@ -243,6 +243,7 @@ class Processor:
         kept: list[int] = []
         dropped_keys: list[tuple[str, str]] = []
         n_dup = 0
+        by_hash = rules._by_hash if rules is not None else {}
         for i, k in enumerate(keys):
             if i in skip:
                 continue
@@ -252,11 +253,22 @@ class Processor:
             in_record.add(k)
             view = None
             if rkeys is not None:
-                slot = rules.slot_hashed(rkeys[i], evs[i])  # type: ignore[union-attr]
+                # RuleSet.matches, inlined (this runs per event): index slot, then the slot's guard memo
+                ev = evs[i]
+                slot = by_hash.get(rkeys[i]) or rules.slot_hashed(rkeys[i], ev)  # type: ignore[union-attr]
                 if slot.rules:
-                    view = EventView(evs[i])
-                    for rule in slot.matching(view):
-                        self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
+                    if slot.key is None:
+                        survivors = [(r, True) for r in slot.rules]
+                    else:
+                        mk = ev.values_hash(slot.fields)
+                        survivors = slot.memo.get(mk)
+                        if survivors is None:
+                            survivors = slot.learn(mk, EventView(ev))
+                    if survivors:
+                        view = EventView(ev)
+                        for rule, full in survivors:
+                            if not full or rule.match(view):
+                                self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
             keep = True
             if noise is not None:
                 keep = noise.keep(view or EventView(evs[i]))

@@ -324,15 +324,14 @@ class _Slot:
         # strings to build and hash per event
         k = self.key(view, ev) if type(ev) is dict else ev.values_hash(self.fields)
         found = self.memo.get(k)
-        if found is None:
-            found = [
-                (r, r.guard is None or not r.guard.complete)
-                for r in self.rules
-                if r.guard is None or r.guard.pred(view)
-            ]
-            if len(self.memo) >= GUARD_MEMO_MAX:
-                self.memo.clear()
-            self.memo[k] = found
+        return self.learn(k, view) if found is None else found
+
+    def learn(self, k: Any, view: EventView) -> list[tuple[Rule, bool]]:
+        """Test the guards on this event and remember the answer under its memo key ``k``."""
+        found = [(r, r.guard is None or not r.guard.complete) for r in self.rules if r.guard is None or r.guard.pred(view)]
+        if len(self.memo) >= GUARD_MEMO_MAX:
+            self.memo.clear()
+        self.memo[k] = found
         return found
 
 

@@ -93,8 +93,16 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
     total = sum(min(args.per_batch, args.events - i * args.per_batch) for i in range(len(bodies)))
     done = asyncio.Event()
 
+    n_del = sum(map(len, deletes))
+
     async def poll(session: aiohttp.ClientSession) -> None:
         while not done.is_set():
+            if args.no_sink:  # the alert path alone: done when every delete has its alert
+                if sum(1 for ids in deletes for a in ids if a in watcher.seen) >= n_del:
+                    visible.append((time.monotonic(), total))
+                    done.set()
+                await asyncio.sleep(0.05)
+                continue
             async with session.post(f"{api}/api/sql", json={"sql": "SELECT count() FROM audit_events"}) as r:
                 n = (await r.json())["rows"][0][0]
             n -= base
@@ -144,10 +152,13 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
     fresh.sort()
     time.sleep(1)
     lat = sorted(watcher.seen[a] - ack_of_batch[i] for i, ids in enumerate(deletes) for a in ids if a in watcher.seen)
-    n_del = sum(map(len, deletes))
     if lat:
         print(f"e2e: delete -> alert on k8s-audit-alerts-json after bridge 2xx: p50 {statistics.median(lat):.3f} s, "
               f"p99 {lat[min(len(lat) - 1, int(len(lat) * 0.99))]:.3f} s ({len(lat)}/{n_del} deletes alerted)")  # fmt: skip
+    if args.no_sink:
+        print(f"e2e (no sink): offered {args.rate:,} events/s; sent {args.events:,} events in {t_sent - t0:.1f} s; "
+              f"every delete alerted after {t_end - t0:.1f} s")  # fmt: skip
+        return
     print(f"e2e: offered {args.rate:,} events/s; sent {args.events:,} events in {t_sent - t0:.1f} s; "
           f"all visible after {t_end - t0:.1f} s -> sustained {args.events / (t_end - t0):,.0f} events/s")  # fmt: skip
     print(f"e2e: freshness (bridge 2xx -> visible in a query) p50 {statistics.median(fresh):.2f} s, "
@@ -174,6 +185,8 @@ def main() -> int:
     ap.add_argument("--rate", type=int, default=5_000, help="offered events/s")
     ap.add_argument("--per-batch", type=int, default=400)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--no-sink", action="store_true",
+                    help="measure the alert path alone (bridge -> Kafka -> worker -> alerts topic), without the sink")  # fmt: skip
     ap.add_argument("--warmup", type=int, default=100_000, help="events sent (and waited for) before measuring")
     ap.add_argument("--mix", choices=["realistic", "samples"], default="realistic",
                     help="realistic: 85%% controller reads, 5%% deletes/patches (default); samples: the sample files")  # fmt: skip
@@ -190,7 +203,8 @@ def main() -> int:
     var.mkdir(parents=True, exist_ok=True)
     try:
         kaudit = [sys.executable, "-m", "pipeline.cli"]
-        for name, extra in [("sink", []), *[("worker", ["--id", f"w{i}"]) for i in range(args.workers)],
+        sink = [] if args.no_sink else [("sink", [])]
+        for name, extra in [*sink, *[("worker", ["--id", f"w{i}"]) for i in range(args.workers)],
                             ("bridge", ["--no-auth"])]:  # fmt: skip
             log = open(var / f"{name}-{len(procs)}.log", "wb")
             procs.append(subprocess.Popen([*kaudit, name, *extra], env=env, stdout=log, stderr=subprocess.STDOUT))
@@ -198,7 +212,7 @@ def main() -> int:
         deadline = time.monotonic() + 90
         import urllib.request
 
-        for url in (f"{api}/api/health", f"{bridge}/readyz"):
+        for url in ([] if args.no_sink else [f"{api}/api/health"]) + [f"{bridge}/readyz"]:
             while True:
                 try:
                     urllib.request.urlopen(url, timeout=2)
@@ -211,7 +225,7 @@ def main() -> int:
         print(f"e2e: {args.mix} mix, {args.events:,} events in batches of {args.per_batch}, {args.workers} worker(s)")
         watcher = AlertWatcher("127.0.0.1:9192", "k8s-audit-alerts-json")
         watcher.start()
-        names = ["sink", *[f"worker w{i}" for i in range(args.workers)], "bridge"]
+        names = [*([] if args.no_sink else ["sink"]), *[f"worker w{i}" for i in range(args.workers)], "bridge"]
         pids = {n: p.pid for n, p in zip(names, procs, strict=True)}
         try:
             pids["kafka"] = int((var / "kafka" / "kafka.pid").read_text().strip())

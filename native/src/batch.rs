@@ -1,7 +1,7 @@
 //! Per-record work on a list of `Event`s, done once per record instead of once per event in Python: the
 //! dedup and rule-index keys, the window counts, the events array of the EventBatch.
 
-use crate::event::Event;
+use crate::event::{w_long, w_str, Event};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use std::collections::HashMap;
@@ -28,21 +28,8 @@ pub fn dedup_keys<'py>(py: Python<'py>, events: &Bound<'py, PyList>) -> PyResult
     Ok(out)
 }
 
-/// [(objectref_resource, verb, stage, objectref_subresource, responsestatus_code)] per event: the rule index.
-#[pyfunction]
-pub fn rule_keys<'py>(py: Python<'py>, events: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
-    let out = PyList::empty_bound(py);
-    for e in events_of(events)? {
-        let ev = e.get();
-        out.append(PyTuple::new_bound(
-            py,
-            [ev.value(py, RESOURCE), ev.value(py, VERB), ev.value(py, STAGE), ev.value(py, SUBRESOURCE), ev.value(py, CODE)],
-        ))?;
-    }
-    Ok(out)
-}
-
-/// A 128-bit hash of each event's rule_keys tuple (see Event.values_hash): the rule index key without building
+/// A 128-bit hash of each event's (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)
+/// (see Event.values_hash): the rule index key without building
 /// five Python objects per event.
 #[pyfunction]
 pub fn rule_hashes(py: Python<'_>, events: &Bound<'_, PyList>) -> PyResult<Vec<u128>> {
@@ -142,20 +129,6 @@ const ALERT_FIELDS: [(&str, u8); 28] = [
     ("decision_reason", b's'), ("window_start", b'l'), ("count", b'l'), ("group_key", b's'), ("tags", b'a'),
     ("source_id", b's'),
 ];
-
-fn w_long(out: &mut Vec<u8>, n: i64) {
-    let mut z = ((n << 1) ^ (n >> 63)) as u64;
-    while z >= 0x80 {
-        out.push((z as u8 & 0x7f) | 0x80);
-        z >>= 7;
-    }
-    out.push(z as u8);
-}
-
-fn w_str(out: &mut Vec<u8>, s: &str) {
-    w_long(out, s.len() as i64);
-    out.extend_from_slice(s.as_bytes());
-}
 
 /// The Avro bytes of an alert record (a dict with exactly the Alert fields' types); TypeError/KeyError on
 /// anything else, and the caller uses the Python codec (which decides).

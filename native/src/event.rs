@@ -7,7 +7,7 @@ use crate::timestamps::ts_us;
 use crate::{Fallback, R};
 use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 
 const STAGES: [&str; 4] = ["RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"];
 const DECISION: &str = "authorization.k8s.io/decision";
@@ -60,18 +60,28 @@ struct W {
     field: usize,
 }
 
+/// Avro long: zigzag + base-128 varint.
+pub(crate) fn w_long(out: &mut Vec<u8>, n: i64) {
+    let mut z = ((n << 1) ^ (n >> 63)) as u64;
+    while z >= 0x80 {
+        out.push((z as u8 & 0x7f) | 0x80);
+        z >>= 7;
+    }
+    out.push(z as u8);
+}
+
+/// Avro string: length, then the UTF-8 bytes.
+pub(crate) fn w_str(out: &mut Vec<u8>, s: &str) {
+    w_long(out, s.len() as i64);
+    out.extend_from_slice(s.as_bytes());
+}
+
 impl W {
     fn long(&mut self, n: i64) {
-        let mut z = ((n << 1) ^ (n >> 63)) as u64;
-        while z >= 0x80 {
-            self.out.push((z as u8 & 0x7f) | 0x80);
-            z >>= 7;
-        }
-        self.out.push(z as u8);
+        w_long(&mut self.out, n);
     }
     fn raw_str(&mut self, s: &str) {
-        self.long(s.len() as i64);
-        self.out.extend_from_slice(s.as_bytes());
+        w_str(&mut self.out, s);
     }
     fn str(&mut self, s: &str) {
         self.long(s.len() as i64);
@@ -415,42 +425,8 @@ impl Event {
         }
     }
 
-    /// The values of several fields as one tuple (lists as tuples; "sourceip" = the first source IP or ""):
-    /// the rules' memo key in one call instead of one per field.
-    fn values<'py>(&self, py: Python<'py>, names: Vec<String>) -> PyResult<Bound<'py, PyTuple>> {
-        let mut items: Vec<PyObject> = Vec::with_capacity(names.len());
-        for name in &names {
-            if name == "sourceip" {
-                let (start, _) = self.pos[12];
-                let blob = self.blob.as_bytes(py);
-                let mut at = start as usize;
-                let n = read_long(blob, &mut at);
-                let first = if n > 0 { read_str(blob, &mut at) } else { "" };
-                items.push(PyString::new_bound(py, first).into_any().unbind());
-                continue;
-            }
-            let Some(i) = index_of(name) else {
-                return Err(PyKeyError::new_err(name.clone()));
-            };
-            match kind(i) {
-                Kind::List => {
-                    let (start, _) = self.pos[i];
-                    let blob = self.blob.as_bytes(py);
-                    let mut at = start as usize;
-                    let n = read_long(blob, &mut at).max(0) as usize;
-                    let mut strs = Vec::with_capacity(n);
-                    for _ in 0..n {
-                        strs.push(read_str(blob, &mut at));
-                    }
-                    items.push(PyTuple::new_bound(py, strs).into_any().unbind());
-                }
-                _ => items.push(self.value(py, i)),
-            }
-        }
-        Ok(PyTuple::new_bound(py, items))
-    }
-
-    /// A 128-bit hash of the same values as `values(names)`: the memo key without building Python strings
+    /// A 128-bit hash of several fields' values (lists element by element; "sourceip" = the first source IP or
+    /// ""): the rules' memo key without building Python strings
     /// (distinct value combinations collide with probability ~2^-128).
     fn values_hash(&self, py: Python<'_>, names: Vec<String>) -> PyResult<u128> {
         let mut h = Hash128::new();

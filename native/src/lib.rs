@@ -99,7 +99,6 @@ fn kaudit_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_record, m)?)?;
     m.add_class::<Event>()?;
     m.add_function(wrap_pyfunction!(batch::dedup_keys, m)?)?;
-    m.add_function(wrap_pyfunction!(batch::rule_keys, m)?)?;
     m.add_function(wrap_pyfunction!(batch::rule_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(batch::window_counts, m)?)?;
     m.add_function(wrap_pyfunction!(batch::join_avro, m)?)?;

@@ -414,23 +414,15 @@ def _fast_test(field: str, op: str, operand: Any, negate: bool, general: Predica
         return eq_list
     if op in ("startswith", "endswith") and scalar:
         subs = tuple(_text(i) for i in (operand if isinstance(operand, list) else [operand]))
-        if op == "startswith":
+        affix_test = str.startswith if op == "startswith" else str.endswith
 
-            def starts(v: EventView) -> bool:
-                x = v.ev.get(field)
-                if type(x) is str:
-                    return x.startswith(subs) is not negate
-                return general(v)
-
-            return starts
-
-        def ends(v: EventView) -> bool:
+        def affix(v: EventView) -> bool:
             x = v.ev.get(field)
             if type(x) is str:
-                return x.endswith(subs) is not negate
+                return affix_test(x, subs) is not negate
             return general(v)
 
-        return ends
+        return affix
     return None
 
 

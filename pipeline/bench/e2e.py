@@ -23,6 +23,7 @@ import uuid
 import aiohttp
 import orjson
 
+from pipeline.bench.worker import cpu_seconds, realistic_event
 from pipeline.config import REPO_ROOT
 from pipeline.models.readers import RawEvent, read_events
 
@@ -34,7 +35,6 @@ def build_bodies(
 ) -> tuple[list[bytes], list[list[str]]]:
     """EventList bodies of the mix (see pipeline.bench.worker: `realistic` is what clusters mostly send,
     `samples` the security-heavy sample files where half the events alert), stamped now."""
-    from pipeline.bench.worker import realistic_event
 
     base = []
     if mix == "samples":
@@ -165,20 +165,6 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
           f"p99 {fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))]:.2f} s over {len(fresh)} batches")  # fmt: skip
 
 
-def cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
-    """user+system CPU seconds of each process (from /proc)."""
-    tick = os.sysconf("SC_CLK_TCK")
-    out = {}
-    for name, pid in pids.items():
-        try:
-            with open(f"/proc/{pid}/stat") as fh:
-                fields = fh.read().rpartition(")")[2].split()
-            out[name] = (int(fields[11]) + int(fields[12])) / tick
-        except (OSError, IndexError, ValueError):
-            out[name] = 0.0
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
@@ -239,10 +225,10 @@ def main() -> int:
             t_w = time.monotonic()
             asyncio.run(run_load(args, wbodies, wdel, api, bridge, watcher, report=False))
             print(f"e2e: warm-up of {args.warmup:,} events done in {time.monotonic() - t_w:.1f} s")
-        cpu0, t_load = cpu_seconds(pids), time.monotonic()
+        cpu0, t_load = {n: cpu_seconds(p) for n, p in pids.items()}, time.monotonic()
         asyncio.run(run_load(args, bodies, deletes, api, bridge, watcher, base=args.warmup))
         watcher.stop.set()
-        cpu1, wall = cpu_seconds(pids), time.monotonic() - t_load
+        cpu1, wall = {n: cpu_seconds(p) for n, p in pids.items()}, time.monotonic() - t_load
         print("e2e: CPU seconds during the run (cores busy on average): " + ", ".join(
             f"{n} {cpu1[n] - cpu0[n]:.1f} ({(cpu1[n] - cpu0[n]) / wall:.2f})" for n in pids
         ) + f"; wall {wall:.1f} s")  # fmt: skip

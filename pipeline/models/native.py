@@ -32,8 +32,8 @@ def normalize_record(value: bytes, cluster: str, max_object_bytes: int, redact: 
 # Per-record helpers over normalize_record's list (see native/src/batch.rs); only called when available().
 if _native is not None:
     dedup_keys = _native.dedup_keys  # [(auditid, stage)]
-    rule_keys = _native.rule_keys  # [(objectref_resource, verb, stage, objectref_subresource, responsestatus_code)]
-    rule_hashes = _native.rule_hashes  # a 128-bit hash of each of those tuples
+    # a 128-bit hash of each (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)
+    rule_hashes = _native.rule_hashes
     window_counts = _native.window_counts  # (events, indices, dropped, cluster, window_us, stages) -> 2 dicts
     join_avro = _native.join_avro  # (events, indices) -> the AuditEvent bytes back to back
     encode_alert = _native.encode_alert  # alert record dict -> Avro Alert bytes (raises on any other shape)

@@ -344,9 +344,6 @@ class RuleSet:
         self._slots: dict[tuple[str, str, str, str, int], _Slot] = {}
         self._by_hash: dict[int, _Slot] = {}
 
-    def candidates(self, resource: str, verb: str, stage: str, subresource: str = "", code: int = 0) -> list[Rule]:
-        return self.slot((resource, verb, stage, subresource, code)).rules
-
     def slot(self, key: tuple[str, str, str, str, int]) -> _Slot:
         """The slot of (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)."""
         slot = self._slots.get(key)

@@ -415,8 +415,7 @@ def _structure_literal(stem: str = "event_batch") -> str:
                 "float": "Float32"}[t]  # fmt: skip
 
     schema = avro_ocf._strip_fastavro_keys(codec(stem).schema)
-    text = ", ".join(f"{f['name']} {ch(f['type'])}" for f in schema["fields"])
-    return "'" + text.replace("'", "\\'") + "'"
+    return _sql_string(", ".join(f"{f['name']} {ch(f['type'])}" for f in schema["fields"]))
 
 
 def stats_rows(record: dict[str, Any]) -> list[dict[str, Any]]:

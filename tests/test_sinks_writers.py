@@ -172,17 +172,29 @@ def test_aggregate_tables_equal_group_by_over_events(writers):
     assert sum(n for _, n in by_code) == 1001
 
 
-def test_alerts_are_stored_once_per_alert_id(warehouse):
+def _alert_item(alert_id: str, source_id: str, offset: int = 0) -> Item:
+    c = codec("alert")
+    alert = {f["name"]: f.get("default") for f in c.schema["fields"]}
+    alert.update(alert_id=alert_id, rule_id="r1", title="t", severity="high", cluster="c1", ts=1_700_000_000_000_000,
+                 source_id=source_id, window_start=0, count=1, usergroups=["g1", "g2"])  # fmt: skip
+    return Item("alerts", 0, offset, c.encode(alert), source_id, 1, c.fp, key=alert_id)
+
+
+def test_alerts_are_stored_once_per_alert_id(warehouse, tmp_path):
+    """ClickHouse decodes the Alert records; one source can raise several alerts, and a replayed source (at or
+    below the watermark, in a new writer) finds its alerts stored by alert_id."""
     client, _s, _db = warehouse
-    a = AlertsWriter(client)
-    alert = {f["name"]: f.get("default") for f in codec("alert").schema["fields"]}
-    alert.update(alert_id="a1", rule_id="r1", title="t", severity="high", cluster="c1", ts=1_700_000_000_000_000,
-                 source_id="0:1", window_start=0, count=1)  # fmt: skip
-    rec = codec("alert").decode(codec("alert").encode(alert))
-    item = Item("alerts", 0, 0, b"", "0:1", 1, rows=[rec])
-    assert a.write([item, item]) == (1, 1)
-    assert AlertsWriter(client).write([item])[0] == 0
-    assert _count(client, "SELECT count() FROM alerts") == 1
+    a = AlertsWriter(client, True, tmp_path)
+    a1, a2, a3 = _alert_item("a1", "0:1"), _alert_item("a2", "0:1", 1), _alert_item("a3", "0:2", 2)
+    assert a.write([a1, a1, a2]) == (2, 1)
+    assert a.write([a3]) == (1, 0)
+    fresh = AlertsWriter(client, True, tmp_path)  # after a restart: the watermark comes from the table
+    a4 = _alert_item("a4", "0:2", 3)  # a source's later alert in a later batch: at the watermark, not stored
+    assert fresh.write([a1, a2, a3, a4]) == (1, 3)
+    rows = client.query("SELECT alert_id, source_id, usergroups, toUnixTimestamp64Micro(ts) FROM alerts "
+                        "ORDER BY alert_id").result_rows  # fmt: skip
+    assert rows == [(f"a{i}", sid, ["g1", "g2"], 1_700_000_000_000_000)
+                    for i, sid in enumerate(["0:1", "0:1", "0:2", "0:2"], 1)]  # fmt: skip
 
 
 def test_header_reader_rejects_garbage():
@@ -239,7 +251,7 @@ def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse,
     sink.writers = {"events": EventsWriter(client, True, tmp_path),
                     "verb": StatsWriter(client, "verb_stats", "verb", True, tmp_path),
                     "status": StatsWriter(client, "status_stats", "code", True, tmp_path),
-                    "alerts": AlertsWriter(client)}  # fmt: skip
+                    "alerts": AlertsWriter(client, True, tmp_path)}  # fmt: skip
     sink._producer = object()  # noqa: SLF001 - produce_sync is replaced below
     sources = _sources()
     batch = Batch()

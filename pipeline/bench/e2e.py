@@ -70,7 +70,7 @@ class AlertWatcher(threading.Thread):
         self.seen: dict[str, float] = {}
         self.stop = threading.Event()
         self.c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"e2e-{uuid.uuid4().hex}",
-                           "auto.offset.reset": "earliest", "fetch.wait.max.ms": 10})  # fmt: skip
+                           "auto.offset.reset": "earliest"})  # fmt: skip
         self.c.subscribe([topic])
 
     def run(self) -> None:

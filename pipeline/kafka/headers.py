@@ -13,6 +13,7 @@ FIRST_LINE = "kaudit-first-line"  # shipper: line number of the first line in th
 REASON = "kaudit-reason"  # dead-letter: why
 STAGE = "kaudit-stage"  # dead-letter: bridge | shipper | worker | sink
 ORIGIN = "kaudit-origin"  # dead-letter: where the bytes came from (topic:partition:offset, file:line)
+SOURCE_ID = "kaudit-source-id"  # alerts: the raw record (partition:offset) that raised it, for the sink
 
 
 def to_dict(headers: list[tuple[str, bytes]] | None) -> dict[str, str]:

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     dedup_horizon_seconds: int = Field(
         900, description="How long (wall clock) a seen (cluster, auditID, stage) is remembered."
     )
+    worker_group_seconds: float = Field(
+        0.05,
+        description="Longest wait to gather raw records into one group: a group's outputs go to Kafka together "
+        "and their acks are awaited once (longer: fewer produce requests and less CPU, later alerts).",
+    )
     rules_file: Path | None = Field(None, description="Extra alert rules (YAML), added to the default set.")
     filter_file: Path | None = Field(None, description="Drop/sample rules (YAML) applied before storage.")
 

@@ -183,13 +183,13 @@ class Worker:
         *,
         worker_id: str = "0",
         take: int = 32,
-        within: float = 0.05,
+        within: float | None = None,
     ) -> None:
         self.s = s
         self.worker_id = worker_id
         self.proc = Processor(s, rules, noise)
         self.states: dict[int, PartitionState] = {}
-        self.take, self.within = take, within
+        self.take, self.within = take, s.worker_group_seconds if within is None else within
         self.producer: AsyncProducer | None = None
         self.t_events = s.topic(config.EVENTS)
         self.t_verb = s.topic(config.VERB_STATS)
@@ -281,6 +281,7 @@ class Worker:
         t0 = time.perf_counter()
         if not self.first_handled:
             self.first_handled = time.time()
+        outs: list[RecordOutput] = []
         for m in messages:
             st = self.states.get(m.partition)
             if st is None:
@@ -290,7 +291,10 @@ class Worker:
             if isinstance(headers, dict):
                 headers = list(headers.items())
             ts = m.timestamp
-            out = self.proc.process(st, m.offset, m.key, m.value, headers, int(ts * 1000) if ts else None)
+            outs.append(self.proc.process(st, m.offset, m.key, m.value, headers, int(ts * 1000) if ts else None))
+        # produced together after the group, so that linger.ms puts each output partition's records into one
+        # produce request (librdkafka sends one request per partition; each costs the broker ~0.6 ms of CPU)
+        for out in outs:
             self.send(out, acks)
             self.count(out)
         t1 = time.perf_counter()

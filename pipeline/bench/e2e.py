@@ -109,7 +109,7 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
             visible.append((time.monotonic(), n))
             if n >= total:
                 done.set()
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.2)  # resolution enough for seconds of freshness; each poll costs the sink CPU
 
     async with aiohttp.ClientSession() as session:
         poller = asyncio.create_task(poll(session))

@@ -369,7 +369,7 @@ class Sink:
                 if skipped:
                     log.info("%s: %d source(s) already stored, skipped", self.writers[kind].table, skipped)
                 batch.items[kind] = []  # done: a retry of this batch must not write it again
-        log.warning("batch written: %d rows (%s)", total, ", ".join(took))
+        log.debug("batch written: %d rows (%s)", total, ", ".join(took))
 
     def _quarantine(self, batch: Batch) -> bool:
         """After a data error: decode every record that ClickHouse decodes (events, stats) in Python; move the

@@ -18,6 +18,7 @@ import pytest
 from pipeline import config
 from pipeline.agents import testing as T
 from pipeline.config import Settings
+from pipeline.kafka import headers as H
 from tests.conftest import SAMPLES
 from tests.test_agents_rules import FALCO_EXPECTED
 
@@ -63,9 +64,12 @@ def test_samples_through_worker_exact_aggregates_and_alerts(settings: Settings):
         # the 2017 backfill (audit2rbac) lands in 2017 windows
         assert any(ws < 1_600_000_000_000_000 for (_, ws, _) in verbs)
 
-        alerts = T.decode_all("alert", T.read_all(s, config.ALERTS, idle=2.0))
+        alert_msgs = T.read_all(s, config.ALERTS, idle=2.0)
+        alerts = T.decode_all("alert", alert_msgs)
         ids = [a["alert_id"] for a in alerts]
         assert len(ids) == len(set(ids))
+        # the sink reads an alert's source from this header instead of decoding the record
+        assert [dict(m.headers())[H.SOURCE_ID].decode() for m in alert_msgs] == [a["source_id"] for a in alerts]
         per_file: dict[str, Counter] = {}
         for a in alerts:
             if a["cluster"].startswith("falco-"):

@@ -262,6 +262,9 @@ def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse,
         head = len(it.value) // 3
         it.value = it.value[:head] + b"\xff" * (len(it.value) - head - 1) + b"\x00"
     want_stats = sum(it.n_rows for it in batch.items["verb"]) - bad_st.n_rows
+    good_alert, bad_alert = _alert_item("a1", "0:1"), _alert_item("a2", "0:1", 1)
+    bad_alert.value = bad_alert.value[:10] + b"\xff" * 20  # alert_id readable, the rest not
+    batch.items["alerts"] = [good_alert, bad_alert]
     sent = []
     timer = threading.Timer(60, sink.stop.set)  # a regression must fail, not retry forever
     timer.start()
@@ -274,8 +277,55 @@ def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse,
             assert sink._write_until_done(batch)  # noqa: SLF001
     finally:
         timer.cancel()
-    assert len(sent) == 2
+    assert len(sent) == 3
+    assert client.query("SELECT alert_id FROM alerts").result_rows == [("a1",)]
     assert _count(client, "SELECT count() FROM audit_events") == 1001 - bad_ev.n_rows
     assert _count(client, f"SELECT count() FROM audit_events WHERE source_id = '{bad_ev.source_id}'") == 0
     assert _count(client, "SELECT count() FROM verb_stats") == want_stats
     assert _count(client, f"SELECT count() FROM verb_stats WHERE source_id = '{bad_st.source_id}'") == 0
+
+
+class _Msg:
+    """The parts of a confluent_kafka.Message that Sink.route reads."""
+
+    def __init__(self, topic: str, value: bytes, headers: list, offset: int = 0) -> None:
+        self._t, self._v, self._h, self._o = topic, value, headers, offset
+
+    def topic(self) -> str:
+        return self._t
+
+    def partition(self) -> int:
+        return 0
+
+    def offset(self) -> int:
+        return self._o
+
+    def value(self) -> bytes:
+        return self._v
+
+    def headers(self) -> list:
+        return self._h
+
+    def key(self) -> bytes:
+        return b"c1"
+
+
+def test_sink_reads_alert_ids_without_decoding_and_falls_back_to_decoding(tmp_path):
+    """The worker names an alert's raw source in a header, so the sink reads only the alert_id; an alert
+    without that header is decoded in Python; one that cannot be decoded goes to the dead-letter list."""
+    from pipeline import config
+    from pipeline.config import Settings
+    from pipeline.kafka import headers as H
+    from pipeline.sinks.runner import Batch, Sink
+
+    s = Settings(var=tmp_path)
+    sink = Sink(s)
+    topic, hdrs = s.topic(config.ALERTS), codec("alert").headers
+    value = _alert_item("a9", "3:7").value
+    batch = Batch()
+    sink.route(_Msg(topic, value, [*hdrs, (H.SOURCE_ID, b"3:7")]), batch)
+    sink.route(_Msg(topic, value, hdrs, 1), batch)
+    sink.route(_Msg(topic, b"\x02garbage", hdrs, 2), batch)
+    assert [(it.key, it.source_id, it.value) for it in batch.items["alerts"]] == [("a9", "3:7", value)] * 2
+    assert len(batch.dead) == 1
+    assert batch.offsets == {(topic, 0): 3}

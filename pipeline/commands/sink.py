@@ -33,7 +33,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--max-rows", type=int, help="rows per insert batch (KAUDIT_SINK_BATCH_ROWS, default 200000)"
     )
     p.add_argument("--max-seconds", type=float,
-                   help="longest wait before a partial batch is written (KAUDIT_SINK_BATCH_SECONDS, default 1.0)")  # fmt: skip
+                   help="longest wait before a partial batch is written (KAUDIT_SINK_BATCH_SECONDS, default 2.0)")  # fmt: skip
     p.add_argument("--api-host", help="query API address (KAUDIT_API_HOST, default 127.0.0.1)")
     p.add_argument("--api-port", type=int, help="query API port (KAUDIT_API_PORT, default 8080; 0 = any)")
     p.add_argument("--no-api", action="store_true", help="do not serve the query API in embedded mode")

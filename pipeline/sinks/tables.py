@@ -9,7 +9,7 @@ crash (worker or sink) land at or below it and get an exact ``count() ... WHERE 
 A source found with fewer rows than it should have (an insert cut by a crash between two parts) gets only
 its missing rows, matched by the table's natural key.
 
-Events and stats records are not decoded in Python on the happy path: their Kafka values go to ClickHouse as
+Events, stats and alerts records are not decoded in Python on the happy path: their Kafka values go to ClickHouse as
 Avro container files that it decodes itself, split into files that several threads read (``ContainerWriter``).
 """
 

@@ -23,7 +23,7 @@ import uuid
 import aiohttp
 import orjson
 
-from pipeline.bench.worker import cpu_seconds, realistic_event
+from pipeline.bench.worker import cpu_seconds, machine_speed, realistic_event
 from pipeline.config import REPO_ROOT
 from pipeline.models.readers import RawEvent, read_events
 
@@ -213,7 +213,8 @@ def main() -> int:
                         raise SystemExit(f"e2e: {url} not ready; logs in {var}") from None
                     time.sleep(0.3)
         bodies, deletes = build_bodies(args.events, args.per_batch, args.mix)
-        print(f"e2e: {args.mix} mix, {args.events:,} events in batches of {args.per_batch}, {args.workers} worker(s)")
+        print(f"e2e: {args.mix} mix, {args.events:,} events in batches of {args.per_batch}, {args.workers} worker(s); "
+              f"{machine_speed()}")  # fmt: skip
         watcher = AlertWatcher("127.0.0.1:9192", "k8s-audit-alerts-json")
         watcher.start()
         names = [*([] if args.no_sink else ["sink"]), *[f"worker w{i}" for i in range(args.workers)], "bridge"]

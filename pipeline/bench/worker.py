@@ -138,6 +138,21 @@ def bench_processor(s: Settings, records: list[T.RawRecord]) -> float:
     return n / (time.process_time() - t0)
 
 
+def machine_speed() -> str:
+    """CPU time of a fixed Python + JSON workload, to compare runs: this VM's cores are shared, and the same
+    benchmark has read up to 30% apart at different hours. Lower is faster."""
+    doc = orjson.dumps([realistic_event(i) for i in range(2000)])
+    runs = []
+    for _ in range(5):
+        t0 = time.process_time()
+        for _ in range(4):
+            orjson.dumps(orjson.loads(doc))
+            sum(len(str(i)) for i in range(20_000))
+        runs.append((time.process_time() - t0) * 1000)
+    return (f"machine speed: fixed workload in {min(runs):.0f}-{max(runs):.0f} ms CPU over 5 runs "
+            "(lower is faster; compare runs of different hours with it)")  # fmt: skip
+
+
 def cpu_seconds(pid: int) -> float:
     """user+system CPU seconds of a process (all its threads), from /proc."""
     try:
@@ -312,6 +327,7 @@ def main() -> int:
     ap.add_argument("--naive-events", type=int, default=10_000, help="events for the naive faust baseline (default 10k)")
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args()
+    print(machine_speed())
     rates = {}
     if args.mix in ("samples", "both"):
         rates["samples"] = run_mix(args, "samples", build_records(args.events))

@@ -90,7 +90,8 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
     acked: list[tuple[float, int]] = []  # (ack time, cumulative events)
     ack_of_batch: dict[int, float] = {}
     visible: list[tuple[float, int]] = []
-    total = sum(min(args.per_batch, args.events - i * args.per_batch) for i in range(len(bodies)))
+    n_events = args.events if report else args.warmup  # the warm-up has its own count
+    total = sum(min(args.per_batch, n_events - i * args.per_batch) for i in range(len(bodies)))
     done = asyncio.Event()
 
     n_del = sum(map(len, deletes))
@@ -129,7 +130,7 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
                 ack_of_batch[i] = time.monotonic()
 
         for i, body in enumerate(bodies):
-            cum += min(args.per_batch, args.events - i * args.per_batch)
+            cum += min(args.per_batch, n_events - i * args.per_batch)
             delay = t0 + i * interval - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)

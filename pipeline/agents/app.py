@@ -324,13 +324,13 @@ class Worker:
             produce(self.t_verb, out.verb_value, key, self.h_verb, out.partition)
         if out.status_value is not None:
             produce(self.t_status, out.status_value, key, self.h_status, out.partition)
-        if out.alerts:  # the sink dedups alerts by their raw source without decoding them
+        if out.alerts:  # the source header lets the sink dedup alerts without decoding them
             h_alert = [*self.h_alert, (H.SOURCE_ID, out.source_id.encode())]
-        for alert in out.alerts:
-            avro, js = self.proc.encode_alert(alert)
-            akey = alert.alert_id.encode()
-            produce(self.t_alerts, avro, akey, h_alert, None)
-            produce(self.t_alerts_json, js, akey, JSON_HEADERS, None)
+            for alert in out.alerts:
+                avro, js = self.proc.encode_alert(alert)
+                akey = alert.alert_id.encode()
+                produce(self.t_alerts, avro, akey, h_alert, None)
+                produce(self.t_alerts_json, js, akey, JSON_HEADERS, None)
         for value, headers in out.deadletters:
             produce(self.t_dead, value, key, headers, None)
 

@@ -35,7 +35,6 @@ def build_bodies(
 ) -> tuple[list[bytes], list[list[str]]]:
     """EventList bodies of the mix (see pipeline.bench.worker: `realistic` is what clusters mostly send,
     `samples` the security-heavy sample files where half the events alert), stamped now."""
-
     base = []
     if mix == "samples":
         for f in sorted(p for p in SAMPLES.glob("*/*") if p.is_file() and p.suffix != ".md"):

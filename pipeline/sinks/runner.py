@@ -372,8 +372,8 @@ class Sink:
         log.debug("batch written: %d rows (%s)", total, ", ".join(took))
 
     def _quarantine(self, batch: Batch) -> bool:
-        """After a data error: decode every record that ClickHouse decodes (events, stats) in Python; move the
-        undecodable ones to dead-letter."""
+        """After a data error: decode every record that ClickHouse decodes (events, stats, alerts) in Python;
+        move the undecodable ones to dead-letter."""
         bad = []
         for kind, stem in STEMS.items():
             for it in batch.items[kind]:

@@ -455,7 +455,6 @@ class AlertsWriter(ContainerWriter):
     matters)."""
 
     table = "alerts"
-    key_columns = ("alert_id",)
     columns = ALERT_COLUMNS
     stem = "alert"
     array = ""  # one row per record

@@ -13,6 +13,7 @@ from pipeline.agents.rules import RuleSet, example_event, load_rules
 from pipeline.agents.state import PartitionState, SeenIndex
 from pipeline.agents.windows import window_start_us
 from pipeline.config import Settings
+from pipeline.models import native
 from pipeline.models.avro import codec
 
 RULES = RuleSet(load_rules())
@@ -26,8 +27,12 @@ def ev(n: int, **over) -> dict:
     return example_event({"verb": "delete", **over}, n)
 
 
-def test_seen_index_replay_counts_at_first_offset_and_expires():
-    idx = SeenIndex(horizon=10)
+SEEN_KINDS = [SeenIndex] + ([native.SeenKeys] if native.available() else [])
+
+
+@pytest.mark.parametrize("kind", SEEN_KINDS, ids=lambda k: k.__name__)
+def test_seen_index_replay_counts_at_first_offset_and_expires(kind):
+    idx = kind(10)
     assert idx.first_at("k", 5, now=100.0)
     assert idx.first_at("k", 5, now=101.0)  # the same record replayed: still first
     assert not idx.first_at("k", 6, now=101.0)  # a later record: duplicate
@@ -37,6 +42,17 @@ def test_seen_index_replay_counts_at_first_offset_and_expires():
     assert len(idx) == 1
     idx.expire(now=111.0)
     assert len(idx) == 0 and idx.first_at("k", 9, now=112.0)
+    idx.add(("c", "a", "s"), 7, 120.0)  # rebuilt from the events topic
+    assert not idx.first_at(("c", "a", "s"), 8, now=121.0) and idx.first_at(("c", "a", "s"), 7, now=121.0)
+    idx.add(("c", "a", "s"), 4, 121.0)  # an earlier sighting lowers the first offset
+    assert not idx.first_at(("c", "a", "s"), 5, now=122.0)
+    assert idx.first_at(("c", "a", "t"), 8, now=122.0)  # another stage is another key
+
+
+def test_partition_state_keeps_compact_keys_when_native_is_built():
+    st = PartitionState(0, 900)
+    assert type(st.seen).__name__ == ("SeenKeys" if native.available() else "SeenIndex")
+    assert type(PartitionState(0, 900, compact=False).seen) is SeenIndex
 
 
 def test_windows_are_event_time_tumbling():

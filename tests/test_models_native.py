@@ -14,7 +14,7 @@ from pipeline.agents import testing as T
 from pipeline.agents.filters import load_filter
 from pipeline.agents.processor import Processor
 from pipeline.agents.rules import RuleSet, load_rules
-from pipeline.agents.state import PartitionState
+from pipeline.agents.state import PartitionState, SeenIndex
 from pipeline.agents.windows import WindowCounts
 from pipeline.config import Settings
 from pipeline.models import native
@@ -221,11 +221,33 @@ def test_event_batch_assembly_matches_the_codec():
     assert native.join_avro(evs, [2, 0]) == evs[2].avro + evs[0].avro
 
 
+def test_native_dedup_pass_equals_the_python_one():
+    """SeenKeys.first_sightings (hashed keys, native loop) answers like SeenIndex's over the same records: the
+    sample files (with their own repeated auditIDs), each record seen twice, a replay, a skip set, expiry."""
+    values = [p.read_bytes() for p in SAMPLE_FILES if p.name not in PYTHON_ONLY]
+    records = [evs for v in values if (evs := native.normalize_record(v, "c", CAP, True))]
+    assert len(records) > 10
+    py, nat = SeenIndex(100), native.SeenKeys(100)
+    got, want = [], []
+    plan = [(off, evs, {1, 3}) for off, evs in enumerate(records)]
+    plan += [(len(records) + off, evs, set()) for off, evs in enumerate(records)]  # later: all duplicates
+    plan += [(0, records[0], {1, 3}), (2, records[2], set())]  # replays: first again at their own offset
+    for off, evs, skip in plan:
+        for cluster in ("c", "d"):
+            want.append(py.first_sightings(evs, cluster, off, 1000.0 + off, skip))
+            got.append(nat.first_sightings(evs, cluster, off, 1000.0 + off, skip))
+    assert got == want
+    assert sum(len(f) for f, _ in got) > 500 and sum(d for _, d in got) > 500
+    assert len(nat) == len(py) > 500
+    assert nat.first_at(("c", records[0][0]["auditid"], records[0][0]["stage"]), 10**6, 2000.0) is False
+    assert nat.expire(1000.0 + 100 + len(records) // 2) == py.expire(1000.0 + 100 + len(records) // 2) > 0
+    assert len(nat) == len(py)
+
+
 def test_record_helpers_match_the_fields():
     value = b"".join(p.read_bytes() for p in SAMPLE_FILES if p.name not in PYTHON_ONLY and p.suffix == ".log")
     evs = native.normalize_record(value, "c", CAP, True)
     assert evs and len(evs) > 100
-    assert native.dedup_keys(evs) == [(e["auditid"], e["stage"]) for e in evs]
     idx = list(range(0, len(evs), 2))
     flags = [i % 3 == 0 for i in idx]
     for stages in (None, ["ResponseComplete"]):
@@ -251,8 +273,10 @@ def test_hashes_follow_the_rule_memo_key_of_a_dict():
     evs = [e for p in SAMPLE_FILES for e in native.normalize_record(p.read_bytes(), "c", CAP, True) or []]
     assert len(evs) > 900
     rule_fields = ("objectref_resource", "verb", "stage", "objectref_subresource", "responsestatus_code")
+    resolved = native.FieldSet(list(fields))  # what rule slots pass: names resolved once
+    assert [e.values_hash(resolved) for e in evs] == [e.values_hash(list(fields)) for e in evs]
     pairs = {
-        "guard": [(key(EventView(d), d), e.values_hash(list(fields))) for e in evs for d in [e.to_dict()]],
+        "guard": [(key(EventView(d), d), e.values_hash(resolved)) for e in evs for d in [e.to_dict()]],
         "rule index": list(zip([tuple(e[f] for f in rule_fields) for e in evs], native.rule_hashes(evs), strict=True)),
     }
     for name, kv in pairs.items():
@@ -262,6 +286,8 @@ def test_hashes_follow_the_rule_memo_key_of_a_dict():
     assert ev.values_hash(["sourceip"]) == other.values_hash(["sourceip"])  # no IP and "" are the same key
     with pytest.raises(KeyError):
         ev.values_hash(["nope"])
+    with pytest.raises(KeyError):
+        native.FieldSet(["verb", "nope"])
 
 
 def test_alert_encoding_same_as_the_codec():

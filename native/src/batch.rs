@@ -3,29 +3,18 @@
 
 use crate::event::{w_long, w_str, Event};
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList};
 use std::collections::HashMap;
 
-const AUDITID: usize = 1;
-const STAGE: usize = 2;
+pub(crate) const AUDITID: usize = 1;
+pub(crate) const STAGE: usize = 2;
 const VERB: usize = 4;
 const RESOURCE: usize = 14;
 const SUBRESOURCE: usize = 19;
 const CODE: usize = 21;
 
-fn events_of<'py>(events: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, Event>>> {
+pub(crate) fn events_of<'py>(events: &Bound<'py, PyList>) -> PyResult<Vec<Bound<'py, Event>>> {
     events.iter().map(|e| Ok(e.downcast_into::<Event>()?)).collect()
-}
-
-/// [(auditid, stage)] per event: the dedup key (with the cluster).
-#[pyfunction]
-pub fn dedup_keys<'py>(py: Python<'py>, events: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
-    let out = PyList::empty_bound(py);
-    for e in events_of(events)? {
-        let ev = e.get();
-        out.append(PyTuple::new_bound(py, [ev.value(py, AUDITID), ev.value(py, STAGE)]))?;
-    }
-    Ok(out)
 }
 
 /// A 128-bit hash of each event's (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)

@@ -241,6 +241,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
 // ---------------------------------------------------------------------------------------------------------
 // 128-bit hashing of field values (two SipHash-1-3 streams with different keys)
 
+#[derive(Clone)]
 pub struct Hash128(std::hash::DefaultHasher, std::hash::DefaultHasher);
 
 impl Hash128 {
@@ -268,6 +269,28 @@ impl Hash128 {
     pub fn finish(&self) -> u128 {
         use std::hash::Hasher;
         ((self.0.finish() as u128) << 64) | self.1.finish() as u128
+    }
+}
+
+/// `values_hash`'s stand-in for "sourceip" (not an event field: the first of sourceips).
+const SOURCEIP: usize = usize::MAX;
+
+/// Field names resolved once to positions: a rule slot's guard fields, so that `Event.values_hash` (called per
+/// event) neither converts a list of names nor looks each one up.
+#[pyclass(module = "kaudit_native", frozen)]
+pub struct FieldSet {
+    idx: Vec<usize>,
+}
+
+#[pymethods]
+impl FieldSet {
+    #[new]
+    fn new(names: Vec<String>) -> PyResult<Self> {
+        let idx = names
+            .iter()
+            .map(|n| if n == "sourceip" { Ok(SOURCEIP) } else { index_of(n).ok_or_else(|| PyKeyError::new_err(n.clone())) })
+            .collect::<PyResult<Vec<usize>>>()?;
+        Ok(FieldSet { idx })
     }
 }
 
@@ -362,6 +385,22 @@ impl Event {
         }
     }
 
+    /// values_hash over resolved field indices (SOURCEIP: the first source IP or "").
+    fn hash_fields(&self, py: Python<'_>, idx: &[usize]) -> u128 {
+        let mut h = Hash128::new();
+        for &i in idx {
+            if i == SOURCEIP {
+                let blob = self.blob.as_bytes(py);
+                let mut at = self.pos[12].0 as usize;
+                let n = read_long(blob, &mut at);
+                h.str(if n > 0 { read_str(blob, &mut at) } else { "" });
+            } else {
+                self.hash_field(py, i, &mut h);
+            }
+        }
+        h.finish()
+    }
+
     /// Field i as a Python object; the same object on every read (rules read a field several times).
     pub(crate) fn value(&self, py: Python<'_>, i: usize) -> PyObject {
         match kind(i) {
@@ -428,22 +467,12 @@ impl Event {
     /// A 128-bit hash of several fields' values (lists element by element; "sourceip" = the first source IP or
     /// ""): the rules' memo key without building Python strings
     /// (distinct value combinations collide with probability ~2^-128).
-    fn values_hash(&self, py: Python<'_>, names: Vec<String>) -> PyResult<u128> {
-        let mut h = Hash128::new();
-        for name in &names {
-            if name == "sourceip" {
-                let blob = self.blob.as_bytes(py);
-                let mut at = self.pos[12].0 as usize;
-                let n = read_long(blob, &mut at);
-                h.str(if n > 0 { read_str(blob, &mut at) } else { "" });
-                continue;
-            }
-            let Some(i) = index_of(name) else {
-                return Err(PyKeyError::new_err(name.clone()));
-            };
-            self.hash_field(py, i, &mut h);
+    fn values_hash(&self, py: Python<'_>, fields: &Bound<'_, PyAny>) -> PyResult<u128> {
+        if let Ok(set) = fields.downcast::<FieldSet>() {
+            return Ok(self.hash_fields(py, &set.get().idx));
         }
-        Ok(h.finish())
+        let names: Vec<String> = fields.extract()?;
+        Ok(self.hash_fields(py, &FieldSet::new(names)?.idx))
     }
 
     fn __contains__(&self, key: &str) -> bool {

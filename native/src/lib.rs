@@ -11,6 +11,7 @@ mod batch;
 mod event;
 mod objects;
 mod parse;
+mod seen;
 mod timestamps;
 
 use event::{build, Event};
@@ -98,7 +99,8 @@ fn normalize_record<'py>(
 fn kaudit_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_record, m)?)?;
     m.add_class::<Event>()?;
-    m.add_function(wrap_pyfunction!(batch::dedup_keys, m)?)?;
+    m.add_class::<event::FieldSet>()?;
+    m.add_class::<seen::SeenKeys>()?;
     m.add_function(wrap_pyfunction!(batch::rule_hashes, m)?)?;
     m.add_function(wrap_pyfunction!(batch::window_counts, m)?)?;
     m.add_function(wrap_pyfunction!(batch::join_avro, m)?)?;

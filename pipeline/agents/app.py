@@ -46,7 +46,7 @@ def rebuild_state(
     Every event key read back is marked seen at its source offset; threshold counts are rebuilt from events
     whose source offset lies before ``resume_offset`` (the records after it are about to be replayed)."""
     now = time.time() if now is None else now
-    state = PartitionState(partition, s.dedup_horizon_seconds)
+    state = PartitionState(partition, s.dedup_horizon_seconds, compact=s.native)
     topic = s.topic(config.EVENTS)
     c = Consumer(
         {

@@ -233,52 +233,38 @@ class Processor:
         """The same outputs as the Python loop of ``_process`` (tests compare them), with the per-record work --
         dedup and rule-index keys, window counts, the events array -- done once per record in native code."""
         rules, noise = self.rules, self.noise
-        seen = state.seen
-        keys = native.dedup_keys(evs)
-        rkeys = native.rule_hashes(evs) if rules is not None else None
-        in_record: set[tuple[str, str]] = set()
+        counted, n_dup = state.seen.first_sightings(evs, cluster, offset, now, skip)  # deduplicated events
         alerts: dict[str, Alert] = {}
-        counted: list[int] = []  # deduplicated events: they count in the windows, kept or dropped
-        dropped: list[bool] = []
-        kept: list[int] = []
-        dropped_keys: list[tuple[str, str]] = []
-        n_dup = 0
-        by_hash = rules._by_hash if rules is not None else {}
-        for i, k in enumerate(keys):
-            if i in skip:
-                continue
-            if k in in_record or not seen.first_at((cluster, *k), offset, now):
-                n_dup += 1
-                continue
-            in_record.add(k)
-            view = None
-            if rkeys is not None:
+        if rules is not None and counted:
+            rkeys = native.rule_hashes(evs)
+            by_hash = rules._by_hash
+            for i in counted:
                 # RuleSet.matches, inlined (this runs per event): index slot, then the slot's guard memo
+                slot = by_hash.get(rkeys[i]) or rules.slot_hashed(rkeys[i], evs[i])
+                if not slot.rules:
+                    continue
                 ev = evs[i]
-                slot = by_hash.get(rkeys[i]) or rules.slot_hashed(rkeys[i], ev)  # type: ignore[union-attr]
-                if slot.rules:
-                    if slot.key is None:
-                        survivors = [(r, True) for r in slot.rules]
-                    else:
-                        mk = ev.values_hash(slot.fields)
-                        survivors = slot.memo.get(mk)
-                        if survivors is None:
-                            survivors = slot.learn(mk, EventView(ev))
-                    if survivors:
-                        view = EventView(ev)
-                        for rule, full in survivors:
-                            if not full or rule.match(view):
-                                self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
-            keep = True
-            if noise is not None:
-                keep = noise.keep(view or EventView(evs[i]))
-            counted.append(i)
-            dropped.append(not keep)
-            if keep:
-                kept.append(i)
-            else:
-                dropped_keys.append(k)
-        out.n_events = len(keys) - len(skip & set(range(len(keys))))
+                if slot.key is None:
+                    survivors = [(r, True) for r in slot.rules]
+                else:
+                    mk = ev.values_hash(slot.hash_fields)
+                    survivors = slot.memo.get(mk)
+                    if survivors is None:
+                        survivors = slot.learn(mk, EventView(ev))
+                if survivors:
+                    view = EventView(ev)
+                    for rule, full in survivors:
+                        if not full or rule.match(view):
+                            self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
+        # counted events count in the windows, kept or dropped by the noise filter
+        kept: list[int] = counted
+        dropped: list[bool] = []  # per counted event; empty: none dropped
+        dropped_keys: list[tuple[str, str]] = []
+        if noise is not None and counted:
+            dropped = [not noise.keep(EventView(evs[i])) for i in counted]
+            kept = [i for i, d in zip(counted, dropped, strict=True) if not d]
+            dropped_keys = [(evs[i]["auditid"], evs[i]["stage"]) for i, d in zip(counted, dropped, strict=True) if d]
+        out.n_events = len(evs) - len(skip & set(range(len(evs))))
         out.n_dup = n_dup
         out.n_kept = len(kept)
         out.n_dropped = len(dropped_keys)

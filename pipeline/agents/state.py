@@ -11,6 +11,8 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.models import native
+
 log = logging.getLogger("kaudit.worker.state")
 
 
@@ -60,6 +62,34 @@ class SeenIndex:
             n += 1
         return n
 
+    def first_sightings(
+        self, events: list[Any], cluster: str, offset: int, now: float, skip: set[int]
+    ) -> tuple[list[int], int]:
+        """The dedup pass over one record's events: indices (in order) of events whose (cluster, auditid,
+        stage) is seen here first, not earlier in the record; and how many were duplicates."""
+        in_record: set[tuple[str, str, str]] = set()
+        firsts: list[int] = []
+        n_dup = 0
+        for i, ev in enumerate(events):
+            if i in skip:
+                continue
+            k = (cluster, ev["auditid"], ev["stage"])
+            if k in in_record or not self.first_at(k, offset, now):
+                n_dup += 1
+                continue
+            in_record.add(k)
+            firsts.append(i)
+        return firsts, n_dup
+
+
+def seen_index(horizon: float, compact: bool = True) -> Any:
+    """A SeenIndex, or with ``compact`` and the compiled hot path built, its native twin ``SeenKeys``: the same
+    contract, with keys kept as 128-bit hashes (~60 bytes per key instead of ~300: at 30k events/s over a 900 s
+    horizon, ~1.6 GB instead of ~8 GB per worker) and the per-record dedup pass in native code."""
+    if compact and native.available():
+        return native.SeenKeys(horizon)
+    return SeenIndex(horizon)
+
 
 @dataclass
 class PartitionState:
@@ -67,16 +97,17 @@ class PartitionState:
 
     partition: int
     horizon: float
-    seen: SeenIndex = field(init=False)
-    alerts: SeenIndex = field(init=False)
+    compact: bool = True  # keep keys in native SeenKeys when built (see seen_index)
+    seen: SeenIndex = field(init=False)  # (cluster, auditid, stage) -> first raw offset
+    alerts: SeenIndex = field(init=False)  # alert_id -> first raw offset
     # (rule_id, cluster, group_key, window_start) -> [count, last update wall time]
     thresholds: dict[tuple[str, str, str, int], list[Any]] = field(default_factory=dict)
     records: int = 0
     last_offset: int = -1
 
     def __post_init__(self) -> None:
-        self.seen = SeenIndex(self.horizon)
-        self.alerts = SeenIndex(self.horizon)
+        self.seen = seen_index(self.horizon, self.compact)
+        self.alerts = seen_index(self.horizon, self.compact)
 
     def count_threshold(self, key: tuple[str, str, str, int], now: float) -> int:
         slot = self.thresholds.get(key)

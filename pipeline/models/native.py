@@ -31,7 +31,9 @@ def normalize_record(value: bytes, cluster: str, max_object_bytes: int, redact: 
 
 # Per-record helpers over normalize_record's list (see native/src/batch.rs); only called when available().
 if _native is not None:
-    dedup_keys = _native.dedup_keys  # [(auditid, stage)]
+    # the worker's dedup memory (pipeline.agents.state.SeenIndex's contract, keys as 128-bit hashes)
+    SeenKeys = _native.SeenKeys
+    FieldSet = _native.FieldSet  # field names resolved once, for Event.values_hash
     # a 128-bit hash of each (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)
     rule_hashes = _native.rule_hashes
     window_counts = _native.window_counts  # (events, indices, dropped, cluster, window_us, stages) -> 2 dicts

@@ -38,6 +38,7 @@ from pipeline.agents.conditions import (
     compile_condition,
     equality_values,
 )
+from pipeline.models import native
 
 DEFAULT_RULES = Path(__file__).with_name("default.yaml")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
@@ -302,12 +303,14 @@ class _Slot:
     """The rules an event with one (resource, verb, stage, subresource, code) can match, and per combination of
     their guard fields' values, which of them remain (with whether the full condition must still be tested)."""
 
-    __slots__ = ("rules", "key", "fields", "memo")
+    __slots__ = ("rules", "key", "fields", "hash_fields", "memo")
 
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = rules
         fields = sorted({f for r in rules if r.guard is not None for f in r.guard.fields})
         self.fields = [f for f in fields if f in GUARD_FIELDS]
+        # the same names resolved once, for a native Event's values_hash (it runs per event)
+        self.hash_fields = native.FieldSet(self.fields) if native.available() else self.fields
         self.key = key_function(tuple(fields)) if fields else None
         self.memo: dict[Any, list[tuple[Rule, bool]]] = {}
 
@@ -322,7 +325,7 @@ class _Slot:
         ev = view.ev
         # a native Event gives a 128-bit hash of the same values (kaudit_native.Event.values_hash): no Python
         # strings to build and hash per event
-        k = self.key(view, ev) if type(ev) is dict else ev.values_hash(self.fields)
+        k = self.key(view, ev) if type(ev) is dict else ev.values_hash(self.hash_fields)
         found = self.memo.get(k)
         return self.learn(k, view) if found is None else found
 

@@ -1,0 +1,72 @@
+"""Schema migrations: a fresh warehouse gets the current schema; one made by an older kaudit is brought to it
+without losing rows; running them again changes nothing."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+from pipeline.config import Settings
+from pipeline.warehouse.client import open_client
+from pipeline.warehouse.migrations import EVENT_COLUMNS, PLAIN_STRING_COLUMNS, _migrations, migrate
+
+
+def column_types(client, table: str = "audit_events") -> dict[str, str]:  # noqa: ANN001
+    rows = client.query(
+        "SELECT name, type FROM system.columns WHERE database = currentDatabase() AND table = {t:String}",
+        parameters={"t": table},
+    ).result_rows
+    return dict(rows)
+
+
+def fresh_database(chdb_path: Path):  # noqa: ANN201
+    admin = open_client(dsn=f"chdb://{chdb_path}")
+    db = f"m_{uuid.uuid4().hex[:10]}"
+    admin.command(f"CREATE DATABASE {db}")
+    return admin, db, open_client(Settings(clickhouse_dsn=f"chdb://{chdb_path}"), database=db)
+
+
+def test_fresh_warehouse_has_the_current_types_and_no_mutation(chdb_session_path: Path):
+    admin, db, client = fresh_database(chdb_session_path)
+    try:
+        applied = migrate(client, Settings())
+        assert [a.split(":")[0] for a in applied] == [str(v) for v, _, _ in _migrations(0)]
+        types = column_types(client)
+        for name, typ in PLAIN_STRING_COLUMNS.items():
+            assert types[name] == typ
+        assert types["username"] == types["verb"] == "LowCardinality(String)"
+        assert client.query("SELECT count() FROM system.mutations WHERE database = currentDatabase()").result_rows == [(0,)]
+        assert migrate(client, Settings()) == []
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_session_path: Path):
+    admin, db, client = fresh_database(chdb_session_path)
+    try:
+        # what kaudit's migration 1 created before migration 2 existed
+        old = EVENT_COLUMNS
+        for name, typ in PLAIN_STRING_COLUMNS.items():
+            lc = typ.replace("Map(String,", "Map(LowCardinality(String),").replace("Array(String)", "Array(LowCardinality(String))")
+            lc = "LowCardinality(String)" if typ == "String" else lc
+            old = old.replace(f"    {name} {typ},", f"    {name} {lc},")
+        client.command(f"CREATE TABLE audit_events ({old}) ENGINE = MergeTree ORDER BY (cluster, request_received_ts)")
+        client.command(
+            "CREATE TABLE kaudit_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) "
+            "ENGINE = MergeTree ORDER BY version"
+        )
+        client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'events, stats, alerts, rollups')")
+        before = column_types(client)
+        assert before["usergroups"] == "Array(LowCardinality(String))" and before["level"] == "LowCardinality(String)"
+        client.command(
+            "INSERT INTO audit_events (cluster, auditid, level, usergroups, annotations, decision, request_received_ts) "
+            "VALUES ('c', 'a1', 'Metadata', ['system:masters', 'x'], {'k': 'v'}, 'allow', now64(6))"
+        )
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2"]
+        after = column_types(client)
+        assert {n: after[n] for n in PLAIN_STRING_COLUMNS} == PLAIN_STRING_COLUMNS
+        assert client.query("SELECT auditid, level, usergroups, annotations, decision FROM audit_events").result_rows == [
+            ("a1", "Metadata", ["system:masters", "x"], {"k": "v"}, "allow")
+        ]
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")

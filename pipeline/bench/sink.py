@@ -10,6 +10,8 @@ one path per process) read the same topics. Per run:
   steady       rows after the first batch / (first batch acknowledged -> last row acknowledged): the rate a
                running sink keeps up, without consumer-group join and the first batch's fill
   cpu          process CPU seconds (all threads, chDB's included) per 100k rows; peak RSS
+  merge        CPU per row of then merging the run's parts into one (OPTIMIZE FINAL): what one merge level
+               costs, which every row pays several times in its life and a short run does not show
 and a check that the warehouse holds every row exactly once. The goal is judged on the median end-to-end rate.
 1M events make a run of ~5-7 s, of which consumer-group join and the first fetch (~0.5-0.7 s before the first
 event arrives) are ~10%; with --events 300000 (~2 s) they weigh ~30%.
@@ -105,9 +107,16 @@ def run_once(s, n: int, max_rows: int | None) -> dict:  # noqa: ANN001
     c = sink.client
     stored = c.query("SELECT count(), uniqExact(source_id, auditid, stage) FROM audit_events").result_rows[0]
     stats = [c.query(f"SELECT sum(count) FROM {t}").result_rows[0][0] for t in ("verb_stats", "status_stats")]
+    # what one merge level costs (every row is merged several times in its life): the run's parts into one
+    c.command("SYSTEM STOP MERGES audit_events")  # no background merge half done: OPTIMIZE merges every row
+    c.command("SYSTEM START MERGES audit_events")
+    merge_cpu = time.process_time()
+    c.command("OPTIMIZE TABLE audit_events FINAL")
+    merge_cpu = time.process_time() - merge_cpu
     steady = (n - first_rows) / (end - first) if first is not None and end > first and n > first_rows else 0.0
     return {"rows": n, "seconds": end - start, "rate": n / (end - start), "steady": steady,
             "first_ack": (first or end) - start, "cpu_per_100k": cpu / n * 100_000, "batches": sink.committed_batches,
+            "merge_us_per_row": merge_cpu / n * 1e6,
             "exact": list(stored) == [n, n] and stats == [n, n],
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
@@ -129,6 +138,7 @@ def measure(args: argparse.Namespace, prefix: str) -> list[dict] | None:
         print(f"run {i + 1}: {r['rows']:,} rows in {r['seconds']:.2f}s = {r['rate']:,.0f} rows/s end to end; "
               f"steady {r['steady']:,.0f} rows/s; first batch acked at {r['first_ack']:.2f}s; "
               f"cpu {r['cpu_per_100k']:.2f}s/100k rows; {r['batches']} batches; peak RSS {r['rss_mib']:.0f} MiB; "
+              f"merging all into one part {r['merge_us_per_row']:.1f} us/row; "
               f"{'exactly once' if r['exact'] else 'NOT EXACT'}")  # fmt: skip
     return results
 

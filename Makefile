@@ -60,7 +60,7 @@ lint: install
 	$(VENV)/bin/ruff check pipeline tests
 	$(VENV)/bin/ruff format --check pipeline tests || true
 
-bench: install bench-normalize bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e
+bench: install bench-normalize bench-bridge bench-worker bench-sink bench-merge bench-query bench-web bench-e2e
 
 bench-normalize: install
 	$(PY) -m pipeline.bench.normalize
@@ -73,6 +73,9 @@ bench-worker: up
 
 bench-sink: up
 	$(PY) -m pipeline.bench.sink
+
+bench-merge: install
+	$(PY) -m pipeline.bench.merge
 
 bench-query: install
 	$(PY) -m pipeline.bench.query

@@ -2,7 +2,8 @@
 
     python -m pipeline.bench.sink [--events 1000000] [--batch 400] [--runs 3]     (uses KAUDIT_KAFKA_BOOTSTRAP)
 
-Events are the metadata-level audit2rbac sample (the common shape), copied with fresh auditIDs, in EventBatch
+Events are the metadata-level audit2rbac sample (the common shape; --mix realistic: the worker bench's mix, bigger
+events with annotations, groups and small bodies), copied with fresh auditIDs, in EventBatch
 records of --batch events (a webhook batch), each with its VerbStats and StatusStats records, all produced once.
 Then --runs fresh `kaudit sink`-equivalent processes (a new consumer group and a new chDB path each: chDB allows
 one path per process) read the same topics. Per run:
@@ -41,16 +42,28 @@ GOAL = 150_000
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 
 
-def produce(s, n_events: int, per_record: int) -> int:  # noqa: ANN001
+def base_events(mix: str) -> list[dict]:
+    """The normalized events a run cycles through (auditIDs are replaced per copy)."""
+    if mix == "realistic":  # the worker bench's mix: controller reads, writes with small bodies, deletes
+        from pipeline.bench.worker import realistic_event
+        from pipeline.models.normalize import normalize_event
+
+        return [normalize_event(realistic_event(i), "bench") for i in range(2000)]
+    from pipeline.sinks.fixtures import sample_sources
+
+    return dict(sample_sources(SAMPLES))["audit2rbac"]
+
+
+def produce(s, n_events: int, per_record: int, mix: str = "metadata") -> int:  # noqa: ANN001
     """Fill the events and stats topics; returns the number of records per topic."""
     from pipeline.kafka.producer import make_producer
     from pipeline.kafka.topics import ensure_topics
     from pipeline.models.avro import codec
     from pipeline.sinks.avro_ocf import zigzag
-    from pipeline.sinks.fixtures import produce_source, sample_sources
+    from pipeline.sinks.fixtures import produce_source
 
     ensure_topics(s)
-    base = dict(sample_sources(SAMPLES))["audit2rbac"]
+    base = base_events(mix)
     # each sample event encoded once with a placeholder auditID, which is then patched in place (same length)
     ae = codec("audit_event")
     blobs = [ae.encode({**ev, "auditid": PLACEHOLDER}) for ev in base]
@@ -110,13 +123,14 @@ def run_once(s, n: int, max_rows: int | None) -> dict:  # noqa: ANN001
     # what one merge level costs (every row is merged several times in its life): the run's parts into one
     c.command("SYSTEM STOP MERGES audit_events")  # no background merge half done: OPTIMIZE merges every row
     c.command("SYSTEM START MERGES audit_events")
+    parts = c.query("SELECT count() FROM system.parts WHERE table = 'audit_events' AND active").result_rows[0][0]
     merge_cpu = time.process_time()
     c.command("OPTIMIZE TABLE audit_events FINAL")
     merge_cpu = time.process_time() - merge_cpu
     steady = (n - first_rows) / (end - first) if first is not None and end > first and n > first_rows else 0.0
     return {"rows": n, "seconds": end - start, "rate": n / (end - start), "steady": steady,
             "first_ack": (first or end) - start, "cpu_per_100k": cpu / n * 100_000, "batches": sink.committed_batches,
-            "merge_us_per_row": merge_cpu / n * 1e6,
+            "merge_us_per_row": merge_cpu / n * 1e6, "merged_parts": parts,
             "exact": list(stored) == [n, n] and stats == [n, n],
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
@@ -138,7 +152,7 @@ def measure(args: argparse.Namespace, prefix: str) -> list[dict] | None:
         print(f"run {i + 1}: {r['rows']:,} rows in {r['seconds']:.2f}s = {r['rate']:,.0f} rows/s end to end; "
               f"steady {r['steady']:,.0f} rows/s; first batch acked at {r['first_ack']:.2f}s; "
               f"cpu {r['cpu_per_100k']:.2f}s/100k rows; {r['batches']} batches; peak RSS {r['rss_mib']:.0f} MiB; "
-              f"merging all into one part {r['merge_us_per_row']:.1f} us/row; "
+              f"merging its {r['merged_parts']} parts into one {r['merge_us_per_row']:.1f} us/row; "
               f"{'exactly once' if r['exact'] else 'NOT EXACT'}")  # fmt: skip
     return results
 
@@ -149,6 +163,9 @@ def main() -> int:
     ap.add_argument("--batch", type=int, default=400, help="events per EventBatch record")
     ap.add_argument("--max-rows", type=int, default=None, help="sink batch size (default: the sink's own)")
     ap.add_argument("--runs", type=int, default=3, help="sink processes to run over the same topics")
+    ap.add_argument("--mix", choices=["metadata", "realistic"], default="metadata",
+                    help="metadata: the audit2rbac sample's events (the common shape; default); realistic: the "
+                         "worker bench's mix (~760 B per event, with annotations, groups and small bodies)")  # fmt: skip
     ap.add_argument("--prefix", help=argparse.SUPPRESS)  # child: consume this prefix, print one JSON line
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
@@ -161,9 +178,10 @@ def main() -> int:
     prefix = f"bench{uuid.uuid4().hex[:6]}-"
     s = get_settings().model_copy(update={"topic_prefix": prefix})
     t0 = time.perf_counter()
-    records = produce(s, args.events, args.batch)
+    records = produce(s, args.events, args.batch, args.mix)
     print(
-        f"produced {args.events:,} events in {records} EventBatch records (+ stats) ({time.perf_counter() - t0:.1f}s)"
+        f"produced {args.events:,} events ({args.mix} mix) in {records} EventBatch records (+ stats) "
+        f"({time.perf_counter() - t0:.1f}s)"
     )
     try:
         results = measure(args, prefix)

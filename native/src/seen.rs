@@ -9,44 +9,22 @@ use pyo3::exceptions::PyTypeError;
 use pyo3::prelude::*;
 use pyo3::types::{PyList, PyString, PyTuple};
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
 
-/// The keys are already uniform hashes: use their low 64 bits as the table hash instead of hashing again.
-#[derive(Default)]
-struct Low64(u64);
-
-impl Hasher for Low64 {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ b as u64;
-        }
-    }
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
-}
+/// Keys reach the table through SipHash with this process's random keys: auditIDs can be chosen by an API
+/// client (the Audit-ID header), and the 128-bit key hash below is computed with fixed keys, so its own bits
+/// could be steered into one bucket; Python's dict, which this replaces, is randomized per process too.
+type Build = std::collections::hash_map::RandomState;
 
 /// A key's 128-bit hash as two u64: 8-byte aligned, so a map entry (key, offset) is 24 bytes and an expiry
 /// entry (time, key) 24, where u128's 16-byte alignment would pad both to 32.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
 struct Key([u64; 2]);
-
-impl std::hash::Hash for Key {
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        state.write_u64(self.0[0]); // already uniform: the table hash is its low half
-    }
-}
 
 impl From<u128> for Key {
     fn from(h: u128) -> Self {
         Key([h as u64, (h >> 64) as u64])
     }
 }
-
-type Build = BuildHasherDefault<Low64>;
 
 /// A key: a str, or a tuple of strs (the Python path's `(cluster, auditid, stage)`), hashed like the batch
 /// method hashes an event's cluster, auditid and stage.

@@ -92,10 +92,13 @@ try:  # msgspec checks the fields in C and skips the rest (requestObject...): 6x
 
     import msgspec
 
-    class _Obj(msgspec.Struct):
+    # gc=False: these hold nothing that could form a cycle, and untracked they do not set off the cyclic GC,
+    # which ran about once per 400-event body (and a full collection every hundred): make bench-bridge went from
+    # 124-125k to 135-138k events/s
+    class _Obj(msgspec.Struct, gc=False):
         """Any JSON object; its content is skipped, not materialized."""
 
-    class _Item(msgspec.Struct):
+    class _Item(msgspec.Struct, gc=False):
         auditID: Annotated[str, msgspec.Meta(min_length=1)]
         stage: Literal["RequestReceived", "ResponseStarted", "ResponseComplete", "Panic"]
         requestReceivedTimestamp: _dt.datetime | None = None  # RFC 3339, parsed in C (stricter than _TS_RE)
@@ -104,7 +107,7 @@ try:  # msgspec checks the fields in C and skips the rest (requestObject...): 6x
         user: _Obj | None = None
         objectRef: _Obj | None = None
 
-    class _EventList(msgspec.Struct):
+    class _EventList(msgspec.Struct, gc=False):
         kind: Any = None
         items: list[_Item] | None = None
 

@@ -25,10 +25,11 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, Topi
 
 from pipeline import config
 from pipeline.agents.filters import NoiseFilter
-from pipeline.agents.processor import Processor, RecordOutput, tune_gc
+from pipeline.agents.processor import Processor, RecordOutput
 from pipeline.agents.rules import RuleSet
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
+from pipeline.gc_tuning import tune_gc
 from pipeline.kafka import headers as H
 from pipeline.kafka.producer import AsyncProducer
 from pipeline.models.avro import H_FP, codec, header_value

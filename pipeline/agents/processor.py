@@ -7,7 +7,6 @@ the pipeline exact under at-least-once delivery. No Kafka here, so it is unit-te
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
@@ -55,16 +54,6 @@ class RecordOutput:
     n_dup: int = 0
     n_dropped: int = 0  # noise filter
     n_bad: int = 0  # dead-lettered events (or 1 for a whole bad record)
-
-
-def tune_gc() -> None:
-    """GC settings for a processing process. Each raw record allocates ~100k short-lived containers (parsed JSON);
-    with the default thresholds the cyclic GC runs every 700 allocations and re-scans the long-lived heap (faust,
-    modules): ~20% of the CPU. Freeze what startup built and collect the young generation less often (cyclic
-    garbage is still collected; memory stays bounded)."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 def parse_stages(text: str) -> frozenset[str] | None:

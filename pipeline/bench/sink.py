@@ -95,12 +95,14 @@ def produce(s, n_events: int, per_record: int, mix: str = "metadata") -> int:  #
 
 def run_once(s, n: int, max_rows: int | None) -> dict:  # noqa: ANN001
     """One sink over the filled topics until every row is acknowledged; returns the measurements."""
+    from pipeline.gc_tuning import tune_gc
     from pipeline.sinks.metrics import M
     from pipeline.sinks.runner import Sink, SinkOptions
 
     stop = threading.Event()
     sink = Sink(s, SinkOptions(group=f"bench-{uuid.uuid4().hex[:8]}", max_rows=max_rows), stop)
     sink.open_warehouse()
+    tune_gc()  # as `kaudit sink` does
     thread = threading.Thread(target=sink.run)
     counter = M.rows.labels("audit_events")
     cpu0 = time.process_time()

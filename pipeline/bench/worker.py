@@ -121,9 +121,10 @@ def build_realistic_records(n_events: int, per_record: int = 400, clusters: int 
 
 
 def bench_processor(s: Settings, records: list[T.RawRecord]) -> float:
-    from pipeline.agents.processor import Processor, tune_gc
+    from pipeline.agents.processor import Processor
     from pipeline.agents.rules import RuleSet, load_rules
     from pipeline.agents.state import PartitionState
+    from pipeline.gc_tuning import tune_gc
 
     proc = Processor(s, RuleSet(load_rules()))
     tune_gc()  # as in the worker process

@@ -41,6 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from pipeline.gc_tuning import tune_gc
     from pipeline.sinks.runner import Sink, SinkOptions
     from pipeline.warehouse.api import ApiServer
     from pipeline.warehouse.reader import Warehouse
@@ -69,6 +70,7 @@ def run(args: argparse.Namespace) -> int:
         wh = Warehouse(s)
         api = ApiServer(s, wh)
         api.start()
+    tune_gc()  # after startup: what it built is frozen out of every collection
     try:
         return sink.run()
     finally:

@@ -18,18 +18,18 @@ pub(crate) fn events_of<'py>(events: &Bound<'py, PyList>) -> PyResult<Vec<Bound<
 }
 
 /// A 128-bit hash of each event's (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)
-/// (see Event.values_hash): the rule index key without building
-/// five Python objects per event.
+/// (see Event.values_hash), as 16 bytes: the rule index key without building five Python objects per event.
 #[pyfunction]
-pub fn rule_hashes(py: Python<'_>, events: &Bound<'_, PyList>) -> PyResult<Vec<u128>> {
-    let mut out = Vec::with_capacity(events.len());
+pub fn rule_hashes<'py>(py: Python<'py>, events: &Bound<'py, PyList>) -> PyResult<Bound<'py, PyList>> {
+    let out = PyList::empty_bound(py);
+    let mut h = crate::event::Hash128::new();
     for e in events_of(events)? {
         let ev = e.get();
-        let mut h = crate::event::Hash128::new();
+        h.truncate(0);
         for i in [RESOURCE, VERB, STAGE, SUBRESOURCE, CODE] {
             ev.hash_field(py, i, &mut h);
         }
-        out.push(h.finish());
+        out.append(h.finish_bytes(py))?;
     }
     Ok(out)
 }

@@ -52,17 +52,18 @@ pub struct SeenKeys {
 
 impl SeenKeys {
     fn first_hash(&mut self, k: Key, offset: i64, now: f64) -> bool {
-        match self.first.get_mut(&k) {
-            None => {
-                self.first.insert(k, offset);
+        use std::collections::hash_map::Entry;
+        match self.first.entry(k) {
+            Entry::Vacant(slot) => {
+                slot.insert(offset);
                 self.order.push_back((now, k));
                 true
             }
-            Some(first) if *first >= offset => {
-                *first = offset; // the same record replayed, or an earlier one after a rebuild
+            Entry::Occupied(mut slot) if *slot.get() >= offset => {
+                slot.insert(offset); // the same record replayed, or an earlier one after a rebuild
                 true
             }
-            Some(_) => false,
+            Entry::Occupied(_) => false,
         }
     }
 }
@@ -125,8 +126,9 @@ impl SeenKeys {
         skip: HashSet<usize>,
     ) -> PyResult<(Vec<usize>, usize)> {
         let evs = events_of(events)?;
-        let mut base = Hash128::new();
-        base.str(cluster);
+        let mut h = Hash128::new();
+        h.str(cluster);
+        let prefix = h.len();
         let mut in_record: HashSet<Key, Build> = HashSet::with_capacity_and_hasher(evs.len(), Build::default());
         let mut firsts = Vec::with_capacity(evs.len());
         let mut n_dup = 0;
@@ -135,15 +137,14 @@ impl SeenKeys {
                 continue;
             }
             let ev = e.get();
-            let mut h = base.clone();
+            h.truncate(prefix);
             h.str(ev.text(py, AUDITID));
             h.str(ev.text(py, STAGE));
             let k = Key::from(h.finish());
-            if in_record.contains(&k) || !self.first_hash(k, offset, now) {
-                n_dup += 1;
+            if !in_record.insert(k) || !self.first_hash(k, offset, now) {
+                n_dup += 1; // seen earlier in this record, or first seen at an earlier offset
                 continue;
             }
-            in_record.insert(k);
             firsts.push(i);
         }
         Ok((firsts, n_dup))

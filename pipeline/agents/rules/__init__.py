@@ -345,7 +345,7 @@ class RuleSet:
     def __init__(self, rules: list[Rule]) -> None:
         self.rules = [r for r in rules if r.enabled]
         self._slots: dict[tuple[str, str, str, str, int], _Slot] = {}
-        self._by_hash: dict[int, _Slot] = {}
+        self._by_hash: dict[bytes, _Slot] = {}
 
     def slot(self, key: tuple[str, str, str, str, int]) -> _Slot:
         """The slot of (objectref_resource, verb, stage, objectref_subresource, responsestatus_code)."""
@@ -368,7 +368,7 @@ class RuleSet:
             self._slots[key] = slot
         return slot
 
-    def slot_hashed(self, h: int, ev: Any) -> _Slot:
+    def slot_hashed(self, h: bytes, ev: Any) -> _Slot:
         """The slot of a native Event whose rule-key hash is ``h`` (kaudit_native.rule_hashes)."""
         slot = self._by_hash.get(h)
         if slot is None:

@@ -8,7 +8,13 @@ from pathlib import Path
 
 from pipeline.config import Settings
 from pipeline.warehouse.client import open_client
-from pipeline.warehouse.migrations import EVENT_COLUMNS, PLAIN_STRING_COLUMNS, _migrations, migrate
+from pipeline.warehouse.migrations import (
+    EVENT_COLUMNS,
+    PLAIN_STRING_COLUMNS,
+    _migrations,
+    event_columns_before_v2,
+    migrate,
+)
 
 
 def column_types(client, table: str = "audit_events") -> dict[str, str]:  # noqa: ANN001
@@ -45,11 +51,8 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
     admin, db, client = fresh_database(chdb_session_path)
     try:
         # what kaudit's migration 1 created before migration 2 existed
-        old = EVENT_COLUMNS
-        for name, typ in PLAIN_STRING_COLUMNS.items():
-            lc = typ.replace("Map(String,", "Map(LowCardinality(String),").replace("Array(String)", "Array(LowCardinality(String))")
-            lc = "LowCardinality(String)" if typ == "String" else lc
-            old = old.replace(f"    {name} {typ},", f"    {name} {lc},")
+        old = event_columns_before_v2()
+        assert old.count("LowCardinality") - EVENT_COLUMNS.count("LowCardinality") == len(PLAIN_STRING_COLUMNS)
         client.command(f"CREATE TABLE audit_events ({old}) ENGINE = MergeTree ORDER BY (cluster, request_received_ts)")
         client.command(
             "CREATE TABLE kaudit_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) "

@@ -13,21 +13,17 @@ its life, which a short end-to-end run does not show. Numbers only; nothing is a
 from __future__ import annotations
 
 import argparse
-import re
-import resource
+import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from pipeline.bench.worker import cpu_seconds
 from pipeline.config import get_settings
-
-OLD_TYPES = {"String": "LowCardinality(String)", "Array(String)": "Array(LowCardinality(String))",
-             "Map(String, String)": "Map(LowCardinality(String), String)"}  # fmt: skip
 
 
 def cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF)
-    return r.ru_utime + r.ru_stime
+    return cpu_seconds(os.getpid())  # chDB runs in this process: its threads count
 
 
 def events_container(rows: int) -> bytes:
@@ -44,13 +40,10 @@ def events_container(rows: int) -> bytes:
 
 
 def schemas() -> dict[str, str]:
-    from pipeline.warehouse.migrations import PLAIN_STRING_COLUMNS, _migrations
+    from pipeline.warehouse.migrations import EVENT_COLUMNS, _migrations, event_columns_before_v2
 
     current = _migrations(0)[0][2][0]
-    before = current
-    for name, typ in PLAIN_STRING_COLUMNS.items():
-        before = re.sub(rf"\n    {name} {re.escape(typ)},", f"\n    {name} {OLD_TYPES[typ]},", before)
-    return {"current": current, "before migration 2": before}
+    return {"current": current, "before migration 2": current.replace(EVENT_COLUMNS, event_columns_before_v2())}
 
 
 def main() -> int:
@@ -59,15 +52,14 @@ def main() -> int:
     ap.add_argument("--parts", type=int, default=6, help="inserts, then merged into one part")
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
-    import clickhouse_connect
-
     from pipeline.sinks.tables import EventsWriter
+    from pipeline.warehouse.client import open_client
 
     tmp = Path(tempfile.mkdtemp(prefix="kaudit-bench-merge-"))
     try:
         avro = tmp / "batch.avro"
         avro.write_bytes(events_container(args.rows))
-        client = clickhouse_connect.get_client(dsn=f"chdb://{tmp / 'chdb'}")
+        client = open_client(dsn=f"chdb://{tmp / 'chdb'}")
         head = EventsWriter(client, True, tmp)._insert_head.format(
             settings="SETTINGS insert_deduplicate = 0, use_structure_from_insertion_table_in_table_functions = 0 "
         )

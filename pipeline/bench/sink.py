@@ -11,8 +11,6 @@ one path per process) read the same topics. Per run:
   steady       rows after the first batch / (first batch acknowledged -> last row acknowledged): the rate a
                running sink keeps up, without consumer-group join and the first batch's fill
   cpu          process CPU seconds (all threads, chDB's included) per 100k rows; peak RSS
-  merge        CPU per row of then merging the run's parts into one (OPTIMIZE FINAL): what one merge level
-               costs, which every row pays several times in its life and a short run does not show
 and a check that the warehouse holds every row exactly once. The goal is judged on the median end-to-end rate.
 1M events make a run of ~5-7 s, of which consumer-group join and the first fetch (~0.5-0.7 s before the first
 event arrives) are ~10%; with --events 300000 (~2 s) they weigh ~30%.
@@ -122,17 +120,9 @@ def run_once(s, n: int, max_rows: int | None) -> dict:  # noqa: ANN001
     c = sink.client
     stored = c.query("SELECT count(), uniqExact(source_id, auditid, stage) FROM audit_events").result_rows[0]
     stats = [c.query(f"SELECT sum(count) FROM {t}").result_rows[0][0] for t in ("verb_stats", "status_stats")]
-    # what one merge level costs (every row is merged several times in its life): the run's parts into one
-    c.command("SYSTEM STOP MERGES audit_events")  # no background merge half done: OPTIMIZE merges every row
-    c.command("SYSTEM START MERGES audit_events")
-    parts = c.query("SELECT count() FROM system.parts WHERE table = 'audit_events' AND active").result_rows[0][0]
-    merge_cpu = time.process_time()
-    c.command("OPTIMIZE TABLE audit_events FINAL")
-    merge_cpu = time.process_time() - merge_cpu
     steady = (n - first_rows) / (end - first) if first is not None and end > first and n > first_rows else 0.0
     return {"rows": n, "seconds": end - start, "rate": n / (end - start), "steady": steady,
             "first_ack": (first or end) - start, "cpu_per_100k": cpu / n * 100_000, "batches": sink.committed_batches,
-            "merge_us_per_row": merge_cpu / n * 1e6, "merged_parts": parts,
             "exact": list(stored) == [n, n] and stats == [n, n],
             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}  # fmt: skip
 
@@ -154,7 +144,6 @@ def measure(args: argparse.Namespace, prefix: str) -> list[dict] | None:
         print(f"run {i + 1}: {r['rows']:,} rows in {r['seconds']:.2f}s = {r['rate']:,.0f} rows/s end to end; "
               f"steady {r['steady']:,.0f} rows/s; first batch acked at {r['first_ack']:.2f}s; "
               f"cpu {r['cpu_per_100k']:.2f}s/100k rows; {r['batches']} batches; peak RSS {r['rss_mib']:.0f} MiB; "
-              f"merging its {r['merged_parts']} parts into one {r['merge_us_per_row']:.1f} us/row; "
               f"{'exactly once' if r['exact'] else 'NOT EXACT'}")  # fmt: skip
     return results
 
@@ -204,7 +193,10 @@ def main() -> int:
     med = statistics.median(rates)
     print(f"sink into chDB: {med:,.0f} rows/s end to end (median of {len(rates)}; range {rates[0]:,.0f}-{rates[-1]:,.0f}),"
           f" steady {statistics.median(steady):,.0f} ({steady[0]:,.0f}-{steady[-1]:,.0f})")  # fmt: skip
-    print(f"goal {GOAL:,} rows/s per sink process: {'MET' if med >= GOAL else 'NOT MET'}")
+    if args.mix == "metadata":  # the goal is set on the common shape; realistic events are ~2x the bytes
+        print(f"goal {GOAL:,} rows/s per sink process: {'MET' if med >= GOAL else 'NOT MET'}")
+    else:
+        print(f"(the goal of {GOAL:,} rows/s is judged on the default metadata mix)")
     if not all(r["exact"] for r in results):
         print("ERROR: a run did not store every row exactly once")
         return 1

@@ -72,6 +72,19 @@ PLAIN_STRING_COLUMNS = {
     "event_version": "String",
 }
 
+
+
+def event_columns_before_v2() -> str:
+    """EVENT_COLUMNS as migration 1 created them before migration 2 existed (LowCardinality strings, arrays and
+    map keys): what migration 2 converts from, for its test and ``make bench-merge``."""
+    lc = {"String": "LowCardinality(String)", "Array(String)": "Array(LowCardinality(String))",
+          "Map(String, String)": "Map(LowCardinality(String), String)"}  # fmt: skip
+    cols = EVENT_COLUMNS
+    for name, typ in PLAIN_STRING_COLUMNS.items():
+        cols = cols.replace(f"\n    {name} {typ},", f"\n    {name} {lc[typ]},")
+    return cols
+
+
 # Columns the sink inserts, in order (everything above; materialized columns are computed by ClickHouse).
 EVENT_INSERT_COLUMNS = [line.split()[0] for line in EVENT_COLUMNS.strip().splitlines()]
 

@@ -170,6 +170,21 @@ async def run_load(args, bodies: list[bytes], deletes: list[list[str]], api: str
           f"p99 {fresh[min(len(fresh) - 1, int(len(fresh) * 0.99))]:.2f} s over {len(fresh)} batches")  # fmt: skip
 
 
+def cpu_budget(cpu: dict[str, float], events: int, cores: int) -> str:
+    """CPU per event of the run, and the rate this machine's cores could carry at that cost: a measure of
+    capacity that does not depend on the run's length or on how far behind the pipeline fell (for sizing: cores
+    per 10k events/s). The load generator is the bench's, not the pipeline's, so it is shown apart."""
+    if events <= 0:
+        return "e2e: CPU per event: no events"
+    us = {n: c / events * 1e6 for n, c in cpu.items()}
+    pipeline = sum(v for n, v in us.items() if n != "load generator")
+    everything = sum(us.values())
+    parts = ", ".join(f"{n} {v:.1f}" for n, v in us.items() if n != "load generator")
+    return (f"e2e: CPU per event: pipeline {pipeline:.1f} us ({parts}), load generator {us.get('load generator', 0):.1f} us; "
+            f"{cores} cores at this cost carry ~{cores / everything * 1e6:,.0f} events/s with the load generator, "
+            f"~{cores / pipeline * 1e6:,.0f} without it ({pipeline / 100:.2f} cores per 10k events/s)")  # fmt: skip
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
@@ -238,6 +253,7 @@ def main() -> int:
         print("e2e: CPU seconds during the run (cores busy on average): " + ", ".join(
             f"{n} {cpu1[n] - cpu0[n]:.1f} ({(cpu1[n] - cpu0[n]) / wall:.2f})" for n in pids
         ) + f"; wall {wall:.1f} s")  # fmt: skip
+        print(cpu_budget({n: cpu1[n] - cpu0[n] for n in pids}, args.events, os.cpu_count() or 1))
     finally:
         for p in procs:
             p.send_signal(signal.SIGTERM)

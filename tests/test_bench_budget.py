@@ -16,3 +16,7 @@ def test_budget_splits_pipeline_from_load_generator() -> None:
 
 def test_budget_without_events() -> None:
     assert cpu_budget({"sink": 1.0}, 0, 2) == "e2e: CPU per event: no events"
+
+
+def test_budget_without_cpu_readings() -> None:
+    assert cpu_budget({"sink": 0.0, "load generator": 0.0}, 1000, 2) == "e2e: CPU per event: not measured"

@@ -56,8 +56,7 @@ EVENT_COLUMNS = """
 # LowCardinality only where queries group and filter (cluster, stage, verb, user, user agent, object kind and
 # namespace). Elsewhere plain String: a LowCardinality column costs a dictionary lookup per value on every
 # write, merges included, and merges of audit_events cost half as much CPU without it on the arrays, maps and
-# rarely grouped columns below, for about 20% more bytes (migration 2; ``make bench-sink`` and
-# ``python -m pipeline.bench.e2e`` measure it).
+# rarely grouped columns below, for about 20% more bytes (migration 2; ``make bench-merge`` measures it).
 PLAIN_STRING_COLUMNS = {
     "level": "String",
     "usergroups": "Array(String)",
@@ -71,7 +70,6 @@ PLAIN_STRING_COLUMNS = {
     "annotations": "Map(String, String)",
     "event_version": "String",
 }
-
 
 
 def event_columns_before_v2() -> str:

@@ -22,8 +22,8 @@ import orjson
 
 from pipeline.config import REPO_ROOT, get_settings
 from pipeline.models.readers import RawEvent, read_events
+from pipeline.samples import SAMPLES
 
-SAMPLES = Path(os.environ.get("KAUDIT_SAMPLES", REPO_ROOT.parent / "shared" / "data" / "audit-samples"))
 KAUDIT = [sys.executable, "-m", "pipeline.cli"]
 SEED_QUERIES = [
     'logtype="Kubernetes Audit Logs" and verb="delete" groupby objectref_resource,username',

@@ -74,11 +74,22 @@ class _Scrub:
                 doc[i] = self.item(it)
             return doc
         if isinstance(doc, str):
-            return self.text(doc)
+            return self.string(doc)
         return doc
 
     def item(self, it: Any) -> Any:
-        return self.text(it) if isinstance(it, str) else self.doc(it)
+        return self.string(it) if isinstance(it, str) else self.doc(it)
+
+    def string(self, value: str) -> str:
+        """A JSON string in an item's place: redacted inside when it is itself JSON (an event sent as text),
+        else kept (complete JSON without structure holds no field of the model)."""
+        try:
+            doc = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            return value
+        before = (self.mask, self.whole, self.withheld)
+        doc = self.doc(doc)
+        return value if (self.mask, self.whole, self.withheld) == before else orjson.dumps(doc).decode()
 
     def text(self, text: str) -> str:
         """Text: parsed and redacted when it is JSON, line by line when it is JSON lines; anything else withheld."""

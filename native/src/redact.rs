@@ -114,10 +114,11 @@ pub const RESOURCES: [(Option<&str>, &str, &str, usize); 3] = [
     (Some("authentication.k8s.io"), "tokenreviews", "", 2),
 ];
 
-const METADATA_ONLY: &str = "PartialObjectMetadata";
 const GENERIC_LIST: &str = "List";
 const TABLE: &str = "Table";
 const WATCH_EVENT: &str = "WatchEvent";
+/// model.NOT_IMPLIED: the API's envelopes, never read as the implied kind
+const NOT_IMPLIED: [&str; 4] = ["Status", "DeleteOptions", TABLE, WATCH_EVENT];
 
 pub fn implied(group: &str, resource: &str, subresource: &str) -> Option<&'static KindDef> {
     RESOURCES
@@ -291,7 +292,7 @@ pub fn dispatch(obj: &mut Value, implied: Option<&'static KindDef>) -> R<u32> {
             if let Some(own) = own {
                 mask = apply(obj, &own.tree, own)?;
             } else if let Some(imp) = implied {
-                if kind_none || k == Some(METADATA_ONLY) {
+                if !k.is_some_and(|k| NOT_IMPLIED.contains(&k)) {
                     mask = apply(obj, &imp.tree, imp)?;
                 }
             }
@@ -357,7 +358,7 @@ pub fn table_json() -> String {
         "field_ids": FIELD_IDS,
         "kinds": kinds,
         "resources": resources,
-        "containers": {"metadata_only": METADATA_ONLY, "list": GENERIC_LIST, "table": TABLE, "watch": WATCH_EVENT},
+        "containers": {"not_implied": NOT_IMPLIED, "list": GENERIC_LIST, "table": TABLE, "watch": WATCH_EVENT},
     })
     .to_string()
 }

@@ -3,8 +3,10 @@ implementation (``pipeline.redaction.redact``) and mirrored by the native one (`
 compares ``kaudit_native.redaction_table()`` with ``table()`` below, and both paths byte for byte).
 
 An object in an audit event is redacted by its **kind**: its own ``kind`` when it names a credential kind
-(``KINDS``), else the kind the event's (API group, resource, subresource) implies (``RESOURCES``) when the object
-has no kind or is metadata-only (``PartialObjectMetadata``): patch bodies, kind-less list items, ``as=Table`` rows.
+(``KINDS``), else the kind the event's (API group, resource, subresource) implies (``RESOURCES``): patch bodies
+(no kind, or any kind a client wrote into a patch), kind-less list items, metadata-only objects
+(``PartialObjectMetadata``), ``as=Table`` rows. Only the API's envelopes (``NOT_IMPLIED``: a ``Status``, whose
+``status`` is a word, ``DeleteOptions``, ``Table``, ``WatchEvent``) are never read as the implied kind.
 Lists (``SecretList``, ``List``, ``PartialObjectMetadataList``, kind-less ``items``), ``Table`` rows and
 ``WatchEvent`` objects are walked item by item; a JSON patch (a list of operations) sent to such a resource has
 each operation's ``value`` redacted as the part of the object its ``path`` points at. The verb needs no entry:
@@ -83,10 +85,11 @@ RESOURCES: tuple[Resource, ...] = (
 )
 
 # Kinds whose objects hold other objects: list items / table rows / a watch event's object.
-METADATA_ONLY = "PartialObjectMetadata"
 GENERIC_LIST = "List"
 TABLE = "Table"
 WATCH_EVENT = "WatchEvent"
+# The API's own envelopes: never read as the kind an event implies (any other kind, or none, is).
+NOT_IMPLIED: tuple[str, ...] = ("Status", "DeleteOptions", TABLE, WATCH_EVENT)
 
 FIELD_IDS: tuple[str, ...] = tuple(x for k in KINDS for x in (*(f.id for f in k.fields), k.patch_id))
 KIND_BY_NAME: dict[str, Kind] = {k.name: k for k in KINDS}
@@ -111,5 +114,5 @@ def table() -> dict[str, Any]:
         ],
         "resources": [{"group": r.group, "resource": r.resource, "subresource": r.subresource, "kind": r.kind}
                       for r in RESOURCES],
-        "containers": {"metadata_only": METADATA_ONLY, "list": GENERIC_LIST, "table": TABLE, "watch": WATCH_EVENT},
+        "containers": {"not_implied": list(NOT_IMPLIED), "list": GENERIC_LIST, "table": TABLE, "watch": WATCH_EVENT},
     }  # fmt: skip

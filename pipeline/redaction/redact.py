@@ -20,7 +20,7 @@ from pipeline.redaction.model import (
     GENERIC_LIST,
     KIND_BY_NAME,
     KINDS,
-    METADATA_ONLY,
+    NOT_IMPLIED,
     TABLE,
     WATCH_EVENT,
     Kind,
@@ -186,7 +186,7 @@ def dispatch(obj: Any, implied_kind_: _Compiled | None) -> int:
         own = _COMPILED_BY_KIND.get(k) if type(k) is str else None
         if own is not None:
             mask = _apply(obj, own.tree, own)
-        elif implied_kind_ is not None and (k is None or k == METADATA_ONLY):
+        elif implied_kind_ is not None and not (type(k) is str and k in NOT_IMPLIED):
             mask = _apply(obj, implied_kind_.tree, implied_kind_)
         items = obj.get("items")
         if type(items) is list and (

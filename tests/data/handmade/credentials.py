@@ -194,6 +194,13 @@ def _cases() -> tuple[dict[str, dict], dict[str, list[str]], dict[str, list[str]
     add("secret-unreadable-last-applied", event("h-badla", "update", "secrets", request=broken),
         v, ["Secret.data", "Secret.last-applied"])  # fmt: skip
 
+    v = [secret_value("wrongkind", 0)]
+    add("secret-patch-with-a-wrong-kind", event("h-wrongkind", "patch", "secrets", code=400,
+                                                request={"kind": "Secrets", "data": {"k": b64(v[0])}},
+                                                response={"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                                          "message": "kind mismatch", "code": 400}),
+        v, ["Secret.data"])  # fmt: skip
+
     tok = "eyJhbGciOiJSUzI1NiJ9.HANDMADEcredtokenrequest0Zq7.c2lnbmF0dXJl"
     add("serviceaccount-token-request", event("h-tokreq", "create", "serviceaccounts", subresource="token", name="build",
         request={"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1", "metadata": {"name": "build"},
@@ -223,7 +230,8 @@ def _cases() -> tuple[dict[str, dict], dict[str, list[str]], dict[str, list[str]
 CASES, SECRETS, EXPECTED = _cases()
 
 # No credential by the model: must be stored as sent (no over-redaction).
-KEPT_VALUES = ["HANDMADEkeptconfigmapvalue0Zq7", "HANDMADEkeptpodenv0Zq7", "HANDMADEkeptcsr0Zq7"]
+KEPT_VALUES = ["HANDMADEkeptconfigmapvalue0Zq7", "HANDMADEkeptpodenv0Zq7", "HANDMADEkeptcsr0Zq7",
+               "HANDMADEkeptstatus0Zq7"]
 KEPT = {
     "configmap-apply": event("h-cm", "patch", "configmaps", request={"data": {"k": KEPT_VALUES[0]}}, response={
         "kind": "ConfigMap", "apiVersion": "v1", "data": {"k": KEPT_VALUES[0]},
@@ -233,8 +241,15 @@ KEPT = {
         {"name": "c", "env": [{"name": "X", "value": KEPT_VALUES[1]}]}]}}, code=201),
     "csr": event("h-csr", "create", "certificatesigningrequests", group="certificates.k8s.io", namespace="",
                  request={"kind": "CertificateSigningRequest", "spec": {"request": b64(KEPT_VALUES[2])}}, code=201),
+    # an error answer to kubectl create token: a Status (its `status` is a word), not a TokenRequest
+    "token-request-refused": event("h-tokreq-403", "create", "serviceaccounts", subresource="token", code=403,
+                                   response={"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 403,
+                                             "message": KEPT_VALUES[3], "reason": "Forbidden"}),
 }
 
 
 def all_secret_forms() -> list[bytes]:
     return [f for values in SECRETS.values() for v in values for f in forms(v)]
+
+
+KEPT_VALUE_OF = dict(zip(KEPT, KEPT_VALUES, strict=True))  # each KEPT case's value, which must stay

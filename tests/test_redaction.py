@@ -26,7 +26,7 @@ from tests.data.handmade.credentials import (
     CASES,
     EXPECTED,
     KEPT,
-    KEPT_VALUES,
+    KEPT_VALUE_OF,
     SECRETS,
     all_secret_forms,
     forms,

@@ -281,26 +281,27 @@ fn json_patch(ops: &mut [Value], kind: &'static KindDef) -> R<u32> {
 pub fn dispatch(obj: &mut Value, implied: Option<&'static KindDef>) -> R<u32> {
     match obj {
         Value::Object(m) => {
-            let kind: Option<String> = match m.get("kind") {
-                Some(Value::String(s)) => Some(s.clone()),
+            // everything the kind decides, read without keeping a borrow (and without copying the kind)
+            let kind_none = matches!(m.get("kind"), None | Some(Value::Null));
+            let k = match m.get("kind") {
+                Some(Value::String(s)) => Some(s.as_str()),
                 _ => None,
             };
-            let kind_none = matches!(m.get("kind"), None | Some(Value::Null));
-            let k = kind.as_deref();
-            let mut mask = 0;
             let own = k.and_then(kind_by_name);
-            if let Some(own) = own {
-                mask = apply(obj, &own.tree, own)?;
-            } else if let Some(imp) = implied {
-                if !k.is_some_and(|k| NOT_IMPLIED.contains(&k)) {
-                    mask = apply(obj, &imp.tree, imp)?;
-                }
-            }
-            let Value::Object(m) = obj else { unreachable!() };
+            let read_as_implied = implied.is_some() && !k.is_some_and(|k| NOT_IMPLIED.contains(&k));
             let is_list = |k: &str| k.ends_with("List");
             let walk_items = k == Some(GENERIC_LIST)
                 || (implied.is_some() && (kind_none || k.is_some_and(is_list)))
                 || k.is_some_and(|k| is_list(k) && kind_by_name(&k[..k.len() - 4]).is_some());
+            let (is_table, is_watch) = (k == Some(TABLE), k == Some(WATCH_EVENT));
+            let mut mask = 0;
+            if let Some(own) = own {
+                mask = apply(obj, &own.tree, own)?;
+            } else if read_as_implied {
+                let imp = implied.expect("read_as_implied");
+                mask = apply(obj, &imp.tree, imp)?;
+            }
+            let Value::Object(m) = obj else { unreachable!() };
             if walk_items {
                 if let Some(Value::Array(items)) = m.get_mut("items") {
                     for it in items.iter_mut() {
@@ -308,7 +309,7 @@ pub fn dispatch(obj: &mut Value, implied: Option<&'static KindDef>) -> R<u32> {
                     }
                 }
             }
-            if k == Some(TABLE) && implied.is_some() {
+            if is_table && implied.is_some() {
                 if let Some(Value::Array(rows)) = m.get_mut("rows") {
                     for row in rows.iter_mut() {
                         if let Value::Object(r) = row {
@@ -318,7 +319,7 @@ pub fn dispatch(obj: &mut Value, implied: Option<&'static KindDef>) -> R<u32> {
                         }
                     }
                 }
-            } else if k == Some(WATCH_EVENT) {
+            } else if is_watch {
                 if let Some(o) = m.get_mut("object") {
                     mask |= dispatch(o, implied)?;
                 }

@@ -208,6 +208,8 @@ def test_dead_letter_text_keeps_what_holds_no_credential():
     assert (ids_, withheld) == ([], 0) and text == '{"kind":"Event","verb":"get","objectRef":{"resource":"pods"}}\n'
     text, ids_, withheld = redact_text('"just a string"')
     assert (text, ids_, withheld) == ('"just a string"', [], 0)
+    text, ids_, _ = redact_text('{"data": {"k": "c2VjcmV0"}}')  # a bare object: read as a Secret would be
+    assert ids_ == ["Secret.data"] and "c2VjcmV0" not in text
     text, _, withheld = redact_text('{"ok":1}\nnot json\n')
     assert withheld == 1 and text.startswith('{"ok":1}\n«withheld by kaudit')
 

@@ -9,6 +9,7 @@ import orjson
 
 from pipeline.redaction.redact import dispatch, hash_value, ids, implied
 
+_SECRET = implied("", "secrets", "")
 # A dead-letter id for objects of an event whose objectRef is unreadable (what they are cannot be told).
 UNREADABLE_EVENT_OBJECTS = "event-objects"
 WITHHELD = "«withheld by kaudit: not JSON, {n} bytes, {h}; the original is at the record's origin»"
@@ -66,8 +67,8 @@ class _Scrub:
                 m, w = _event(doc)
                 self.mask |= m
                 self.whole |= w
-            else:
-                self.mask |= dispatch(doc, None)
+            else:  # not an event: read as a Secret would be (a bare object in a dead letter is anyone's guess)
+                self.mask |= dispatch(doc, _SECRET)
             return doc
         if isinstance(doc, list):
             for i, it in enumerate(doc):
@@ -112,8 +113,8 @@ class _Scrub:
 def redact_text(text: str) -> tuple[str, list[str], int]:
     """Dead-letter text with every credential of the model redacted: (text, redacted field ids, lines withheld).
 
-    JSON (an event, an EventList, any object, JSON lines) is redacted by the model; an event whose objectRef is
-    unreadable has its objects hashed whole; text that is not JSON cannot be searched for credentials, so it is
+    JSON (an event, an EventList, any object, JSON lines) is redacted by the model (an object that is not an
+    event as if it were a Secret); an event whose objectRef is unreadable has its objects hashed whole; text that is not JSON cannot be searched for credentials, so it is
     withheld (its size and hash stay; the raw topic or the source file, named by the record's origin, holds it).
     """
     s = _Scrub()

@@ -67,6 +67,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"kaudit query: {exc}", file=sys.stderr)
         if col:
             print(f"  {args.query}\n  {' ' * (col - 1)}^", file=sys.stderr)
-        return 2
+        return 3 if getattr(exc, "limit", None) else 2
     print_result(result, args.format)
     return 0

@@ -93,6 +93,10 @@ class Warehouse:
             if lim is not None:
                 raise lim from None
             raise
+        cap = self.limits.get("max_result_rows") or 0
+        if cap and len(res.result_rows) > cap:  # the engine skips result limits for some plans (no table read)
+            raise LimitExceeded("max_result_rows", f"the query stopped at the limit max_result_rows: more than "
+                                f"{cap} rows")  # fmt: skip
         return list(res.column_names), [[jsonable(v) for v in row] for row in res.result_rows]
 
     def _rows(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:

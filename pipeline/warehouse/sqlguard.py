@@ -380,22 +380,29 @@ def _map_literal(m: Mapping[str, str]) -> str:
     return "{" + ", ".join(f"{_sql_string(k)}: {_sql_string(v)}" for k, v in m.items()) + "}"
 
 
-def _scoping_subquery(database: str, table: str, clusters: list[str], alias: str | None) -> dict[str, Any]:
-    """The AST of ``(SELECT * FROM database.table WHERE cluster IN (clusters)) AS alias``."""
+MODIFIERS = ("final", "sample_size", "sample_offset")  # table modifiers: they move into the confining subquery
+
+
+def _scoping_subquery(database: str, table: str, clusters: list[str], alias: str | None,
+                      modifiers: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """The AST of ``(SELECT * FROM database.table [FINAL] [SAMPLE ..] WHERE cluster IN (clusters)) AS alias``."""
     where: dict[str, Any]
-    if clusters:
+    column = {"type": "Identifier", "name": "cluster"}
+    if len(clusters) == 1:  # a one-element tuple would be formatted as ('x'), a plain string: use equals
+        where = {"type": "Function", "name": "equals", "is_operator": True, "arguments": {"type": "ExpressionList",
+                 "children": [column, {"type": "Literal", "value": {"field_type": "String", "value": clusters[0]}}]}}
+    elif clusters:
         where = {"type": "Function", "name": "in", "is_operator": True, "arguments": {"type": "ExpressionList",
-                 "children": [{"type": "Identifier", "name": "cluster"},
-                              {"type": "Literal", "value": {"field_type": "Tuple", "value": [
-                                  {"field_type": "String", "value": c} for c in clusters]}}]}}  # fmt: skip
+                 "children": [column, {"type": "Literal", "value": {"field_type": "Tuple", "value": [
+                     {"field_type": "String", "value": c} for c in clusters]}}]}}  # fmt: skip
     else:
         where = {"type": "Literal", "value": {"field_type": "UInt64", "value": 0}}
     select = {"type": "SelectQuery",
               "select": {"type": "ExpressionList", "children": [{"type": "Asterisk"}]},
               "tables": {"type": "TablesInSelectQuery", "children": [{"type": "TablesInSelectQueryElement",
-                         "table_expression": {"type": "TableExpression", "database_and_table_name": {
-                             "type": "TableIdentifier", "name": f"{database}.{table}",
-                             "name_parts": [database, table]}}}]},
+                         "table_expression": {"type": "TableExpression", **(modifiers or {}),
+                             "database_and_table_name": {"type": "TableIdentifier", "name": f"{database}.{table}",
+                                                         "name_parts": [database, table]}}}]},
               "where": where}  # fmt: skip
     union = {"type": "SelectWithUnionQuery", "union_mode": "UNION_DEFAULT",
              "list_of_selects": {"type": "ExpressionList", "children": [select]}}  # fmt: skip
@@ -438,7 +445,9 @@ class _Scoper:
             table = self._target(ident, ctes)
             if table is not None:
                 del n["database_and_table_name"]
-                n["subquery"] = _scoping_subquery(self.database, table, self.clusters, ident.get("alias") or table)
+                modifiers = {k: n.pop(k) for k in MODIFIERS if k in n}
+                n["subquery"] = _scoping_subquery(self.database, table, self.clusters, ident.get("alias") or table,
+                                                  modifiers)  # fmt: skip
                 return
         if kind == "Function" and n.get("name") in IN_FUNCTIONS:
             args = (n.get("arguments") or {}).get("children") or []
@@ -446,6 +455,8 @@ class _Scoper:
                 table = self._target(args[1], ctes)
                 if table is not None:
                     args[1] = _scoping_subquery(self.database, table, self.clusters, None)
+                    self.node(args[0], ctes)  # not into the new subquery: it is confined already
+                    return
         for value in n.values():
             if isinstance(value, dict | list):
                 self.node(value, ctes)
@@ -477,7 +488,7 @@ def _verify_scoped(ast: Any, database: str, clusters: list[str]) -> None:
             return False
         te = elems[0]["table_expression"]
         ident = te.get("database_and_table_name")
-        return set(te) == {"type", "database_and_table_name"} and isinstance(ident, dict) and (
+        return set(te) - set(MODIFIERS) == {"type", "database_and_table_name"} and isinstance(ident, dict) and (
             ident.get("name_parts") or [None])[0] == database and not ident.get("alias")  # fmt: skip
 
     def walk(n: Any) -> None:

@@ -511,3 +511,41 @@ def test_reader_user_statements_parse_with_the_engine(wh):
         assert wh._rows("SELECT formatQuerySingleLine({q:String})", {"q": stmt})[0][0]
     with pytest.raises(ValueError):
         reader_user_sql("x; DROP", "00", "kaudit", {})
+
+
+MORE_REFUSED = [
+    "SELECT {{x:String}}",
+    "SELECT * FROM {{t:Identifier}}",
+    "SELECT arrayReduce('file', ['{f}'])",
+    "SELECT arrayReduce(concat('s', 'um'), [1])",
+    "SELECT arrayReduce('lower', ['a'])",
+    "SELECT * FROM (audit_events) AS x JOIN (system.users) AS u ON 1",
+    "SELECT * FROM audit_events AS x, system.users",
+    "WITH users AS (SELECT * FROM audit_events) SELECT * FROM system.users",
+    "SELECT * FROM audit_events WHERE verb IN (SELECT * FROM view(SELECT 1))",
+    "SELECT count() FROM audit_events WHERE exists(SELECT * FROM system.one)",
+    "SELECT * FROM audit_events LEFT ARRAY JOIN (SELECT groupArray(name) FROM system.users) AS n",
+    "SELECT sum(x) OVER (ORDER BY (SELECT count() FROM system.tables)) FROM (SELECT 1 AS x)",
+    "SELECT * FROM audit_events ORDER BY (SELECT any(name) FROM system.users)",
+    "SELECT * FROM audit_events GROUP BY (SELECT any(name) FROM system.users)",
+    "SELECT * FROM audit_events LIMIT (SELECT count() FROM system.users)",
+    "SELECT * FROM audit_events SAMPLE 0.1 WHERE 1 IN (SELECT 1 FROM system.one)",
+]
+
+
+@pytest.mark.parametrize("sql", MORE_REFUSED, ids=[f"m{i:02d}" for i in range(len(MORE_REFUSED))])
+def test_more_refused(wh, secret_file, sql):
+    with pytest.raises(ReadOnlyError):
+        wh.sql(sql.format(f=secret_file))
+
+
+def test_array_reduce_with_an_allowed_aggregate_runs(wh):
+    assert wh.sql("SELECT arrayReduce('sum', [1, 2, 3]), arrayReduce('uniqExact', ['a', 'a'])")[1] == [[6, 1]]
+
+
+def test_reader_profile_sends_only_the_limits():
+    from pipeline.warehouse.sqlguard import LIMIT_SETTINGS, limits_from
+
+    s = Settings()
+    assert set(limits_from(s, reader_profile=True)) == set(LIMIT_SETTINGS)
+    assert limits_from(s)["readonly"] == 2 and limits_from(s)["result_overflow_mode"] == "throw"

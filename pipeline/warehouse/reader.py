@@ -61,7 +61,7 @@ class Warehouse:
         self.s = s or get_settings()
         self.database = database
         self.embedded = is_embedded(self.s.effective_clickhouse_dsn)
-        self.limits = limits_from(self.s)
+        self.limits = limits_from(self.s, reader_profile=bool(self.s.reader_user) and not self.embedded)
         self._existing: tuple[float, list[str]] | None = None
         self._local = threading.local()
         self._clients: list[Any] = []

@@ -287,6 +287,13 @@ class _Walker:
         if not function_allowed(name):
             raise ReadOnlyError(f"function {name}() is not allowed in kaudit SQL", name)
         self.functions.add(name)
+        args0 = (n.get("arguments") or {}).get("children") or []
+        if name.lower() == "arrayreduce":  # the aggregate is named by a string: it must be an allowed one
+            first = args0[0] if args0 else {}
+            value = (first.get("value") or {}) if first.get("type") == "Literal" else {}
+            agg = value.get("value") if value.get("field_type") == "String" else None
+            if not (isinstance(agg, str) and function_allowed(agg) and agg not in SCALAR_FUNCTIONS):
+                raise ReadOnlyError(f"arrayReduce with {agg or 'a computed name'} is not allowed", str(agg))
         if name in IN_FUNCTIONS:  # `x IN t`: an identifier on the right names a table
             args = (n.get("arguments") or {}).get("children") or []
             if len(args) == 2 and isinstance(args[1], dict) and args[1].get("type") == "Identifier":
@@ -298,13 +305,16 @@ LIMIT_SETTINGS = ("max_execution_time", "max_memory_usage", "max_rows_to_read", 
                   "max_result_rows", "max_result_bytes")  # fmt: skip
 
 
-def limits_from(s: Any) -> dict[str, Any]:
+def limits_from(s: Any, reader_profile: bool = False) -> dict[str, Any]:
     """ClickHouse settings every read runs under (API, dashboard, CLI; raw SQL and compiled queries alike).
 
     readonly=2 refuses writes per query without touching the session the sink writes with; every ``*_overflow_mode``
-    is ``throw`` so that a limit is an error naming it, never a silently cut answer. 0 disables a limit."""
-    out: dict[str, Any] = {"readonly": 2, "result_overflow_mode": "throw", "read_overflow_mode": "throw",
-                           "timeout_overflow_mode": "throw"}  # fmt: skip
+    is ``throw`` so that a limit is an error naming it, never a silently cut answer. 0 disables a limit.
+    ``reader_profile``: the server's reader user (``reader_user_sql``) already has readonly=1 and the overflow modes
+    as constants in its profile; only the limits are sent (its profile lets them be lowered, never raised)."""
+    out: dict[str, Any] = {} if reader_profile else {
+        "readonly": 2, "result_overflow_mode": "throw", "read_overflow_mode": "throw", "timeout_overflow_mode": "throw"
+    }  # fmt: skip
     for name in LIMIT_SETTINGS:
         out[name] = int(getattr(s, f"query_{name}"))
     return out
@@ -548,6 +558,7 @@ def reader_user_sql(user: str, password_sha256_hex: str, database: str, limits: 
             settings.append(f"{name} = {value} MAX {value} CHANGEABLE_IN_READONLY")
     for name in ("result_overflow_mode", "read_overflow_mode", "timeout_overflow_mode"):
         settings.append(f"{name} = 'throw' CONST")
+    settings.append("additional_table_filters CHANGEABLE_IN_READONLY")  # scope_to_clusters: it only narrows
     db = _ident(database)
     out = [
         f"CREATE SETTINGS PROFILE OR REPLACE {profile} SETTINGS " + ", ".join(settings),

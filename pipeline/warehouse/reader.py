@@ -73,7 +73,7 @@ class Warehouse:
         if c is None:
             kwargs: dict[str, Any] = {"database": self.database} if self.database else {}
             if self.s.reader_user and not self.embedded:  # the dedicated read-only user (kaudit migrate --reader-user)
-                kwargs.update(username=self.s.reader_user, password=self.s.reader_password)
+                kwargs.update(username=self.s.reader_user, password=self.s.reader_password, reader=True)
             c = open_client(self.s, **kwargs)
             self._local.client = c
             with self._lock:

@@ -79,13 +79,21 @@ def secret_file(tmp_path: Path) -> Path:
 
 
 # --- the attacks are real without the guard ------------------------------------------------------------------------
-def test_without_the_guard_file_reads_and_into_outfile_writes(wh, secret_file, tmp_path):
-    """The trusted path (no guard) on this very engine reads any file and writes files: what the guard must stop."""
-    _, rows = wh.query(f"SELECT * FROM file('{secret_file}', 'LineAsString')")
-    assert SECRET in rows[0][0]
+def test_without_the_guard_file_reads_and_into_outfile_writes(wh, db, secret_file, tmp_path):
+    """A client of this very engine without the guard and the read settings reads any file and writes files;
+    the guard refuses both, and the per-query readonly=1 alone refuses file() too (INTO OUTFILE it does not)."""
+    from pipeline.warehouse.client import open_client
+
+    raw = open_client(db[0], database=db[1])
+    assert SECRET in raw.query(f"SELECT * FROM file('{secret_file}', 'LineAsString')").result_rows[0][0]
     out = tmp_path / "written.txt"
-    wh.query(f"SELECT 'pwned' INTO OUTFILE '{out}'")
+    raw.query(f"SELECT 'pwned' INTO OUTFILE '{out}'")
     assert "pwned" in out.read_text(errors="replace")  # written in the client's Native format
+    with pytest.raises(Exception, match="readonly"):  # the trusted path (no guard) still has readonly=1
+        wh.query(f"SELECT * FROM file('{secret_file}', 'LineAsString')")
+    out1 = tmp_path / "written-by-readonly.txt"
+    wh.query(f"SELECT 'pwned' INTO OUTFILE '{out1}'")
+    assert out1.exists()  # what only the guard stops
     with pytest.raises(ReadOnlyError, match=r"table function file\(\)"):
         wh.sql(f"SELECT * FROM file('{secret_file}', 'LineAsString')")
     out2 = tmp_path / "refused.txt"
@@ -548,7 +556,8 @@ def test_reader_profile_sends_only_the_limits():
 
     s = Settings()
     assert set(limits_from(s, reader_profile=True)) == set(LIMIT_SETTINGS)
-    assert limits_from(s)["readonly"] == 2 and limits_from(s)["result_overflow_mode"] == "throw"
+    assert limits_from(s)["readonly"] == 1 and limits_from(s)["result_overflow_mode"] == "throw"
+    assert list(limits_from(s))[-1] == "readonly"  # last: the settings before it are still changeable
 
 
 ANALYST_QUERIES = [

@@ -86,8 +86,8 @@ class Warehouse:
         """Run trusted SQL (compiled queries, widgets, the guard's checked text) under the read limits.
 
         Raises LimitExceeded when a limit stopped it; other engine errors pass through."""
-        try:
-            res = self._client().query(sql, parameters=params or None, settings={**self.limits, **(settings or {})})
+        try:  # the limits last: readonly=1 closes the SETTINGS clause
+            res = self._client().query(sql, parameters=params or None, settings={**(settings or {}), **self.limits})
         except Exception as exc:  # noqa: BLE001
             lim = limit_error(exc)
             if lim is not None:

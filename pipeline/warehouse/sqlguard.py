@@ -17,7 +17,7 @@ engine that will run it, as a bound *parameter* (so nothing in it can execute):
 
 What is executed is ``c`` itself, i.e. exactly the text whose AST was checked, with the read limits of
 ``limits_from`` appended by the client (``max_execution_time``, memory, rows/bytes read, result rows/bytes with
-``result_overflow_mode=throw``, ``readonly=2``). ``scope_to_clusters`` confines a checked statement to a set of
+``result_overflow_mode=throw``, ``readonly=1``). ``scope_to_clusters`` confines a checked statement to a set of
 clusters through the AST (see its docstring). On a ClickHouse server the same checks run with the server's parser,
 and ``reader_user_sql`` writes the read-only user/profile/grants the reader should connect with.
 """
@@ -308,15 +308,21 @@ LIMIT_SETTINGS = ("max_execution_time", "max_memory_usage", "max_rows_to_read", 
 def limits_from(s: Any, reader_profile: bool = False) -> dict[str, Any]:
     """ClickHouse settings every read runs under (API, dashboard, CLI; raw SQL and compiled queries alike).
 
-    readonly=2 refuses writes per query without touching the session the sink writes with; every ``*_overflow_mode``
-    is ``throw`` so that a limit is an error naming it, never a silently cut answer. 0 disables a limit.
+    readonly=1 per query refuses writes without touching the session the sink writes with, and makes the engine
+    itself refuse the table functions that reach the host (file, url, s3, executable, ...: they need temporary
+    tables), a second layer under the parser check (it does not stop INTO OUTFILE, which the client writes; the
+    guard does). The limits are listed before it in the SETTINGS clause the client appends. Every
+    ``*_overflow_mode`` is ``throw`` so that a limit is an error naming it, never a silently cut answer.
+    0 disables a limit.
     ``reader_profile``: the server's reader user (``reader_user_sql``) already has readonly=1 and the overflow modes
     as constants in its profile; only the limits are sent (its profile lets them be lowered, never raised)."""
     out: dict[str, Any] = {} if reader_profile else {
-        "readonly": 2, "result_overflow_mode": "throw", "read_overflow_mode": "throw", "timeout_overflow_mode": "throw"
+        "result_overflow_mode": "throw", "read_overflow_mode": "throw", "timeout_overflow_mode": "throw"
     }  # fmt: skip
     for name in LIMIT_SETTINGS:
         out[name] = int(getattr(s, f"query_{name}"))
+    if not reader_profile:
+        out["readonly"] = 1
     return out
 
 

@@ -594,3 +594,34 @@ def test_analyst_query_runs(wh, sql):
     """Accepted by the guard and run by the engine (an empty answer may come without columns)."""
     cols, rows = wh.sql(sql)
     assert cols or not rows
+
+
+def test_query_language_limits_in_the_api_and_the_cli_path(db):
+    """GET /api/query and `kaudit query` (pipeline.query.execute) name the limit too."""
+    import urllib.parse
+
+    from pipeline.query.execute import ExecError
+    from pipeline.query.execute import run as execute
+    from pipeline.warehouse.api import make_app
+    from tests.test_web_support import ServerThread
+
+    s, name = db
+    s = s.model_copy(update={"query_max_rows_to_read": 3})
+    with pytest.raises(ExecError) as err:
+        execute(s, query='verb="get" groupby cluster', database=name)
+    assert err.value.limit == "max_rows_to_read" and "max_rows_to_read" in str(err.value)
+    with pytest.raises(ExecError) as err:
+        execute(s, sql="SELECT * FROM system.users", database=name)
+    assert str(err.value).startswith("refused: table system.users") and err.value.limit is None
+    w = Warehouse(s, max_workers=1, database=name)
+    srv = ServerThread(make_app(s, w))
+    try:
+        url = f"{srv.url}/api/query?" + urllib.parse.urlencode({"q": 'verb="get" groupby cluster'})
+        try:
+            urllib.request.urlopen(url, timeout=60)  # noqa: S310 - the test server
+            raise AssertionError("no limit")
+        except urllib.error.HTTPError as e:
+            assert e.code == 422 and json.loads(e.read())["limit"] == "max_rows_to_read"
+    finally:
+        srv.stop()
+        w.close()

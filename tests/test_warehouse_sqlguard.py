@@ -625,3 +625,14 @@ def test_query_language_limits_in_the_api_and_the_cli_path(db):
     finally:
         srv.stop()
         w.close()
+
+
+def test_cluster_settings_confine_compiled_queries(wh):
+    from pipeline.query import compile_query
+
+    cq = compile_query("groupby cluster")
+    everything = dict(map(tuple, wh.query(cq.sql, cq.params)[1]))
+    assert everything == CLUSTERS
+    _, rows = wh.query(cq.sql, cq.params, wh.cluster_settings(["beta"]))
+    assert dict(map(tuple, rows)) == {"beta": 3}
+    assert wh.query(cq.sql, cq.params, wh.cluster_settings([]))[1] == []

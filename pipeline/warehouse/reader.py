@@ -24,6 +24,7 @@ from pipeline.warehouse.sqlguard import (
     LimitExceeded,
     ReadOnlyError,
     check_statement,
+    cluster_filters,
     limit_error,
     limits_from,
     scope_to_clusters,
@@ -63,6 +64,7 @@ class Warehouse:
         self.embedded = is_embedded(self.s.effective_clickhouse_dsn)
         self.limits = limits_from(self.s, reader_profile=bool(self.s.reader_user) and not self.embedded)
         self._existing: tuple[float, list[str]] | None = None
+        self._database: str | None = None
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -113,6 +115,15 @@ class Warehouse:
                 names = []
             self._existing = (now, names)
         return self._existing[1]
+
+    def current_database(self) -> str:
+        if self._database is None:
+            self._database = self._rows("SELECT currentDatabase()", {})[0][0]
+        return self._database
+
+    def cluster_settings(self, clusters: Iterable[str]) -> dict[str, Any]:
+        """Settings confining trusted SQL (compiled queries, widgets) to ``clusters``: pass to query(settings=)."""
+        return cluster_filters(self.current_database(), clusters)
 
     def check(self, sql: str) -> Checked:
         """Raise ReadOnlyError unless ClickHouse's parser shows ``sql`` is one SELECT of kaudit's tables."""

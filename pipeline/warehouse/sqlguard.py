@@ -377,9 +377,17 @@ def scope_to_clusters(
     rebuilt = rows[0][0]
     again = check_statement(run, rebuilt, CLUSTER_TABLES, existing)
     _verify_scoped(again.ast, checked.database, wanted)
-    pred = _cluster_predicate(wanted)
-    filters = {f"{checked.database}.{t}": pred for t in sorted(CLUSTER_TABLES)}
-    return again.sql, {"additional_table_filters": _map_literal(filters)}
+    return again.sql, cluster_filters(checked.database, wanted)
+
+
+def cluster_filters(database: str, clusters: Iterable[str]) -> dict[str, Any]:
+    """Settings that make the engine filter every read of a cluster table of ``database`` to ``clusters``.
+
+    For trusted SQL (compiled query-language queries, dashboard widgets): ``Warehouse.query(sql, params,
+    settings=cluster_filters(...))``. Never for a user's raw SQL alone (a SETTINGS clause in it could override
+    them: use scope_to_clusters, whose statement the guard has checked)."""
+    pred = _cluster_predicate(sorted({str(c) for c in clusters}))
+    return {"additional_table_filters": _map_literal({f"{database}.{t}": pred for t in sorted(CLUSTER_TABLES)})}
 
 
 def _cluster_predicate(clusters: list[str]) -> str:

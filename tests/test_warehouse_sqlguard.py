@@ -538,6 +538,10 @@ MORE_REFUSED = [
     "SELECT * FROM audit_events GROUP BY (SELECT any(name) FROM system.users)",
     "SELECT * FROM audit_events LIMIT (SELECT count() FROM system.users)",
     "SELECT * FROM audit_events SAMPLE 0.1 WHERE 1 IN (SELECT 1 FROM system.one)",
+    "SELECT count() FROM audit_events WHERE IN(cluster, system.one)",
+    "SELECT count() FROM audit_events WHERE NOTIN(cluster, system.users)",
+    "SELECT count() FROM audit_events WHERE globalin(cluster, system.users)",
+    "SELECT count() FROM audit_events WHERE cluster IN (system.users)",
 ]
 
 

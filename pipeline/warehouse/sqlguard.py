@@ -57,6 +57,14 @@ FORBIDDEN_KEYS = {
 IN_FUNCTIONS = frozenset({"in", "notIn", "globalIn", "globalNotIn", "nullIn", "notNullIn", "globalNullIn",
                           "globalNotNullIn", "inIgnoreSet"})  # fmt: skip
 
+
+def _is_in(name: Any) -> bool:
+    """An IN-family function, in any letter case (`IN(x, t)` does not read t today; refuse more, never less)."""
+    return isinstance(name, str) and name.lower() in _IN_LOWER
+
+
+_IN_LOWER = frozenset(f.lower() for f in IN_FUNCTIONS)
+
 # Scalar functions for analysing audit events: pure functions of their arguments (no I/O, no dictionaries, no
 # settings or server introspection, no sleeping). Operators appear under their function names (plus, equals, ...).
 SCALAR_FUNCTIONS = frozenset("""
@@ -294,7 +302,7 @@ class _Walker:
             agg = value.get("value") if value.get("field_type") == "String" else None
             if not (isinstance(agg, str) and function_allowed(agg) and agg not in SCALAR_FUNCTIONS):
                 raise ReadOnlyError(f"arrayReduce with {agg or 'a computed name'} is not allowed", str(agg))
-        if name in IN_FUNCTIONS:  # `x IN t`: an identifier on the right names a table
+        if _is_in(name):  # `x IN t`: an identifier on the right names a table
             args = (n.get("arguments") or {}).get("children") or []
             if len(args) == 2 and isinstance(args[1], dict) and args[1].get("type") == "Identifier":
                 self.table(args[1], ctes)
@@ -473,7 +481,7 @@ class _Scoper:
                 n["subquery"] = _scoping_subquery(self.database, table, self.clusters, ident.get("alias") or table,
                                                   modifiers)  # fmt: skip
                 return
-        if kind == "Function" and n.get("name") in IN_FUNCTIONS:
+        if kind == "Function" and _is_in(n.get("name")):
             args = (n.get("arguments") or {}).get("children") or []
             if len(args) == 2 and isinstance(args[1], dict) and args[1].get("type") == "Identifier":
                 table = self._target(args[1], ctes)
@@ -539,7 +547,7 @@ def _verify_scoped(ast: Any, database: str, clusters: list[str]) -> None:
             if not (len(parts) == 1 and any(parts[0] in s for s in scope_stack)):
                 raise ReadOnlyError(f"cannot confine this statement to clusters (table {'.'.join(parts)} left "
                                     "unconfined)", ".".join(parts))  # fmt: skip
-        if n.get("type") == "Function" and n.get("name") in IN_FUNCTIONS:
+        if n.get("type") == "Function" and _is_in(n.get("name")):
             args = (n.get("arguments") or {}).get("children") or []
             if len(args) == 2 and isinstance(args[1], dict) and args[1].get("type") == "Identifier":
                 raise ReadOnlyError("cannot confine this statement to clusters (IN table left unconfined)")

@@ -640,3 +640,22 @@ def test_cluster_settings_confine_compiled_queries(wh):
     _, rows = wh.query(cq.sql, cq.params, wh.cluster_settings(["beta"]))
     assert dict(map(tuple, rows)) == {"beta": 3}
     assert wh.query(cq.sql, cq.params, wh.cluster_settings([]))[1] == []
+
+
+def test_a_cte_may_not_take_the_name_of_a_table_it_would_hide(db):
+    """Backstop under the CTE scoping: a CTE named like a non-kaudit table of the database is refused."""
+    from pipeline.warehouse.client import open_client
+
+    s, name = db
+    raw = open_client(s, database=name)
+    raw.command("CREATE TABLE IF NOT EXISTS private_notes (cluster String, note String) ENGINE = Memory")
+    w = small_limits(db)
+    try:
+        with pytest.raises(ReadOnlyError, match="private_notes"):
+            w.sql("WITH private_notes AS (SELECT 1) SELECT * FROM private_notes")
+        with pytest.raises(ReadOnlyError, match="private_notes"):
+            w.sql("SELECT * FROM private_notes")
+        assert w.sql("WITH notes AS (SELECT 1 AS x) SELECT x FROM notes")[1] == [[1]]
+    finally:
+        w.close()
+        raw.command("DROP TABLE private_notes")

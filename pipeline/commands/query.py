@@ -31,6 +31,8 @@ Counts are rows, i.e. deduplicated audit events: a request logged at two stages 
   ResponseComplete) counts twice unless you filter with stage=ResponseComplete.
 Without groupby/timeslice the matching events are listed, newest first (100 unless limit says otherwise).
 In embedded mode a running `kaudit sink` owns the warehouse: the query goes through its API (KAUDIT_API_URL).
+Every query runs under the read limits (KAUDIT_QUERY_MAX_EXECUTION_TIME, _MEMORY_USAGE, _ROWS_TO_READ,
+_BYTES_TO_READ, _RESULT_ROWS, _RESULT_BYTES); one stopped at a limit exits with code 3 and names it.
 """
 
 

@@ -659,3 +659,44 @@ def test_a_cte_may_not_take_the_name_of_a_table_it_would_hide(db):
     finally:
         w.close()
         raw.command("DROP TABLE private_notes")
+
+
+ORACLES = [  # each raises an error iff it evaluates a row with auditid = {p}
+    "SELECT count() FROM audit_events WHERE intDiv(1, if(auditid = '{p}', 0, 1)) = 1",
+    "SELECT count() FROM audit_events WHERE toUInt64(if(auditid = '{p}', 'x', '1')) = 1",
+    "SELECT count() FROM (SELECT * FROM audit_events) WHERE intDiv(1, if(auditid = '{p}', 0, 1)) = 1",
+    "SELECT count() FROM audit_events AS a JOIN audit_events AS b ON a.auditid = b.auditid "
+    "AND intDiv(1, if(a.auditid = '{p}', 0, 1)) = 1",
+    "SELECT count() FROM audit_events WHERE auditid IN (SELECT auditid FROM audit_events "
+    "WHERE intDiv(1, if(auditid = '{p}', 0, 1)) = 1)",
+    "WITH t AS (SELECT * FROM audit_events) SELECT count() FROM t WHERE intDiv(1, if(auditid = '{p}', 0, 1)) = 1",
+    "SELECT count() FROM (SELECT intDiv(1, if(auditid = '{p}', 0, 1)) AS d FROM audit_events) WHERE d = 1",
+    "SELECT count() FROM audit_events WHERE cluster = 'nope' OR intDiv(1, if(auditid = '{p}', 0, 1)) = 1",
+    "SELECT count() FROM alerts FINAL WHERE intDiv(1, if(auditid = '{p}', 0, 1)) = 1",
+]
+
+
+@pytest.mark.parametrize("sql", ORACLES, ids=[f"o{i}" for i in range(len(ORACLES))])
+def test_scoped_expressions_never_see_other_clusters_rows(wh, sql):
+    """No error oracle: a scoped reader's expressions run only on its clusters' rows (beta-0 exists, in beta)."""
+    stmt, settings = wh.prepare(sql.format(p="beta-0"), ["alpha"])
+    wh.query(stmt, None, settings)  # no "Division by zero": the beta row was never evaluated
+    stmt, settings = wh.prepare(sql.format(p="alpha-0"), ["alpha"])
+    with pytest.raises(Exception, match="Division by zero|Cannot parse"):
+        wh.query(stmt, None, settings)  # the probe does work on the reader's own rows
+
+
+def test_scoped_prewhere_is_refused(wh):
+    with pytest.raises(ReadOnlyError, match="PREWHERE"):
+        wh.prepare("SELECT count() FROM audit_events PREWHERE verb = 'get'", ["alpha"])
+    assert wh.sql("SELECT count() FROM audit_events PREWHERE verb = 'get'")[1] == [[4]]  # unscoped it is fine
+
+
+def test_the_error_oracle_is_real_without_the_evaluation_settings(wh):
+    """Why NO_EARLY_EVALUATION exists: with the engine's default optimizations the probe runs on beta's rows."""
+    from pipeline.warehouse.sqlguard import NO_EARLY_EVALUATION
+
+    stmt, settings = wh.prepare(ORACLES[0].format(p="beta-0"), ["alpha"])
+    loose = {k: v for k, v in settings.items() if k not in NO_EARLY_EVALUATION}
+    with pytest.raises(Exception, match="Division by zero"):
+        wh.query(stmt, None, loose)

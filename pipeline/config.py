@@ -105,6 +105,22 @@ class Settings(BaseSettings):
     )
     api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
 
+    # --- notify and worker metrics (notify helper: pipeline/notify/, kaudit notify; worker /metrics) ---------
+    notify_routing_file: Path | None = Field(
+        None, description="kaudit notify: destinations and routes (YAML; see pipeline/notify/routing.py)."
+    )
+    notify_group: str = Field("kaudit-notify", description="kaudit notify: Kafka consumer group on the alerts topic.")
+    notify_dashboard_url: str = Field(
+        "", description="kaudit notify: dashboard base URL for links in alerts (the routing file may override it)."
+    )
+    notify_metrics_port: int = Field(0, description="kaudit notify: serve /metrics and /healthz on this port (0 = off).")
+    notify_state_retention_days: float = Field(
+        7.0, description="kaudit notify: how long a delivered alert id is remembered per destination."
+    )
+    worker_metrics_port: int = Field(
+        0, description="kaudit worker: serve /metrics and /healthz on this port (0 = off).",
+    )
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

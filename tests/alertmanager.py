@@ -46,8 +46,9 @@ class Hit:
 class Receiver:
     """Records POSTs; answers ``status`` (change it while running to play a failing destination)."""
 
-    def __init__(self, status: int = 200) -> None:
+    def __init__(self, status: int = 200, script: list[int] | None = None) -> None:
         self.status = status
+        self.script = list(script or [])  # statuses answered first, in order (then ``status``)
         self.hits: list[Hit] = []
         self.lock = threading.Lock()
         self.port = 0
@@ -59,7 +60,9 @@ class Receiver:
         body = await req.read()
         with self.lock:
             self.hits.append(Hit(req.path, dict(req.headers), body))
-        return web.Response(status=self.status, text="ok" if self.status < 300 else "rejected by test receiver")
+            status = self.script.pop(0) if self.script else self.status
+        headers = {"Retry-After": "0.1"} if status == 429 else {}
+        return web.Response(status=status, text="ok" if status < 300 else "rejected by test receiver", headers=headers)
 
     async def _setup(self, port: int) -> int:
         app = web.Application(client_max_size=64 * 1024 * 1024)

@@ -96,14 +96,18 @@ def hook_ids(rx: Receiver, path: str) -> list[tuple[str, bool]]:
     return [(a["alert_id"], h.headers.get(P.REDELIVERY_HEADER) == "1") for h in rx.snapshot(path) for a in h.json["alerts"]]
 
 
-def am_metric(url: str, name: str) -> float:
+def am_metric(url: str, name: str | None) -> Any:
+    """The sum of a metric's samples, or with name None every sample: {(name, sorted labels): value}."""
     import urllib.request
 
     from prometheus_client.parser import text_string_to_metric_families
 
     with urllib.request.urlopen(f"{url}/metrics", timeout=10) as r:  # noqa: S310 - loopback
         text = r.read().decode()
-    return sum(smp.value for fam in text_string_to_metric_families(text) for smp in fam.samples if smp.name == name)
+    samples = [smp for fam in text_string_to_metric_families(text) for smp in fam.samples]
+    if name is None:
+        return {(smp.name, tuple(sorted(smp.labels.items()))): smp.value for smp in samples}
+    return sum(smp.value for smp in samples if smp.name == name)
 
 
 def write_routing(path: Path, destinations: dict[str, Any], routes: list[dict[str, Any]], default: list[str]) -> Path:
@@ -190,13 +194,20 @@ def test_down_destination_blocks_nothing_and_loses_nothing(settings: Settings, a
             "down": {"type": "webhook", "url": f"http://127.0.0.1:{down_port}/later", **fast},
             "bad": {"type": "webhook", "url": bad.url("/bad")},
         }, [], ["am", "down", "bad"])  # fmt: skip
-        w = start_notify(s, routing, "1")
+        mport = free_port()
+        w = start_notify(s, routing, "1", KAUDIT_NOTIFY_METRICS_PORT=str(mport))
         late = None
         try:
             want = {a["alert_id"] for a in alerts}
             wait_until(lambda: set(am_ids(rx)) == want, "Alertmanager to get every alert while 'down' is down", [w], s=s)
             dead = T.read_all(s, config.DEADLETTER, expect=n + 2, idle=1.0, timeout=60)
             assert committed(s) == 0  # 'down' owes every record: nothing committed, nothing lost
+            m = am_metric(f"http://127.0.0.1:{mport}", None)
+            assert m[("kaudit_notify_pending_alerts", (("destination", "down"),))] == n
+            assert m[("kaudit_notify_destination_up", (("destination", "down"),))] == 0
+            assert m[("kaudit_notify_delivered_alerts_total", (("destination", "am"),))] == n
+            assert m[("kaudit_notify_deadletter_alerts_total", (("destination", "bad"), ("reason", "rejected")))] == n
+            assert m[("kaudit_notify_alerts_consumed_total", ())] == n + 2
             # a restart while 'down' is still down: nothing is sent again to am or bad
             w.terminate()
             assert w.wait(60) == 0

@@ -173,3 +173,100 @@ def test_token_bucket_limits_rate():
         return time.monotonic() - t0
 
     assert asyncio.run(go()) >= (15 - 5) / 50 * 0.9  # 10 tokens beyond the burst at 50/s
+
+
+# ------------------------------------------------------------------------------------------------------------
+# One destination's delivery loop against a real HTTP server (tests.alertmanager.Receiver), no Kafka.
+class FakeNotifier:
+    """What DestinationLoop uses of the Notifier: state, metrics, offset resolution and dead letters."""
+
+    def __init__(self, tmp: Path) -> None:
+        from pipeline.notify.metrics import NotifyMetrics
+        from pipeline.notify.state import DeliveryState
+
+        self.metrics = NotifyMetrics()
+        self.state = DeliveryState(tmp / "state.sqlite")
+        self.resolved: list[tuple[int, int]] = []
+        self.dead: list[tuple[str, str]] = []
+
+    def resolve(self, partition: int, offset: int) -> None:
+        self.resolved.append((partition, offset))
+
+    async def dead_letter(self, alert, offsets, reason: str) -> None:  # noqa: ANN001
+        self.dead.append((alert["alert_id"], reason))
+
+
+def run_loop(tmp: Path, dest_doc: dict, alerts: list[dict], until, timeout: float = 30.0):  # noqa: ANN001
+    """Offer alerts (offsets 0..n-1) to one destination loop; run until ``until(notifier)``; -> notifier."""
+    import aiohttp
+
+    from pipeline.notify.senders import Sender
+    from pipeline.notify.service import DestinationLoop
+
+    async def go() -> FakeNotifier:
+        n = FakeNotifier(tmp)
+        await n.state.open()
+        dest = parse({"destinations": {"d": dest_doc}}, "t", {}).destinations["d"]
+        async with aiohttp.ClientSession() as session:
+            loop = DestinationLoop(n, dest, Sender(dest, session, "", {}, 60))  # type: ignore[arg-type]
+            task = asyncio.create_task(loop.run())
+            for i, a in enumerate(alerts):
+                loop.offer(a, (0, i), redelivery=False)
+            deadline = time.monotonic() + timeout
+            while not until(n) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            task.cancel()
+        n.counts = await n.state.counts()  # type: ignore[attr-defined]
+        await n.state.close()
+        return n
+
+    return asyncio.run(go())
+
+
+def alerts_of(k: int, clusters: int = 1) -> list[dict]:
+    return [{**BASE_ALERT, "alert_id": f"id{i}", "cluster": f"c{i % clusters}"} for i in range(k)]
+
+
+def test_loop_retries_5xx_and_429_then_delivers_grouped(tmp_path: Path):
+    from tests.alertmanager import Receiver
+
+    rx = Receiver(script=[503, 429]).start()
+    try:
+        n = run_loop(tmp_path, {"type": "webhook", "url": rx.url("/h"), "group_by": ["cluster"], "group_max": 2,
+                                "retry_initial_seconds": 0.05, "group_wait_seconds": 0.01}, alerts_of(5, 2),
+                     lambda n: len(n.resolved) == 5)  # fmt: skip
+        hits = rx.snapshot()
+    finally:
+        rx.stop()
+    assert sorted(n.resolved) == [(0, i) for i in range(5)] and n.dead == []
+    # 2 failed attempts of the first group, then c0: [id0, id2] [id4] and c1: [id1, id3]
+    bodies = [[a["alert_id"] for a in h.json["alerts"]] for h in hits]
+    assert bodies[0] == bodies[1] == bodies[2] and len(bodies) == 5
+    assert sorted(map(tuple, bodies[2:])) == [("id0", "id2"), ("id1", "id3"), ("id4",)]
+    assert [h.headers.get(P.REDELIVERY_HEADER) for h in hits[:3]] == [None, "1", "1"]  # retries are flagged
+    assert n.counts == {("d", "delivered"): 5}
+    assert n.metrics.requests.labels("d", "retry")._value.get() == 2
+
+
+def test_loop_dead_letters_rejected_given_up_and_overflow(tmp_path: Path):
+    from tests.alertmanager import Receiver, free_port
+
+    rx = Receiver(status=422).start()
+    try:
+        n = run_loop(tmp_path / "a", {"type": "slack", "url": rx.url("/s")}, alerts_of(3), lambda n: len(n.resolved) == 3)
+    finally:
+        rx.stop()
+    assert sorted(a for a, _ in n.dead) == ["id0", "id1", "id2"]
+    assert all("destination d: HTTP 422: rejected by test receiver" in r for _, r in n.dead)
+    assert n.counts == {("d", "deadletter"): 3}
+
+    down = f"http://127.0.0.1:{free_port()}/x"  # nothing listens: connection refused
+    n = run_loop(tmp_path / "b", {"type": "webhook", "url": down, "give_up_seconds": 0.5, "retry_initial_seconds": 0.1},
+                 alerts_of(2), lambda n: len(n.resolved) == 2)  # fmt: skip
+    assert len(n.dead) == 2 and all("gave up after" in r for _, r in n.dead)
+
+    n = run_loop(tmp_path / "c", {"type": "webhook", "url": down, "max_pending": 3, "retry_initial_seconds": 5},
+                 alerts_of(6), lambda n: len(n.dead) == 3, timeout=10)  # fmt: skip
+    # six offered at once to a queue of three: the three oldest are dead-lettered, the rest keep retrying
+    assert sorted(a for a, _ in n.dead) == ["id0", "id1", "id2"] and all("max_pending=3" in r for _, r in n.dead)
+    assert sorted(n.resolved) == [(0, 0), (0, 1), (0, 2)]

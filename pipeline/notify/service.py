@@ -43,6 +43,7 @@ from pipeline.notify.state import DEADLETTER, DELIVERED, DONE, SENDING, Delivery
 log = logging.getLogger("kaudit.notify")
 
 TP = tuple[int, int]  # (partition, offset)
+RECENT_IDS = 50_000  # per destination
 
 
 class OffsetTracker:
@@ -110,6 +111,8 @@ class DestinationLoop:
         self.sender = sender
         self.queue: OrderedDict[str, Pending] = OrderedDict()
         self.inflight: dict[str, Pending] = {}
+        # ids resolved lately: a copy whose state lookup raced its first copy's delivery is not sent again
+        self.recent: OrderedDict[str, None] = OrderedDict()
         self.wake = asyncio.Event()
         self.bucket = TokenBucket(dest.rate_per_second, dest.burst)
         self.m_pending = notifier.metrics.pending.labels(dest.name)
@@ -118,6 +121,10 @@ class DestinationLoop:
 
     def offer(self, alert: dict[str, Any], tp: TP, redelivery: bool) -> None:
         aid = alert["alert_id"]
+        if aid in self.recent:
+            self.n.metrics.skipped.labels(self.dest.name).inc()
+            self.n.resolve(*tp)
+            return
         known = self.queue.get(aid) or self.inflight.get(aid)
         if known is not None:  # the same alert id twice in flight: one delivery resolves both records
             known.offsets.append(tp)
@@ -217,7 +224,11 @@ class DestinationLoop:
 
     def _resolve(self, group: list[Pending]) -> None:
         for p in group:
-            self.inflight.pop(p.alert["alert_id"], None)
+            aid = p.alert["alert_id"]
+            self.inflight.pop(aid, None)
+            self.recent[aid] = None
+            if len(self.recent) > RECENT_IDS:
+                self.recent.popitem(last=False)
             for part, off in p.offsets:
                 self.n.resolve(part, off)
         self.m_pending.set(len(self.queue) + len(self.inflight))

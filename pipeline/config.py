@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     notify_state_retention_days: float = Field(
         7.0, description="kaudit notify: how long a delivered alert id is remembered per destination."
     )
+    kafka_replication_factor: int = Field(
+        1, description="Replicas of every project topic when kaudit creates it (3 on a three-broker cluster)."
+    )
+    kafka_min_insync_replicas: int = Field(
+        1, description="min.insync.replicas of created topics: acks=all then means this many brokers have a record."
+    )
     worker_metrics_port: int = Field(
         0, description="kaudit worker: serve /metrics and /healthz on this port (0 = off).",
     )

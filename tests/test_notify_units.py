@@ -59,6 +59,10 @@ def test_routing_by_severity_cluster_labels_rule_user_and_stop():
     assert route(cluster="dev-1", rule_id="pod-exec", username="bob", severity="low") == ["chat"]  # stop: not am
     assert route(cluster="dev-1", rule_id="pod-exec", username="carol", severity="low") == ["am"]
     assert repr(r.destinations["siem"]).count("tok") == 0  # no secrets in logs
+    assert r.destinations["chat"].safe_url == "https://hooks.example/..."  # a Slack URL's path is its token
+    assert "T/B/X" not in repr(r.destinations["chat"])
+    am = parse({"destinations": {"a": {"type": "alertmanager", "url": "https://u:pw@am:9093/x"}}}, "t", {}).destinations["a"]
+    assert am.safe_url == "https://am:9093/x"
 
 
 @pytest.mark.parametrize(

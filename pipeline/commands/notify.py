@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     windows = {r.id: r.window_seconds or s.window_seconds for r in rules}
     if args.check:
         for d in routing.destinations.values():
-            print(f"destination {d.name}: {d.type} {d.url.split('?')[0]} (group_by {list(d.group_by)}, "
+            print(f"destination {d.name}: {d.type} {d.safe_url} (group_by {list(d.group_by)}, "
                   f"{d.rate_per_second}/s burst {d.burst}, give up after {d.give_up_seconds:.0f}s)")  # fmt: skip
         for i, r in enumerate(routing.routes):
             print(f"route {i}: {r.matcher} -> {list(r.to)}{' (stop)' if r.stop else ''}")

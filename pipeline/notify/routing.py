@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -81,7 +82,16 @@ class Destination:
     secret: bytes = b""  # webhook (HMAC key)
 
     def __repr__(self) -> str:  # never print secrets or header values (tokens) in logs
-        return f"Destination({self.name!r}, {self.type}, {self.url.split('?')[0]!r})"
+        return f"Destination({self.name!r}, {self.type}, {self.safe_url!r})"
+
+    @property
+    def safe_url(self) -> str:
+        """The URL without what may be a credential: a Slack webhook's path is its token, userinfo a password."""
+        u = urlsplit(self.url)
+        host = u.netloc.rpartition("@")[2]
+        if self.type == "alertmanager":
+            return f"{u.scheme}://{host}{u.path}"
+        return f"{u.scheme}://{host}/" + ("..." if u.path.strip("/") or u.query else "")
 
 
 _NUM = {

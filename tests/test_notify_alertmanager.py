@@ -4,6 +4,7 @@ processes, and test receivers that record what arrives (Alertmanager's webhook r
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -249,3 +250,32 @@ def test_check_and_bad_routing_file(tmp_path: Path):
     out = subprocess.run([sys.executable, "-m", "pipeline.cli", "notify", "--routing", str(bad)],
                          cwd=str(REPO), env=env, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert out.returncode == 2 and "destinations.x.type" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_burst_larger_than_backlog_is_paced_not_dropped(settings: Settings, tmp_path: Path):
+    """A backlog far above max_pending at healthy destinations: reading pauses (back-pressure), nothing is
+    dead-lettered, every alert arrives once."""
+    s = settings
+    rx = Receiver().start()
+    n = 3000
+    alerts = make_alerts(n, time.time_ns() // 1000)
+    produce_alerts(s, alerts)
+    small = {"max_pending": 50, "group_max": 20, "group_wait_seconds": 0.01, "rate_per_second": 500, "burst": 50}
+    routing = write_routing(tmp_path / "routing.yaml", {
+        "hook": {"type": "webhook", "url": rx.url("/hook"), **small},
+        "chat": {"type": "slack", "url": rx.url("/slack"), **small, "group_max": 50},
+    }, [], ["hook", "chat"])  # fmt: skip
+    w = start_notify(s, routing, "burst")
+    try:
+        wait_until(lambda: committed(s) == n, "every record committed", [w], s=s)
+    finally:
+        w.terminate()
+        assert w.wait(60) == 0
+        rx.stop()
+    got = Counter(i for i, _ in hook_ids(rx, "/hook"))
+    assert set(got) == {a["alert_id"] for a in alerts} and set(got.values()) == {1}
+    # a Slack message lists 20 alerts and counts the rest of its group ("... and N more")
+    lines = [ln for h in rx.snapshot("/slack") for ln in h.json["text"].split("\n")]
+    more = [int(m.group(1)) for ln in lines if (m := re.match(r"\.\.\. and (\d+) more$", ln))]
+    assert len(lines) - len(more) + sum(more) == n
+    assert T.read_all(s, config.DEADLETTER, idle=1.0, timeout=5) == []

@@ -200,8 +200,9 @@ class FakeNotifier:
         self.dead.append((alert["alert_id"], reason))
 
 
-def run_loop(tmp: Path, dest_doc: dict, alerts: list[dict], until, timeout: float = 30.0):  # noqa: ANN001
-    """Offer alerts (offsets 0..n-1) to one destination loop; run until ``until(notifier)``; -> notifier."""
+def run_loop(tmp: Path, dest_doc: dict, alerts: list[dict], until, timeout: float = 30.0, after_failure: bool = False):  # noqa: ANN001
+    """Offer alerts (offsets 0..n-1) to one destination loop (with ``after_failure``: the first, then the rest
+    once its first attempt failed); run until ``until(notifier)``; -> notifier."""
     import aiohttp
 
     from pipeline.notify.senders import Sender
@@ -216,6 +217,9 @@ def run_loop(tmp: Path, dest_doc: dict, alerts: list[dict], until, timeout: floa
             task = asyncio.create_task(loop.run())
             for i, a in enumerate(alerts):
                 loop.offer(a, (0, i), redelivery=False)
+                while after_failure and i == 0 and not loop.failing:
+                    await asyncio.sleep(0.02)
+            n.full_seen = loop.full  # type: ignore[attr-defined]
             deadline = time.monotonic() + timeout
             while not until(n) and time.monotonic() < deadline:
                 await asyncio.sleep(0.05)
@@ -270,7 +274,20 @@ def test_loop_dead_letters_rejected_given_up_and_overflow(tmp_path: Path):
     assert len(n.dead) == 2 and all("gave up after" in r for _, r in n.dead)
 
     n = run_loop(tmp_path / "c", {"type": "webhook", "url": down, "max_pending": 3, "retry_initial_seconds": 5},
-                 alerts_of(6), lambda n: len(n.dead) == 3, timeout=10)  # fmt: skip
-    # six offered at once to a queue of three: the three oldest are dead-lettered, the rest keep retrying
-    assert sorted(a for a, _ in n.dead) == ["id0", "id1", "id2"] and all("max_pending=3" in r for _, r in n.dead)
-    assert sorted(n.resolved) == [(0, 0), (0, 1), (0, 2)]
+                 alerts_of(7), lambda n: len(n.dead) == 3, timeout=10, after_failure=True)  # fmt: skip
+    # id0 failed and is retrying; six more to a queue of three while failing: the three oldest are dead-lettered
+    assert sorted(a for a, _ in n.dead) == ["id1", "id2", "id3"] and all("max_pending=3" in r for _, r in n.dead)
+    assert sorted(n.resolved) == [(0, 1), (0, 2), (0, 3)]
+
+
+def test_loop_healthy_but_busy_destination_never_overflows(tmp_path: Path):
+    from tests.alertmanager import Receiver
+
+    rx = Receiver().start()
+    try:
+        n = run_loop(tmp_path, {"type": "webhook", "url": rx.url("/h"), "max_pending": 3, "group_max": 2,
+                                "group_wait_seconds": 0.01}, alerts_of(12), lambda n: len(n.resolved) == 12)  # fmt: skip
+    finally:
+        rx.stop()
+    assert n.dead == [] and n.full_seen  # the Notifier pauses reading on `full` instead
+    assert sorted(a["alert_id"] for h in rx.snapshot() for a in h.json["alerts"]) == sorted(f"id{i}" for i in range(12))

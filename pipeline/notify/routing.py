@@ -28,8 +28,9 @@ user and labels. Parsed once at startup; every mistake is a ``RoutingError`` nam
 Every destination also takes (defaults shown): ``rate_per_second: 10`` and ``burst: 20`` (requests),
 ``group_by: [rule_id, cluster]``, ``group_max: 50`` (alerts per request), ``group_wait_seconds: 0.5``,
 ``timeout_seconds: 10``, ``retry_initial_seconds: 0.5``, ``retry_max_seconds: 30``, ``give_up_seconds: 3600``
-(then a dead-letter record says why), ``max_pending: 10000`` (a destination's backlog; beyond it the oldest
-alerts are dead-lettered so that one dead destination cannot hold the others' offsets forever).
+(then a dead-letter record says why), ``max_pending: 10000`` (a destination's backlog: while the destination
+answers, reading pauses there, back-pressure; while it fails, the oldest beyond it are dead-lettered so that one
+dead destination cannot hold the others' offsets forever).
 Values in ``match`` are a string or a list of strings; ``*``/``?`` are glob patterns. ``labels`` matches any
 alert label (see ``payloads.alert_labels``; ``tag`` matches each of the rule's tags).
 """

@@ -7,7 +7,7 @@
   down retries with backoff on its own and never holds the others' deliveries.
 - A record's offset is committable when every destination it was routed to resolved it: delivered (2xx), or a
   dead-letter record (stage ``notify``) acknowledged by Kafka says why not (permanent 4xx, ``give_up_seconds``
-  of retries, or ``max_pending`` backlog overflow). Commits go up to the first unresolved offset, so a crash
+  of retries, or ``max_pending`` backlog overflow while it fails). Commits go up to the first unresolved offset, so a crash
   replays only what some destination has not resolved, and the state turns that replay into no new requests.
 - Before a request its alert ids are marked ``sending``; a replay of an id still ``sending`` is re-sent with
   ``X-Kaudit-Redelivery: 1`` (the crash may have come after the receiver got it; the ``Idempotency-Key`` header
@@ -115,6 +115,7 @@ class DestinationLoop:
         self.recent: OrderedDict[str, None] = OrderedDict()
         self.wake = asyncio.Event()
         self.bucket = TokenBucket(dest.rate_per_second, dest.burst)
+        self.failing = False  # the last attempt failed (retrying): only then does a full backlog overflow
         self.m_pending = notifier.metrics.pending.labels(dest.name)
         self.m_up = notifier.metrics.up.labels(dest.name)
         self.task: asyncio.Task[None] | None = None
@@ -130,12 +131,17 @@ class DestinationLoop:
             known.offsets.append(tp)
             return
         self.queue[aid] = Pending(alert, [tp], redelivery=redelivery)
-        if len(self.queue) > self.dest.max_pending:
+        if len(self.queue) > self.dest.max_pending and self.failing:
             _, oldest = self.queue.popitem(last=False)
             reason = f"destination {self.dest.name}: backlog above max_pending={self.dest.max_pending} (down?)"
             asyncio.get_running_loop().create_task(self._dead_letter([oldest], reason, "overflow"))
         self.m_pending.set(len(self.queue) + len(self.inflight))
         self.wake.set()
+
+    @property
+    def full(self) -> bool:
+        """A healthy destination with a full queue: the consumer pauses (back-pressure) instead of overflowing."""
+        return not self.failing and len(self.queue) >= self.dest.max_pending
 
     def drop_partitions(self, parts: set[int]) -> None:
         """Revoked partitions: their records will be read again by the next owner."""
@@ -191,12 +197,14 @@ class DestinationLoop:
             except Permanent as exc:
                 m.requests.labels(d.name, "permanent").inc()
                 self.m_up.set(1)  # it answered
+                self.failing = False
                 log.error("destination %s rejected %d alert(s): %s", d.name, len(group), exc)
                 await self._dead_letter(group, f"destination {d.name}: {exc}", "rejected")
                 return
             except Retry as exc:
                 m.requests.labels(d.name, "retry").inc()
                 self.m_up.set(0)
+                self.failing = True
                 if time.monotonic() - started > d.give_up_seconds:
                     await self._dead_letter(group, f"destination {d.name}: gave up after {d.give_up_seconds:.0f}s: {exc}", "gave_up")
                     return
@@ -211,6 +219,7 @@ class DestinationLoop:
             break
         m.requests.labels(d.name, "ok").inc()
         self.m_up.set(1)
+        self.failing = False
         await self.n.state.mark(d.name, ids, DELIVERED)
         m.delivered.labels(d.name).inc(len(group))
         self._resolve(group)
@@ -406,7 +415,8 @@ class Notifier:
         last_commit = last_lag = 0.0
         try:
             while not stop.is_set():
-                msgs = await self._kafka(self._poll, self.uncommitted() >= self.max_uncommitted)
+                pause = self.uncommitted() >= self.max_uncommitted or any(lp.full for lp in self.loops.values())
+                msgs = await self._kafka(self._poll, pause)
                 while self._revoked:
                     parts = self._revoked.pop()
                     for p in parts:

@@ -19,7 +19,8 @@ X-Kaudit-Signature = sha256=HMAC-SHA256(key, "<X-Kaudit-Timestamp>.<body>")).
 Per destination: grouping (group_by, group_max, group_wait_seconds), a rate limit (rate_per_second, burst),
 retries with exponential backoff (Retry-After honoured). A destination that is down only delays itself.
 Offsets are committed once every destination delivered an alert or a dead-letter record (k8s-audit-deadletter,
-stage notify) says why not (rejected with 4xx, give_up_seconds of retries, max_pending backlog overflow).
+stage notify) says why not (rejected with 4xx, give_up_seconds of retries, max_pending backlog overflow while
+the destination fails; a healthy destination's full backlog pauses reading instead).
 Each alert id is delivered once per destination across restarts: delivery state per (destination, alert_id)
 in KAUDIT_VAR/notify/<group>.sqlite. The routing file format: pipeline/notify/routing.py.
 

@@ -282,7 +282,11 @@ class Worker:
 
             @app.task
             async def serve_metrics() -> None:
-                await self.start_metrics_server(s.api_host, s.worker_metrics_port)
+                try:
+                    await self.start_metrics_server(s.api_host, s.worker_metrics_port)
+                except OSError as exc:  # port taken: say so, keep processing (metrics are not worth an outage)
+                    log.error("worker %s: cannot serve metrics on %s:%d: %s", self.worker_id, s.api_host,
+                              s.worker_metrics_port, exc)  # fmt: skip
 
         self.process_raw = process_raw
         return app

@@ -100,7 +100,10 @@ def run(args: argparse.Namespace) -> int:
         notifier = Notifier(s, routing, group=s.topic_prefix + s.notify_group, windows=windows)
         runner = None
         if s.notify_metrics_port:
-            runner = await _serve_metrics(s.api_host, s.notify_metrics_port, notifier)
+            try:
+                runner = await _serve_metrics(s.api_host, s.notify_metrics_port, notifier)
+            except OSError as exc:
+                raise SystemExit(f"kaudit notify: cannot serve metrics on {s.api_host}:{s.notify_metrics_port}: {exc}") from None
             log.info("metrics on http://%s:%d/metrics", s.api_host, s.notify_metrics_port)
         try:
             await notifier.run(stop)

@@ -383,7 +383,7 @@ class Notifier:
                 continue
             labels = P.alert_labels(alert)
             dests = self.routing.route(alert, labels)
-            states = known.get(alert["alert_id"], {})
+            states = known.setdefault(alert["alert_id"], {})
             todo = []
             for name in dests:
                 if states.get(name) in DONE:

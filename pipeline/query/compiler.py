@@ -10,9 +10,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.models.timestamps import TimestampError, parse_ts_us
+from pipeline.query.clusters import ClusterMap, ClustersFileError
+from pipeline.query.clusters import for_settings as clusters_for_settings
 from pipeline.query.errors import QueryError, error_at
 from pipeline.query.fields import HIDDEN, Field, resolve, suggest
-from pipeline.query.parser import Cmp, Logic, Not, Query, duration_seconds, parse
+from pipeline.query.parser import Agg, Cmp, HavingCmp, Logic, Not, Query, duration_seconds, parse
 
 TS = "request_received_ts"
 LOGTYPE = "Kubernetes Audit Logs"
@@ -26,6 +28,7 @@ MAX_LIMIT = 1_000_000
 WINDOW_MAX_LIMIT = 10_000  # listings up to this LIMIT get a window_sql (newest-first search)
 WINDOW_MARK = "__window__"  # in window_sql: replaced by a time condition (pipeline.query.listing)
 WINDOW_LIMIT = "wlimit"  # window_sql's LIMIT parameter; never clashes with the generated p0, p1, ...
+ROLE = "_role"  # timeslice ... before: 0 = the event's row in the current period, 1 = its row in the earlier one
 AGG_SQL = {"count_distinct": "uniqExact", "sum": "sum", "min": "min", "max": "max", "avg": "avg"}
 
 
@@ -117,11 +120,80 @@ def _field_sql(f: Field, ctx: _Ctx) -> str:
 
 
 class Compiler:
-    def __init__(self, q: Query, rng: tuple[int, int] | None, cluster: str | None) -> None:
+    def __init__(self, q: Query, rng: tuple[int, int] | None, cluster: str | None,
+                 clusters: ClusterMap | None = None) -> None:  # fmt: skip
         self.q = q
         self.rng = rng
         self.cluster = cluster
+        self.clusters = clusters
         self.ctx = _Ctx()
+
+    # --- sources: monitor_group / tags from the clusters file --------------------------------------------
+    def _cluster_map(self, c_col: int) -> ClusterMap:
+        if self.clusters is None:
+            from pipeline.config import get_settings
+
+            try:
+                self.clusters = clusters_for_settings(get_settings())
+            except ClustersFileError as exc:
+                raise error_at(str(exc), c_col) from None
+        if not self.clusters.path and not self.clusters.clusters:
+            raise error_at("monitor_group and tags come from the clusters file: set KAUDIT_CLUSTERS_FILE "
+                           "(cluster -> group, labels)", c_col)  # fmt: skip
+        return self.clusters
+
+    def _group_sql(self, f: Field) -> str:
+        """A field as an expression: monitor_group / tags map the cluster through the clusters file (as parameters)."""
+        if f.kind in ("cluster_group", "cluster_labels"):
+            cm = self._cluster_map(0)
+            names = list(cm.clusters)
+            if f.kind == "cluster_group":
+                groups = [cm.clusters[n].group for n in names]
+                return f"transform(cluster, {self.ctx.p(names, 'Array(String)')}, {self.ctx.p(groups, 'Array(String)')}, '')"
+            tags = [cm.clusters[n].tags for n in names]
+            # indexOf is 0 for a cluster the file does not name, and [0] is the element's default: no labels
+            return f"arrayElement({self.ctx.p(tags, 'Array(Array(String))')}, indexOf({self.ctx.p(names, 'Array(String)')}, cluster))"
+        return _field_sql(f, self.ctx)
+
+    def _source_cmp(self, c: Cmp) -> str:
+        """monitor_group / tags conditions, decided in Python for every cluster of the clusters file: the SQL is a
+        cluster list (the table's first key column), never a per-row mapping."""
+        cm = self._cluster_map(c.col)
+        labels = c.field.kind == "cluster_labels"
+
+        def values(info_group: str, info_tags: list[str]) -> list[str]:
+            return info_tags if labels else ([info_group] if info_group else [])
+
+        def holds(vals: list[str]) -> bool:
+            op = c.op
+            if op == "exists":
+                return bool(vals)
+            if op == "empty":
+                return not vals
+            want = [str(v) for v in c.values]
+            if labels:  # tags="env:prod" = tags="env=prod"; tags="prod" matches a label key or value
+                want = [w.replace(":", "=", 1) if "=" not in w else w for w in want]
+
+            def one(v: str, w: str) -> bool:
+                if op in ("=", "!=", "in"):
+                    if labels and "=" not in w:
+                        k, _, val = v.partition("=")
+                        return fnmatch.fnmatchcase(k, w) or fnmatch.fnmatchcase(val, w)
+                    return fnmatch.fnmatchcase(v, w)
+                lv, lw = v.lower(), w.lower()
+                return {"contains": lw in lv, "startswith": lv.startswith(lw), "endswith": lv.endswith(lw)}.get(op, False)
+
+            if op in ("<", "<=", ">", ">="):
+                raise error_at(f'"{c.field.name}" is a name; use =, !=, in, contains, startswith, endswith, is empty',
+                               c.col)  # fmt: skip
+            hit = any(one(v, w) for v in vals for w in want)
+            return not hit if op == "!=" else hit
+
+        yes = [n for n, info in cm.clusters.items() if holds(values(info.group, info.tags))]
+        no = [n for n in cm.clusters if n not in yes]
+        if holds([]):  # clusters the file does not name have no group and no labels: they match too
+            return f"cluster NOT IN {self.ctx.p(no, 'Array(String)')}" if no else "1"
+        return f"cluster IN {self.ctx.p(yes, 'Array(String)')}" if yes else "0"
 
     # --- conditions ------------------------------------------------------------------------------------
     def cond(self, node: object) -> str:
@@ -144,6 +216,8 @@ class Compiler:
             hit = any(fnmatch.fnmatchcase(LOGTYPE.lower(), str(v).lower()) for v in c.values)
             return "1" if hit == (c.op != "!=") else "0"
         f, op, vals = c.field, c.op, c.values
+        if f.kind in ("cluster_group", "cluster_labels"):
+            return self._source_cmp(c)
         if f.map_key is not None and op in ("exists", "empty"):
             has = f"mapContains({f.sql}, {p(f.map_key, 'String')})"
             if op == "exists":
@@ -267,7 +341,7 @@ class Compiler:
         q = self.q
         if q.before and not self.rng:
             raise QueryError("before needs a time range: add --since (e.g. --since 1d) or --from/--to")
-        if q.has_groupby or q.timeslice or q.before:
+        if q.is_aggregate:
             return self.aggregate()
         return self.events()
 
@@ -308,46 +382,68 @@ class Compiler:
         q = self.q
         before = q.before
         keys: list[tuple[str, str]] = []  # (sql, display)
-        cur = prev = ""
+        array_join = ""
+        cur = prev = in_either = ""
         if before:
-            cur = self._in_range(0)
-            prev = self._in_range(before)
+            cur, prev = self._in_range(0), self._in_range(before)
+            in_either = f"({cur} OR {prev})"
+            if q.timeslice:
+                # An event can lie in both periods when they overlap (--since 7d ... before 1d): it counts in its own
+                # bucket of the current series AND in the shifted bucket of the earlier one. ARRAY JOIN gives it one
+                # row per period it lies in (role 0 = current, 1 = earlier); the time key and aggregates read the role.
+                array_join = f" ARRAY JOIN arrayConcat(if({cur}, [0], []), if({prev}, [1], [])) AS {ROLE}"
+                cur, prev = f"{ROLE} = 0", f"{ROLE} = 1"
         if q.timeslice:
-            ts = f"{TS} + toIntervalSecond(if({prev}, {self.ctx.p(before, 'Int64')}, 0))" if before else TS
+            ts = f"{TS} + toIntervalSecond({ROLE} * {self.ctx.p(before, 'Int64')})" if array_join else TS
             keys.append((f"toStartOfInterval({ts}, toIntervalSecond({self.ctx.p(q.timeslice, 'UInt32')}))", "timeslice"))
         for f in q.groupby:
-            expr = _field_sql(f, self.ctx)
-            keys.append((f"arrayJoin({expr})" if f.kind == "array" else expr, f.name))
-        aggs: list[tuple[str, str]] = []
+            expr = self._group_sql(f)
+            keys.append((f"arrayJoin({expr})" if f.kind in ("array", "cluster_labels") else expr, f.name))
+        only_distinct = (not keys and not q.count_listed and len(q.aggs) == 1 and q.aggs[0].func == "distinct"
+                         and not before and q.having is None)  # fmt: skip
+        if only_distinct:  # `distinct(username)` alone: one row per value
+            f = q.aggs[0].field
+            expr = self._group_sql(f)
+            keys.append((f"arrayJoin({expr})" if f.kind in ("array", "cluster_labels") else expr, f.name))
+        periods = [(cur, ""), (prev, "_before")] if before else [("", "")]
 
-        def agg(func: str, arg: str | None, name: str) -> None:
-            if before:
-                if func == "count":
-                    aggs.append((f"countIf({cur})", name))
-                    aggs.append((f"countIf({prev})", f"{name}_before"))
-                else:
-                    aggs.append((f"{AGG_SQL[func]}If({arg}, {cur})", name))
-                    aggs.append((f"{AGG_SQL[func]}If({arg}, {prev})", f"{name}_before"))
-            else:
-                aggs.append(("count()" if func == "count" else f"{AGG_SQL[func]}({arg})", name))
+        def agg_sql(a: Agg, cond: str) -> str:
+            return self._agg_sql(a, cond)
 
-        agg("count", None, "count")
-        for a in q.aggs:
-            agg(a.func, _field_sql(a.field, self.ctx), a.name)
-        outputs = [(s, n) for s, n in keys] + aggs
+        aggs: list[tuple[str, str]] = []  # (sql, display)
+        listed = [] if only_distinct else list(q.aggs)
+        with_count = not only_distinct and (q.has_groupby or q.count_listed or not listed)
+        for a in ([Agg("count", None, 0)] if with_count else []) + listed:
+            for cond, suffix in periods:
+                aggs.append((agg_sql(a, cond), a.name + suffix))
+        outputs = [(s_, n) for s_, n in keys] + aggs
         excl = {(x.name if isinstance(x, Field) else x) for x, _ in q.exclude}
         incl = {f.name for f, _ in q.include}
-        shown = [(s, n) for s, n in outputs if n not in excl and (not incl or n in incl or n == "count"
-                                                                   or n.endswith(")") or n.endswith("_before"))]  # fmt: skip
+        key_names = {n for _, n in keys}
+        shown = [(s_, n) for s_, n in outputs if n not in excl and (not incl or n in incl or n not in key_names)]
         if not shown:
             raise QueryError("exclude removed every column")
-        select = [f"{s} AS k{i}" for i, (s, _) in enumerate(keys)] + [f"{s} AS a{i}" for i, (s, _) in enumerate(aggs)]
+        select = [f"{s_} AS k{i}" for i, (s_, _) in enumerate(keys)] + [f"{s_} AS a{i}" for i, (s_, _) in enumerate(aggs)]
         alias = {n: f"k{i}" for i, (_, n) in enumerate(keys)} | {n: f"a{i}" for i, (_, n) in enumerate(aggs)}
+
+        def ref(a: Agg, col: int) -> str:
+            """An aggregate in having / sort / top: its column when shown, else its expression."""
+            if a.before and not before:
+                raise error_at(f'"{a.name}" needs before (e.g. before 1d)', col)
+            name = a.name
+            if name in alias:
+                return alias[name]
+            return agg_sql(a, prev if a.before else cur)
+
         where = self.where(extra_range=not before)
         if before:
-            where = f"({where}) AND ({cur} OR {prev})"
+            where = f"({where}) AND {in_either}"
+        having = f" HAVING {self._having(q.having, ref)}" if q.having is not None else ""
         order = []
         for k in q.sort:
+            if k.agg is not None:
+                order.append(f"{ref(k.agg, k.col)} {'DESC' if k.desc else 'ASC'}")
+                continue
             name = k.name
             f = resolve(name)
             target = alias.get(name) or (alias.get(f.name) if f else None) or alias.get(name.lower())
@@ -355,29 +451,80 @@ class Compiler:
                 raise error_at(f'cannot sort by "{name}": it is not a column of the result ({", ".join(alias)})',
                                k.col)  # fmt: skip
             order.append(f"{target} {'DESC' if k.desc else 'ASC'}")
+        rank_by = None
+        if q.top:
+            if not keys:
+                raise error_at("top ranks groups: add groupby (to list events, use limit)", q.top_col)
+            rank_by = ref(q.top_by, q.top_col) if q.top_by else "a0"
         if not order:
-            order = (["k0 ASC"] if q.timeslice else []) + ["a0 DESC"] + [f"k{i} ASC" for i in range(len(keys))]
+            if only_distinct:
+                order = ["k0 ASC"]
+            elif rank_by and (not q.timeslice or len(keys) == 1):
+                order = [f"{rank_by} DESC"] + [f"k{i} ASC" for i in range(len(keys))]
+            else:
+                order = (["k0 ASC"] if q.timeslice else []) + ["a0 DESC"] + [f"k{i} ASC" for i in range(len(keys))]
         limit = min(q.limit or DEFAULT_GROUP_LIMIT, MAX_LIMIT)
         group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
-        inner = (f"SELECT {', '.join(select)} FROM audit_events WHERE {where}{group} "
+        names = [n for _, n in shown]
+        outer_cols = ", ".join(alias[n] for n in names)
+        if rank_by and q.timeslice and len(keys) > 1:
+            # top n with timeslice: the n groups with the highest total over the whole range, every bucket of them
+            gkeys = ", ".join(f"k{i}" for i in range(1, len(keys)))
+            inner = (f"SELECT {', '.join(select)}, {rank_by} AS _rank_value FROM audit_events{array_join} "
+                     f"WHERE {where}{group}{having}")  # fmt: skip
+            ranked = (f"SELECT *, dense_rank() OVER (ORDER BY _group_total DESC, {gkeys}) AS _group_rank FROM "
+                      f"(SELECT *, sum(_rank_value) OVER (PARTITION BY {gkeys}) AS _group_total FROM ({inner}))")  # fmt: skip
+            sql = (f"SELECT {outer_cols} FROM ({ranked}) WHERE _group_rank <= {int(q.top)} "
+                   f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
+            return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng)
+        if rank_by:
+            limit = min(limit, q.top)
+        inner = (f"SELECT {', '.join(select)} FROM audit_events{array_join} WHERE {where}{group}{having} "
                  f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
-        if len(shown) != len(outputs):
-            sql = f"SELECT {', '.join(alias[n] for _, n in shown)} FROM ({inner})"
-        else:
-            sql = inner
-        return CompiledQuery(sql, self.ctx.params, [n for _, n in shown], "aggregate", self.rng)
+        sql = f"SELECT {outer_cols} FROM ({inner})" if len(shown) != len(outputs) else inner
+        return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng)
+
+    def _agg_sql(self, a: Agg, cond: str) -> str:
+        """SQL of one aggregate, over the rows where ``cond`` holds (every row when empty)."""
+        If = "If" if cond else ""  # noqa: N806 - ClickHouse's -If combinator
+        c = f", {cond}" if cond else ""
+        if a.func == "count":
+            return f"countIf({cond})" if cond else "count()"
+        if a.func == "ratio":
+            num, den = (self.cond(x) for x in a.conds)
+            if cond:
+                num, den = f"({num}) AND {cond}", f"({den}) AND {cond}"
+            return f"if(countIf({den}) = 0, nan, countIf({num}) / countIf({den}))"
+        arg = self._group_sql(a.field)
+        if a.func == "distinct":
+            fn = "groupUniqArrayArray" if a.field.kind in ("array", "cluster_labels") else "groupUniqArray"
+            return f"arraySort({fn}{If}({arg}{c}))"
+        if a.func == "percentile":
+            level = repr(float(a.level) / 100.0)  # a number the parser read, never text
+            return f"quantileExactInclusive{If}({level})(toFloat64({arg}){c})"
+        if a.func == "sd":
+            return f"stddevSamp{If}(toFloat64({arg}){c})"
+        return f"{AGG_SQL[a.func]}{If}({arg}{c})"
+
+    def _having(self, node: object, ref: Any) -> str:
+        if isinstance(node, Logic):
+            return "(" + f" {node.op.upper()} ".join(self._having(i, ref) for i in node.items) + ")"
+        if isinstance(node, Not):
+            return f"NOT ({self._having(node.item, ref)})"
+        assert isinstance(node, HavingCmp)
+        return f"({ref(node.agg, node.col)} {node.op} {self.ctx.p(node.value, 'Float64')})"
 
 
 def compile_query(
     text: str, *, since: str | None = None, from_: str | None = None, to: str | None = None,
-    cluster: str | None = None, now_us: int | None = None,
+    cluster: str | None = None, now_us: int | None = None, clusters: ClusterMap | None = None,
 ) -> CompiledQuery:
     """Compile a query-language string; raises QueryError (with .column) on any problem."""
     if len(text) > 20_000:
         raise QueryError("query too long (20,000 characters at most)")
     q = parse(text)
     rng = time_range(since, from_, to, now_us)
-    out = Compiler(q, rng, cluster).compile()
+    out = Compiler(q, rng, cluster, clusters).compile()
     if any(f.name in HIDDEN for f, _ in q.include):
         out.notes.append("request/response objects can be large")
     return out

@@ -21,6 +21,10 @@ if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/etcd" ]; 
 fi
 command -v go >/dev/null || { log "Go is required to build kube-apiserver, kubectl and etcd (install Go 1.26+: https://go.dev/doc/install; Debian: apt-get install golang)"; exit 2; }
 
+have_go="$(go env GOVERSION 2>/dev/null | sed 's/^go//')"
+if [ "$(printf '%s\n' "1.26" "$have_go" | sort -V | head -1)" != "1.26" ]; then
+  log "kube-apiserver $KUBERNETES_VERSION needs Go 1.26 or newer; this machine has go $have_go"; exit 2
+fi
 mkdir -p "$out/src" "$bin"
 # one build at a time per cache folder (two clones testing at once share it)
 exec 9>"$out/.build.lock"

@@ -448,9 +448,9 @@ class Parser:
     def agg_ref(self) -> Agg:
         """An aggregate in having/sort: count, count_before, avg(latency), avg(latency)_before, ..."""
         t = self.tok
-        if t.kind == "word" and t.low.endswith("_before") and t.low[: -len("_before")] == "count":
+        if t.kind == "word" and t.low in ("count", "count_before") and self.toks[self.i + 1].kind != "(":
             self.next()
-            return Agg("count", None, t.col, before=True)
+            return Agg("count", None, t.col, before=t.low == "count_before")
         if not self._at_agg():
             raise error_at(f"expected an aggregate (count, count_distinct(f), avg(f), ...), found {_show(t)}", t.col)
         a = self.agg_item()

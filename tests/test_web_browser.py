@@ -161,3 +161,14 @@ def test_query_box(page, app_url):
     assert page.locator("#query-count").get_attribute("data-rows") != "0"
     cells = page.locator("[data-table=query] tbody td").all_inner_texts()
     assert "system:admin" in cells
+
+
+def test_a_widgets_query_is_saved_in_one_click(page, app_url, loaded):  # noqa: F811
+    page.goto(f"{app_url}/#/dashboard?since=all")
+    page.wait_for_selector("[data-widget=actions] .ql-save")
+    page.once("dialog", lambda d: d.accept("actions-by-verb"))
+    page.locator("[data-widget=actions] .ql-save").click()
+    page.wait_for_function("document.getElementById('status').textContent.includes('saved search')")
+    rows = loaded.warehouse.query("SELECT name, query, since FROM saved_searches FINAL WHERE NOT deleted", {})[1]
+    text = page.locator("[data-widget=actions] .ql").inner_text()
+    assert ["actions-by-verb", text, "all"] in rows

@@ -120,8 +120,9 @@ def _field_sql(f: Field, ctx: _Ctx) -> str:
 
 
 class Compiler:
-    def __init__(self, q: Query, rng: tuple[int, int] | None, cluster: str | None,
-                 clusters: ClusterMap | None = None) -> None:  # fmt: skip
+    def __init__(self, q: Query, rng: tuple[int, int] | None, cluster: str | list[str] | None,
+                 clusters: ClusterMap | None = None, settings: Any = None) -> None:  # fmt: skip
+        self.settings = settings
         self.q = q
         self.rng = rng
         self.cluster = cluster
@@ -130,11 +131,11 @@ class Compiler:
 
     # --- sources: monitor_group / tags from the clusters file --------------------------------------------
     def _cluster_map(self, c_col: int) -> ClusterMap:
-        if self.clusters is None:
+        if self.clusters is None:  # read only when a query names them
             from pipeline.config import get_settings
 
             try:
-                self.clusters = clusters_for_settings(get_settings())
+                self.clusters = clusters_for_settings(self.settings or get_settings())
             except ClustersFileError as exc:
                 raise error_at(str(exc), c_col) from None
         if not self.clusters.path and not self.clusters.clusters:
@@ -325,7 +326,9 @@ class Compiler:
         parts = []
         if self.q.where is not None:
             parts.append(self.cond(self.q.where))
-        if self.cluster:
+        if isinstance(self.cluster, list | tuple):  # a saved search's clusters
+            parts.append(f"cluster IN {self.ctx.p(list(self.cluster), 'Array(String)')}")
+        elif self.cluster:
             parts.append(f"cluster = {self.ctx.p(self.cluster, 'String')}")
         if self.rng and extra_range:
             parts.append(self._in_range(0))
@@ -517,14 +520,16 @@ class Compiler:
 
 def compile_query(
     text: str, *, since: str | None = None, from_: str | None = None, to: str | None = None,
-    cluster: str | None = None, now_us: int | None = None, clusters: ClusterMap | None = None,
+    cluster: str | list[str] | None = None, now_us: int | None = None, clusters: ClusterMap | None = None,
+    settings: Any = None,
 ) -> CompiledQuery:
-    """Compile a query-language string; raises QueryError (with .column) on any problem."""
+    """Compile a query-language string; raises QueryError (with .column) on any problem. ``clusters`` (or the
+    clusters file of ``settings``, else of the environment) resolves monitor_group and tags."""
     if len(text) > 20_000:
         raise QueryError("query too long (20,000 characters at most)")
     q = parse(text)
     rng = time_range(since, from_, to, now_us)
-    out = Compiler(q, rng, cluster, clusters).compile()
+    out = Compiler(q, rng, cluster, clusters, settings).compile()
     if any(f.name in HIDDEN for f, _ in q.include):
         out.notes.append("request/response objects can be large")
     return out

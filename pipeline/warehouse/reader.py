@@ -117,6 +117,10 @@ class Warehouse:
     async def aquery_compiled(self, cq: Any) -> tuple[list[str], list[list[Any]]]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.query_compiled, cq)
 
+    def insert(self, table: str, rows: list[list[Any]], column_names: list[str]) -> None:
+        """A small synchronous insert on this thread's client (saved searches; never user SQL)."""
+        self._client().insert(table, rows, column_names=column_names, settings={"async_insert": 0})
+
     def sql(self, sql: str) -> tuple[list[str], list[list[Any]]]:
         return self.query(check_read_only(sql))
 

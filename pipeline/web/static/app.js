@@ -110,8 +110,27 @@ function apiParams(params, keys) {
 /* ---------- pieces ---------- */
 function qlLink(text, title) {
   if (!text) return null;
-  return el("a", { class: "ql", title: title || "query language: click to open in the query box", text,
+  const link = el("a", { class: "ql", title: title || "query language: click to open in the query box", text,
     dataset: { ql: text }, onclick: (ev) => { ev.preventDefault(); openQuery(text); } });
+  const save = el("a", { class: "ql-save", title: "save as a saved search (kaudit search list)", text: "save",
+    onclick: (ev) => { ev.preventDefault(); saveSearch(text); } });
+  return el("span", { class: "ql-wrap" }, link, " ", save);
+}
+/* POST /api/searches (pipeline/searches/api.py): the query text, named by the user, with the current range */
+async function saveSearch(text) {
+  const suggested = text.replace(/[^A-Za-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 60).toLowerCase() || "search";
+  const name = window.prompt("Save this query as (letters, digits, . _ -):", suggested);
+  if (!name) return;
+  const g = globals(route().params);
+  const body = { name, query: text, since: g.get("since") || "24h",
+    clusters: (g.get("cluster") || "").split(",").filter(Boolean) };
+  const headers = { "Content-Type": "application/json", ...(token ? { Authorization: "Bearer " + token } : {}) };
+  try {
+    const r = await fetch("/api/searches", { method: "POST", headers, credentials: "same-origin", body: JSON.stringify(body) });
+    const out = await r.json().catch(() => ({ error: r.statusText }));
+    if (!r.ok) throw new Error(out.error || r.statusText);
+    setStatus(`saved search "${out.name}" (kaudit search run ${out.name})`);
+  } catch (e) { setStatus("save failed: " + e.message, true); }
 }
 function card(title, sub, ql, body, opts) {
   return el("section", { class: "card" + (opts && opts.wide ? " wide" : ""), dataset: { widget: opts && opts.id } },

@@ -144,3 +144,27 @@ def test_store_validation_and_versions(warehouse):
     for i in range(3):  # versions written in one microsecond still order
         st.save(SavedSearch("a", f"verb=v{i} count"))
     assert st.get("a").query == "verb=v2 count" and len(st.list()) == 1 and st.list(alerts_only=True) == []
+
+
+def test_search_cli_on_a_local_warehouse(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = {**os.environ, "KAUDIT_CLICKHOUSE_DSN": f"chdb://{tmp_path / 'chdb'}", "KAUDIT_API_URL": ""}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "pipeline.cli", "search", *args], cwd=REPO, env=env,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    r = cli("save", "deletes", "verb=delete groupby objectref_resource", "--owner", "ana", "--since", "all")
+    assert r.returncode == 0 and "saved deletes" in r.stdout, r.stderr
+    r = cli("save", "bad", "verb=delete groupby usrname")
+    assert r.returncode == 2 and "did you mean" in r.stderr and "^" in r.stderr
+    assert "deletes" in cli("list").stdout and '"owner": "ana"' in cli("show", "deletes").stdout
+    r = cli("run", "deletes", "--format", "json")
+    assert r.returncode == 0 and r.stdout == ""  # an empty warehouse: no rows
+    assert cli("rm", "deletes").returncode == 0 and cli("rm", "deletes").returncode == 1
+    assert "deletes" not in cli("list").stdout

@@ -41,6 +41,7 @@ class CompiledQuery:
     time_range: tuple[int, int] | None = None
     notes: list[str] = field(default_factory=list)
     limit: int = 0  # events: the LIMIT of ``sql``
+    n_keys: int = 0  # aggregates: the first n_keys columns are the group (timeslice, groupby fields)
     # events sorted newest first: ``sql`` with WINDOW_MARK (a time window) and a LIMIT parameter, so that
     # pipeline.query.listing can search the newest events first; None when the sort does not allow it
     window_sql: str | None = None
@@ -479,13 +480,13 @@ class Compiler:
                       f"(SELECT *, sum(_rank_value) OVER (PARTITION BY {gkeys}) AS _group_total FROM ({inner}))")  # fmt: skip
             sql = (f"SELECT {outer_cols} FROM ({ranked}) WHERE _group_rank <= {int(q.top)} "
                    f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
-            return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng)
+            return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng, n_keys=len(key_names & set(names)))
         if rank_by:
             limit = min(limit, q.top)
         inner = (f"SELECT {', '.join(select)} FROM audit_events{array_join} WHERE {where}{group}{having} "
                  f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
         sql = f"SELECT {outer_cols} FROM ({inner})" if len(shown) != len(outputs) else inner
-        return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng)
+        return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng, n_keys=len(key_names & set(names)))
 
     def _agg_sql(self, a: Agg, cond: str) -> str:
         """SQL of one aggregate, over the rows where ``cond`` holds (every row when empty)."""

@@ -117,6 +117,15 @@ class Warehouse:
     async def aquery_compiled(self, cq: Any) -> tuple[list[str], list[list[Any]]]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.query_compiled, cq)
 
+    def query_summary(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[list[Any]], int]:
+        """query() plus the rows ClickHouse read (0 when the engine does not say): the cost of a query alert."""
+        res = self._client().query(sql, parameters=params or None, settings=READ_SETTINGS)
+        try:
+            read = int((res.summary or {}).get("read_rows", 0))
+        except (TypeError, ValueError):
+            read = 0
+        return list(res.column_names), [[jsonable(v) for v in row] for row in res.result_rows], read
+
     def insert(self, table: str, rows: list[list[Any]], column_names: list[str]) -> None:
         """A small synchronous insert on this thread's client (saved searches; never user SQL)."""
         self._client().insert(table, rows, column_names=column_names, settings={"async_insert": 0})

@@ -237,6 +237,17 @@ def test_top(db):
             t = e["request_received_ts"]
             want[(t - t % 3_600_000_000, e["username"])] += 1
     assert {(int(r[0].timestamp() * 1e6), r[1]): r[2] for r in rows} == dict(want)
+    # a list field (one row per element): the same answer by another plan
+    g = Counter(x for e in EVENTS for x in e["usergroups"])
+    top2 = sorted(g, key=lambda x: (-g[x], x))[:2]
+    _q, rows = run(db, "timeslice 1h groupby usergroups top 2")
+    want = Counter()
+    for e in EVENTS:
+        for x in e["usergroups"]:
+            if x in top2:
+                t = e["request_received_ts"]
+                want[(t - t % 3_600_000_000, x)] += 1
+    assert {(int(r[0].timestamp() * 1e6), r[1]): r[2] for r in rows} == dict(want)
     with pytest.raises(QueryError, match="top ranks groups") as err:
         compile_query("verb=get top 3")
     assert err.value.column == 10

@@ -472,15 +472,30 @@ class Compiler:
         names = [n for _, n in shown]
         outer_cols = ", ".join(alias[n] for n in names)
         if rank_by and q.timeslice and len(keys) > 1:
-            # top n with timeslice: the n groups with the highest total over the whole range, every bucket of them
-            gkeys = ", ".join(f"k{i}" for i in range(1, len(keys)))
-            inner = (f"SELECT {', '.join(select)}, {rank_by} AS _rank_value FROM audit_events{array_join} "
-                     f"WHERE {where}{group}{having}")  # fmt: skip
-            ranked = (f"SELECT *, dense_rank() OVER (ORDER BY _group_total DESC, {gkeys}) AS _group_rank FROM "
-                      f"(SELECT *, sum(_rank_value) OVER (PARTITION BY {gkeys}) AS _group_total FROM ({inner}))")  # fmt: skip
-            sql = (f"SELECT {outer_cols} FROM ({ranked}) WHERE _group_rank <= {int(q.top)} "
-                   f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
-            return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng, n_keys=len(key_names & set(names)))
+            # top n with timeslice: every bucket of the n groups ranked highest over the whole range
+            gk = [sq for sq, _ in keys[1:]]
+            if q.top_by is not None:
+                rank_sql = agg_sql(q.top_by, prev if q.top_by.before else cur)
+            else:
+                rank_sql = aggs[0][0]
+            if not q.limit:
+                limit = MAX_LIMIT
+            if any("arrayJoin(" in sq for sq in gk):  # a list field: rank with window functions over the buckets
+                gkeys = ", ".join(f"k{i}" for i in range(1, len(keys)))
+                inner = (f"SELECT {', '.join(select)}, {rank_by} AS _rank_value FROM audit_events{array_join} "
+                         f"WHERE {where}{group}{having}")  # fmt: skip
+                ranked = (f"SELECT *, dense_rank() OVER (ORDER BY _group_total DESC, {gkeys}) AS _group_rank FROM "
+                          f"(SELECT *, sum(_rank_value) OVER (PARTITION BY {gkeys}) AS _group_total FROM ({inner}))")  # fmt: skip
+                sql = (f"SELECT {outer_cols} FROM ({ranked}) WHERE _group_rank <= {int(q.top)} "
+                       f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
+                return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng,
+                                     n_keys=len(key_names & set(names)))  # fmt: skip
+            galias = ", ".join(f"g{i}" for i in range(len(gk)))
+            top_sql = (f"SELECT {galias} FROM (SELECT {', '.join(f'{sq} AS g{i}' for i, sq in enumerate(gk))}, "
+                       f"{rank_sql} AS _rank FROM audit_events{array_join} WHERE {where} GROUP BY {galias} "
+                       f"ORDER BY _rank DESC, {galias} LIMIT {int(q.top)})")  # fmt: skip
+            where = f"({where}) AND ({', '.join(gk)}) IN ({top_sql})"
+            rank_by = None
         if rank_by:
             limit = min(limit, q.top)
         inner = (f"SELECT {', '.join(select)} FROM audit_events{array_join} WHERE {where}{group}{having} "

@@ -150,3 +150,59 @@ def test_timeslice_aggregate_before(db, period):
             k = t - t % H
             want[k][role] = max(want[k][role], e["responsestatus_code"])
     assert {int(r[0].timestamp() * 1e6): (r[1], r[2]) for r in rows} == {k: tuple(v) for k, v in want.items()}
+
+
+def _pct(xs: list[float], p: float) -> float:
+    xs = sorted(xs)
+    pos = p / 100 * (len(xs) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
+
+
+@pytest.mark.parametrize("period", ["overlapping", "overlapping-odd", "overlapping-days", "disjoint"])
+def test_timeslice_every_aggregate_before(db, period):
+    cur, prev, b_us = split(period)
+    slice_us = 3600_000_000 if "days" in period else 600_000_000
+    q, rows = run(db, f"timeslice {slice_us // 1_000_000}s groupby verb, avg(responsestatus_code), "
+                      f"count_distinct(username), percentile(responsestatus_code, 50), sd(responsestatus_code), "
+                      f"ratio(responsestatus_code=403, responsestatus_code>0), distinct(stage) "
+                      f"before {PERIODS[period][2]}s", period)  # fmt: skip
+    n = len(q.columns)
+    assert q.columns[:4] == ["timeslice", "verb", "count", "count_before"] and n == 16
+    want: dict = defaultdict(lambda: ([], []))
+    for role, evs, shift in ((0, cur, 0), (1, prev, b_us)):
+        for e in evs:
+            t = e["request_received_ts"] + shift
+            want[(t - t % slice_us, e["verb"])][role].append(e)
+    got = {(int(r[0].timestamp() * 1e6), r[1]): r[2:] for r in rows}
+    assert set(got) == set(want)
+    for k, (a, b) in want.items():
+        g = got[k]
+        for i, evs in enumerate((a, b)):  # current, then before, for each aggregate
+            codes = [e["responsestatus_code"] for e in evs]
+            assert g[0 + i] == len(evs)
+            if evs:
+                assert g[2 + i] == pytest.approx(statistics.fmean(codes))
+                assert g[6 + i] == pytest.approx(_pct(codes, 50))
+                pos = sum(c > 0 for c in codes)
+                if pos:
+                    assert g[10 + i] == pytest.approx(sum(c == 403 for c in codes) / pos)
+                if len(evs) > 1:
+                    assert g[8 + i] == pytest.approx(statistics.stdev(codes))
+            assert g[4 + i] == len({e["username"] for e in evs})
+            assert g[12 + i] == sorted({e["stage"] for e in evs})
+
+
+@pytest.mark.parametrize("period", ["overlapping", "disjoint"])
+def test_timeslice_before_with_having_and_top(db, period):
+    cur, prev, b_us = split(period)
+    both = _buckets(cur, prev, b_us, 600_000_000, key=lambda e: (e["username"],))
+    _q, rows = run(db, f"timeslice 10m groupby username before {PERIODS[period][2]}s having count_before >= 2", period)
+    assert {(int(r[0].timestamp() * 1e6), r[1]): (r[2], r[3]) for r in rows} == {
+        k: v for k, v in both.items() if v[1] >= 2}  # fmt: skip
+    totals = Counter(e["username"] for e in cur)
+    top = sorted(totals, key=lambda u: (-totals[u], u))[:2]
+    _q, rows = run(db, f"timeslice 10m groupby username top 2 before {PERIODS[period][2]}s", period)
+    assert {(int(r[0].timestamp() * 1e6), r[1]): (r[2], r[3]) for r in rows} == {
+        k: v for k, v in both.items() if k[1] in top}  # fmt: skip

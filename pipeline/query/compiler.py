@@ -4,6 +4,7 @@ parameter; the SQL text only ever contains our own column names, functions and g
 from __future__ import annotations
 
 import fnmatch
+import math
 import re
 import time
 from dataclasses import dataclass, field
@@ -385,24 +386,30 @@ class Compiler:
     def aggregate(self) -> CompiledQuery:
         q = self.q
         before = q.before
+        p = self.ctx.p
         keys: list[tuple[str, str]] = []  # (sql, display)
-        array_join = ""
-        cur = prev = in_either = ""
+        cur = prev = raw_cur = raw_prev = ""
+        # timeslice ... before: an event can lie in both periods when they overlap (--since 7d ... before 1d); it
+        # counts in its own bucket of the current series AND in the shifted bucket of the earlier one. The query is
+        # staged: the inner one aggregates -State per (raw bucket of gcd(slice, shift) seconds, group) for each
+        # period, the outer one gives each inner row a role (0 = current, 1 = earlier: shifted by before) and merges
+        # the states of that role. A raw bucket never straddles a bucket of either series, and the rows are read once.
+        staged = bool(before and q.timeslice)
+        inner_cols: dict[str, str] = {}  # state SQL -> its inner alias
         if before:
-            cur, prev = self._in_range(0), self._in_range(before)
-            in_either = f"({cur} OR {prev})"
-            if q.timeslice:
-                # An event can lie in both periods when they overlap (--since 7d ... before 1d): it counts in its own
-                # bucket of the current series AND in the shifted bucket of the earlier one. ARRAY JOIN gives it one
-                # row per period it lies in (role 0 = current, 1 = earlier); the time key and aggregates read the role.
-                array_join = f" ARRAY JOIN arrayConcat(if({cur}, [0], []), if({prev}, [1], [])) AS {ROLE}"
-                cur, prev = f"{ROLE} = 0", f"{ROLE} = 1"
-        if q.timeslice:
-            ts = f"{TS} + toIntervalSecond({ROLE} * {self.ctx.p(before, 'Int64')})" if array_join else TS
-            keys.append((f"toStartOfInterval({ts}, toIntervalSecond({self.ctx.p(q.timeslice, 'UInt32')}))", "timeslice"))
+            raw_cur, raw_prev = self._in_range(0), self._in_range(before)
+            cur, prev = (f"{ROLE} = 0", f"{ROLE} = 1") if staged else (raw_cur, raw_prev)
+        if staged:
+            step = math.gcd(q.timeslice, before)
+            keys.append((f"toStartOfInterval(_r + toIntervalSecond({ROLE} * {p(before, 'Int64')}), "
+                         f"toIntervalSecond({p(q.timeslice, 'UInt32')}))", "timeslice"))  # fmt: skip
+        elif q.timeslice:
+            keys.append((f"toStartOfInterval({TS}, toIntervalSecond({p(q.timeslice, 'UInt32')}))", "timeslice"))
+        group_sql: list[str] = []  # the groupby fields' SQL (over audit_events)
         for f in q.groupby:
             expr = self._group_sql(f)
-            keys.append((f"arrayJoin({expr})" if f.kind in ("array", "cluster_labels") else expr, f.name))
+            group_sql.append(f"arrayJoin({expr})" if f.kind in ("array", "cluster_labels") else expr)
+            keys.append((f"_g{len(group_sql) - 1}" if staged else group_sql[-1], f.name))
         only_distinct = (not keys and not q.count_listed and len(q.aggs) == 1 and q.aggs[0].func == "distinct"
                          and not before and q.having is None)  # fmt: skip
         if only_distinct:  # `distinct(username)` alone: one row per value
@@ -412,7 +419,18 @@ class Compiler:
         periods = [(cur, ""), (prev, "_before")] if before else [("", "")]
 
         def agg_sql(a: Agg, cond: str) -> str:
-            return self._agg_sql(a, cond)
+            if not staged:
+                return self._agg_sql(a, cond)
+            role = 0 if cond == cur else 1
+            raw = raw_cur if role == 0 else raw_prev
+            parts, combine = self._agg_parts(a)
+            merged = []
+            for fn, params, arg, extra in parts:
+                both = " AND ".join(f"({c})" for c in (extra, raw) if c)
+                state = f"{fn}IfState{params}({arg + ', ' if arg else ''}{both})"
+                alias_ = inner_cols.setdefault(state, f"_s{len(inner_cols)}")
+                merged.append(f"{fn}IfMergeIf{params}({alias_}, {ROLE} = {role})")
+            return combine(merged)
 
         aggs: list[tuple[str, str]] = []  # (sql, display)
         listed = [] if only_distinct else list(q.aggs)
@@ -441,7 +459,7 @@ class Compiler:
 
         where = self.where(extra_range=not before)
         if before:
-            where = f"({where}) AND {in_either}"
+            where = f"({where}) AND ({raw_cur} OR {raw_prev})"
         having = f" HAVING {self._having(q.having, ref)}" if q.having is not None else ""
         order = []
         for k in q.sort:
@@ -471,59 +489,86 @@ class Compiler:
         group = f" GROUP BY {', '.join(f'k{i}' for i in range(len(keys)))}" if keys else ""
         names = [n for _, n in shown]
         outer_cols = ", ".join(alias[n] for n in names)
+        n_keys = len(key_names & set(names))
+
+        def grouped(where_: str, extra: str = "") -> str:
+            """SELECT keys, aggregates[, extra] ... GROUP BY ... HAVING (no ORDER BY / LIMIT)."""
+            if not staged:
+                return f"SELECT {', '.join(select)}{extra} FROM audit_events WHERE {where_}{group}{having}"
+            inner_group = ", ".join(["_r"] + [f"_g{i}" for i in range(len(group_sql))])
+            inner_sel = ([f"toStartOfInterval({TS}, toIntervalSecond({p(step, 'UInt32')})) AS _r"]
+                         + [f"{g} AS _g{i}" for i, g in enumerate(group_sql)]
+                         + [f"countIf({raw_cur}) AS _n0", f"countIf({raw_prev}) AS _n1"]
+                         + [f"{st} AS {al}" for st, al in inner_cols.items()])  # fmt: skip
+            inner = f"SELECT {', '.join(inner_sel)} FROM audit_events WHERE {where_} GROUP BY {inner_group}"
+            return (f"SELECT {', '.join(select)}{extra} FROM ({inner}) ARRAY JOIN [0, 1] AS {ROLE} "
+                    f"WHERE ({ROLE} = 0 AND _n0 > 0) OR ({ROLE} = 1 AND _n1 > 0){group}{having}")  # fmt: skip
+
         if rank_by and q.timeslice and len(keys) > 1:
             # top n with timeslice: every bucket of the n groups ranked highest over the whole range
-            gk = [sq for sq, _ in keys[1:]]
             if q.top_by is not None:
-                rank_sql = agg_sql(q.top_by, prev if q.top_by.before else cur)
+                rank_sql = self._agg_sql(q.top_by, raw_prev if q.top_by.before else raw_cur)
             else:
-                rank_sql = aggs[0][0]
+                rank_sql = self._agg_sql(Agg("count", None, 0), raw_cur)
             if not q.limit:
                 limit = MAX_LIMIT
-            if any("arrayJoin(" in sq for sq in gk):  # a list field: rank with window functions over the buckets
+            if any("arrayJoin(" in sq for sq in group_sql):  # a list field: rank with window functions
                 gkeys = ", ".join(f"k{i}" for i in range(1, len(keys)))
-                inner = (f"SELECT {', '.join(select)}, {rank_by} AS _rank_value FROM audit_events{array_join} "
-                         f"WHERE {where}{group}{having}")  # fmt: skip
                 ranked = (f"SELECT *, dense_rank() OVER (ORDER BY _group_total DESC, {gkeys}) AS _group_rank FROM "
-                          f"(SELECT *, sum(_rank_value) OVER (PARTITION BY {gkeys}) AS _group_total FROM ({inner}))")  # fmt: skip
+                          f"(SELECT *, sum(_rank_value) OVER (PARTITION BY {gkeys}) AS _group_total FROM "
+                          f"({grouped(where, f', {rank_by} AS _rank_value')}))")  # fmt: skip
                 sql = (f"SELECT {outer_cols} FROM ({ranked}) WHERE _group_rank <= {int(q.top)} "
                        f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
-                return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng,
-                                     n_keys=len(key_names & set(names)))  # fmt: skip
-            galias = ", ".join(f"g{i}" for i in range(len(gk)))
-            top_sql = (f"SELECT {galias} FROM (SELECT {', '.join(f'{sq} AS g{i}' for i, sq in enumerate(gk))}, "
-                       f"{rank_sql} AS _rank FROM audit_events{array_join} WHERE {where} GROUP BY {galias} "
+                return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng, n_keys=n_keys)
+            galias = ", ".join(f"_t{i}" for i in range(len(group_sql)))
+            top_sql = (f"SELECT {galias} FROM (SELECT {', '.join(f'{sq} AS _t{i}' for i, sq in enumerate(group_sql))}, "
+                       f"{rank_sql} AS _rank FROM audit_events WHERE {where} GROUP BY {galias} "
                        f"ORDER BY _rank DESC, {galias} LIMIT {int(q.top)})")  # fmt: skip
-            where = f"({where}) AND ({', '.join(gk)}) IN ({top_sql})"
+            where = f"({where}) AND ({', '.join(group_sql)}) IN ({top_sql})"
             rank_by = None
         if rank_by:
             limit = min(limit, q.top)
-        inner = (f"SELECT {', '.join(select)} FROM audit_events{array_join} WHERE {where}{group}{having} "
-                 f"ORDER BY {', '.join(order)} LIMIT {int(limit)}")  # fmt: skip
+        if (not keys and not before and q.having is None and not q.sort and len(aggs) == 1 and listed
+                and listed[0].func == "count_distinct" and listed[0].field.kind not in ("array", "cluster_labels")):
+            # count_distinct(f) alone: GROUP BY f and count the groups (LowCardinality groups by dictionary index:
+            # about twice as fast as uniqExact hashing every value)
+            sql = (f"SELECT count() AS a0 FROM (SELECT {self._group_sql(listed[0].field)} AS d FROM audit_events "
+                   f"WHERE {where} GROUP BY d)")  # fmt: skip
+            return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng)
+        inner = f"{grouped(where)} ORDER BY {', '.join(order)} LIMIT {int(limit)}"
         sql = f"SELECT {outer_cols} FROM ({inner})" if len(shown) != len(outputs) else inner
-        return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng, n_keys=len(key_names & set(names)))
+        return CompiledQuery(sql, self.ctx.params, names, "aggregate", self.rng, n_keys=n_keys)
 
-    def _agg_sql(self, a: Agg, cond: str) -> str:
-        """SQL of one aggregate, over the rows where ``cond`` holds (every row when empty)."""
-        If = "If" if cond else ""  # noqa: N806 - ClickHouse's -If combinator
-        c = f", {cond}" if cond else ""
+    def _agg_parts(self, a: Agg) -> tuple[list[tuple[str, str, str, str]], Any]:
+        """An aggregate as ClickHouse aggregate functions and how to combine them:
+        ([(function, parameters, argument, extra condition)], combine(list of their SQL) -> SQL)."""
         if a.func == "count":
-            return f"countIf({cond})" if cond else "count()"
+            return [("count", "", "", "")], lambda xs: xs[0]
         if a.func == "ratio":
             num, den = (self.cond(x) for x in a.conds)
-            if cond:
-                num, den = f"({num}) AND {cond}", f"({den}) AND {cond}"
-            return f"if(countIf({den}) = 0, nan, countIf({num}) / countIf({den}))"
+            return [("count", "", "", num), ("count", "", "", den)], lambda xs: f"if({xs[1]} = 0, nan, {xs[0]} / {xs[1]})"
         arg = self._group_sql(a.field)
         if a.func == "distinct":
             fn = "groupUniqArrayArray" if a.field.kind in ("array", "cluster_labels") else "groupUniqArray"
-            return f"arraySort({fn}{If}({arg}{c}))"
+            return [(fn, "", arg, "")], lambda xs: f"arraySort({xs[0]})"
         if a.func == "percentile":
             level = repr(float(a.level) / 100.0)  # a number the parser read, never text
-            return f"quantileExactInclusive{If}({level})(toFloat64({arg}){c})"
+            return [("quantileExactInclusive", f"({level})", arg, "")], lambda xs: xs[0]  # on the column: no Float64
         if a.func == "sd":
-            return f"stddevSamp{If}(toFloat64({arg}){c})"
-        return f"{AGG_SQL[a.func]}{If}({arg}{c})"
+            return [("stddevSamp", "", arg, "")], lambda xs: xs[0]
+        return [(AGG_SQL[a.func], "", arg, "")], lambda xs: xs[0]
+
+    def _agg_sql(self, a: Agg, cond: str) -> str:
+        """SQL of one aggregate, over the rows where ``cond`` holds (every row when empty)."""
+        parts, combine = self._agg_parts(a)
+        out = []
+        for fn, params, arg, extra in parts:
+            conds = " AND ".join(f"({c})" for c in (extra, cond) if c)
+            if conds:
+                out.append(f"{fn}If{params}({arg + ', ' if arg else ''}{conds})")
+            else:
+                out.append(f"{fn}{params}({arg})")
+        return combine(out)
 
     def _having(self, node: object, ref: Any) -> str:
         if isinstance(node, Logic):

@@ -14,7 +14,7 @@ from pipeline.models.timestamps import TimestampError, parse_ts_us
 from pipeline.query.clusters import ClusterMap, ClustersFileError
 from pipeline.query.clusters import for_settings as clusters_for_settings
 from pipeline.query.errors import QueryError, error_at
-from pipeline.query.fields import HIDDEN, Field, resolve, suggest
+from pipeline.query.fields import HIDDEN, LOW_CARDINALITY, Field, resolve, suggest
 from pipeline.query.parser import Agg, Cmp, HavingCmp, Logic, Not, Query, duration_seconds, parse
 
 TS = "request_received_ts"
@@ -556,6 +556,9 @@ class Compiler:
             return [("quantileExactInclusive", f"({level})", arg, "")], lambda xs: xs[0]  # on the column: no Float64
         if a.func == "sd":
             return [("stddevSamp", "", arg, "")], lambda xs: xs[0]
+        if a.func == "count_distinct" and a.field.sql in LOW_CARDINALITY and a.field.map_key is None:
+            # the 128-bit hash uniqExact keeps of a string anyway, computed once per dictionary value: 2-3x faster
+            return [("uniqExact", "", f"sipHash128({arg})", "")], lambda xs: xs[0]
         return [(AGG_SQL[a.func], "", arg, "")], lambda xs: xs[0]
 
     def _agg_sql(self, a: Agg, cond: str) -> str:

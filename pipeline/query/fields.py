@@ -31,9 +31,12 @@ def _kind(ch_type: str) -> str:
 
 
 COLUMNS: dict[str, str] = {}
+LOW_CARDINALITY: set[str] = set()  # functions of these run once per dictionary value, not per row
 for _line in EVENT_COLUMNS.strip().splitlines():
     _name, _type = _line.strip().rstrip(",").split(None, 1)
     COLUMNS[_name] = _kind(_type)
+    if _type.startswith("LowCardinality"):
+        LOW_CARDINALITY.add(_name)
 COLUMNS["latency_us"] = "number"
 
 LATENCY_SQL = "latency_us"  # migration 3: the annotation when present, else stage_ts - request_received_ts

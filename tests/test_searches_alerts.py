@@ -198,6 +198,9 @@ def test_a_second_evaluator_and_a_restart_see_the_stored_alert(warehouse, monkey
     a.tick(t + 0.5)
     assert [k for _t, k in pa.sent if _t == "x-k8s-audit-alerts"] and len(a.produced) == 1
     rec = a.produced[0]
+    z = Evaluator(s, wh, Producer())  # `alert run --once`: evaluates the current tick at once, and the same id
+    z.tick(t + 0.7, skip_current=False)
+    assert [r["alert_id"] for r in z.produced] == [rec["alert_id"]]
     row = [dt.datetime.fromtimestamp(rec[c] / 1e6, tz=dt.UTC) if c in ("ts", "window_start") else rec[c]
            for c in ALERT_COLUMNS]  # fmt: skip
     client.insert("alerts", [row], column_names=ALERT_COLUMNS)  # what the sink does with it

@@ -116,6 +116,11 @@ def test_query_api_knows_the_clusters_file(api):
     assert dict(map(tuple, res["rows"])) == dict(Counter(groups.get(e["cluster"], "") for e in EVENTS))
     res = call(base, "GET", "/api/query?q=" + urllib.request.quote('tags="team:payments" count'))
     assert res["rows"] == [[sum(e["cluster"] == "falco" for e in EVENTS)]]
+    call(base, "POST", "/api/searches", {"name": "sec", "query": 'monitor_group="security" count', "since": "all"})
+    res = call(base, "GET", "/api/searches/sec/run")
+    assert res["rows"] == [[sum(groups.get(e["cluster"]) == "security" for e in EVENTS)]]
+    err = call(base, "POST", "/api/searches", {"name": "sec2", "query": 'monitor_group > "a" count'}, expect=400)
+    assert "is a name" in err["error"] and err["column"] == 1
 
 
 def test_clusters_route_lists_groups_and_labels(api):

@@ -172,3 +172,20 @@ def test_a_widgets_query_is_saved_in_one_click(page, app_url, loaded):  # noqa: 
     rows = loaded.warehouse.query("SELECT name, query, since FROM saved_searches FINAL WHERE NOT deleted", {})[1]
     text = page.locator("[data-widget=actions] .ql").inner_text()
     assert ["actions-by-verb", text, "all"] in rows
+
+
+def test_cluster_picker_shows_groups_from_the_clusters_file(page, loaded, tmp_path):  # noqa: F811
+    from pipeline.commands.serve import build_app
+
+    cf = tmp_path / "clusters.yaml"
+    cf.write_text("clusters:\n  falco: {group: security, labels: {env: prod}}\n  openshift: security\n")
+    srv = ServerThread(build_app(loaded.settings.model_copy(update={"clusters_file": cf}), loaded.warehouse))
+    try:
+        page.goto(f"{srv.url}/#/dashboard?since=all")
+        page.wait_for_selector("#cluster-menu [data-group=security]", state="attached")
+        page.click("#cluster-button")
+        assert "falco · security" in page.locator("#cluster-menu").inner_text()
+        page.click("#cluster-menu [data-group=security]")
+        page.wait_for_function("location.hash.includes('cluster=falco%2Copenshift') || location.hash.includes('cluster=falco,openshift')")
+    finally:
+        srv.stop()

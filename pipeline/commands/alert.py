@@ -52,7 +52,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     rm = sub.add_parser("rm", help="remove a query alert (and its saved search)")
     rm.add_argument("name")
     rn = sub.add_parser("run", help="evaluate the query alerts in this process until stopped")
-    rn.add_argument("--once", action="store_true", help="one round of due evaluations, then exit")
+    rn.add_argument("--once", action="store_true",
+                    help="evaluate every alert's current tick now (alerts it produces are printed), then exit")  # fmt: skip
     add_kafka_flag(rn)
     for sp in sub.choices.values():
         sp.add_argument("--api", metavar="URL", help="query API of the warehouse owner (KAUDIT_API_URL)")
@@ -122,7 +123,9 @@ def _run_evaluator(s, once: bool) -> int:  # noqa: ANN001
     ev = Evaluator(s, wh, stop=stop)
     try:
         if once:
-            ev.tick(time.time())
+            ev.tick(time.time(), skip_current=False)
+            for rec in ev.produced:
+                print(f"{rec['rule_id']} {rec['tags'][1]}: {rec['group_key'] or '-'} (count {rec['count']})")
             return 0
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_a: stop.set())

@@ -124,8 +124,10 @@ class Evaluator:
                 log.warning("query alerts: cannot read saved searches (%s)", str(exc).splitlines()[0][:200])
         return self._defs
 
-    def tick(self, now: float) -> float:
-        """Evaluate every alert whose tick has come; returns seconds until the next tick is due."""
+    def tick(self, now: float, skip_current: bool = True) -> float:
+        """Evaluate every alert whose tick has come; returns seconds until the next tick is due. A search seen for
+        the first time skips the current tick (a predecessor may have evaluated it) unless ``skip_current`` is
+        False (`kaudit alert run --once`)."""
         defs = self.definitions(now)
         names = {d.name for d in defs}
         for gone in set(self.states) - names:
@@ -139,7 +141,7 @@ class Evaluator:
             st = self.states.get(ss.name)
             if st is None or st.fingerprint != fp:
                 # new (or changed, or this process just started): the current tick may be the predecessor's
-                self.states[ss.name] = st = _State(fp, t)
+                self.states[ss.name] = st = _State(fp, t if skip_current else t - every)
             if t > st.last_tick:
                 self.evaluate(ss, st, t)
             wait = min(wait, t + every - now)

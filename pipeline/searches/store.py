@@ -85,7 +85,7 @@ def parse_duration(text: str | int | None, what: str) -> int:
     return secs
 
 
-def validate(ss: SavedSearch) -> SavedSearch:
+def validate(ss: SavedSearch, settings: Any = None) -> SavedSearch:
     if not NAME_RE.match(ss.name or ""):
         raise SearchError("a name is 1-100 letters, digits, '.', '_' or '-', starting with a letter or digit",
                           field="name")  # fmt: skip
@@ -96,7 +96,7 @@ def validate(ss: SavedSearch) -> SavedSearch:
     if ss.severity not in SEVERITIES:
         raise SearchError(f"severity is one of {', '.join(SEVERITIES)}", field="severity")
     try:
-        cq = compile_query(ss.query, since=ss.since or None, cluster=ss.clusters or None)
+        cq = compile_query(ss.query, since=ss.since or None, cluster=ss.clusters or None, settings=settings)
     except QueryError as exc:
         raise SearchError(str(exc), exc.column) from None
     if not ss.is_alert:
@@ -121,7 +121,7 @@ def validate(ss: SavedSearch) -> SavedSearch:
         raise SearchError("an alert query cannot use timeslice or before: each evaluation reads one window")
     del cq
     try:
-        compile_query(evaluation_query(ss), since="1h", cluster=ss.clusters or None)
+        compile_query(evaluation_query(ss), since="1h", cluster=ss.clusters or None, settings=settings)
     except QueryError as exc:
         col = exc.column - len(ss.query) - len(" having ") if exc.column and exc.column > len(ss.query) else None
         raise SearchError(f"--when: {exc.message}", col if col and col > 0 else None, field="when") from None
@@ -144,9 +144,10 @@ InsertFn = Callable[[str, list[list[Any]], list[str]], None]
 class Store:
     """Saved searches over any warehouse access (a clickhouse-connect client or pipeline.warehouse.reader.Warehouse)."""
 
-    def __init__(self, query: QueryFn, insert: InsertFn) -> None:
+    def __init__(self, query: QueryFn, insert: InsertFn, settings: Any = None) -> None:
         self._query = query
         self._insert = insert
+        self.settings = settings  # its clusters file checks monitor_group / tags in saved queries
 
     @classmethod
     def for_client(cls, client: Any) -> Store:
@@ -155,7 +156,7 @@ class Store:
 
     @classmethod
     def for_warehouse(cls, wh: Any) -> Store:
-        return cls(lambda sql, p: wh.query(sql, p)[1], wh.insert)
+        return cls(lambda sql, p: wh.query(sql, p)[1], wh.insert, getattr(wh, "s", None))
 
     def list(self, owner: str | None = None, alerts_only: bool = False) -> list[SavedSearch]:
         cond = " AND owner = {owner:String}" if owner else ""
@@ -170,7 +171,7 @@ class Store:
         return _from_row(rows[0]) if rows else None
 
     def save(self, ss: SavedSearch) -> SavedSearch:
-        validate(ss)
+        validate(ss, self.settings)
         ss.updated_at = max(time.time_ns() // 1000, self._newest(ss.name) + 1)
         self._insert("saved_searches", [_to_row(ss, deleted=False)], COLUMNS)
         return ss

@@ -426,11 +426,22 @@ async function loadClusters() {
   try {
     clusterList = (await api("/api/dashboard/clusters")).clusters;
   } catch (e) { clusterList = []; }
+  let info = {}, groups = [];  // the clusters file (GET /api/clusters): group and labels of each cluster
+  try {
+    const cl = await api("/api/clusters");
+    for (const c of cl.clusters) info[c.name] = c;
+    groups = cl.groups || [];
+  } catch (e) { info = {}; }
   const menu = document.getElementById("cluster-menu");
-  menu.replaceChildren(...(clusterList.length ? clusterList.map((c) => el("label", {}, el("input", { type: "checkbox", value: c, onchange: () => {
+  const describe = (c) => info[c] && info[c].group ? ` · ${info[c].group}` : "";
+  const labels = (c) => info[c] ? Object.entries(info[c].labels || {}).map(([k, v]) => `${k}=${v}`).join(", ") : "";
+  const groupLinks = groups.map((g) => el("a", { class: "link", dataset: { group: g }, text: g, title: "select this group's clusters",
+    onclick: (ev) => { ev.preventDefault(); setGlobal({ cluster: clusterList.filter((c) => info[c] && info[c].group === g).join(",") }); } }));
+  menu.replaceChildren(...(groupLinks.length ? [el("div", { class: "muted" }, "groups: ", ...groupLinks.flatMap((a) => [a, " "]))] : []),
+    ...(clusterList.length ? clusterList.map((c) => el("label", { title: labels(c) }, el("input", { type: "checkbox", value: c, onchange: () => {
     const sel = [...menu.querySelectorAll("input:checked")].map((i) => i.value);
     setGlobal({ cluster: sel.join(",") });
-  } }), " " + c)) : [el("div", { class: "muted", text: "no clusters yet" })]));
+  } }), " " + c + describe(c))) : [el("div", { class: "muted", text: "no clusters yet" })]));
   syncControls(route().params);
 }
 

@@ -5,6 +5,7 @@ RBAC suggestion, the query box runs a query, the pickers change the view. Screen
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -172,6 +173,15 @@ def test_a_widgets_query_is_saved_in_one_click(page, app_url, loaded):  # noqa: 
     rows = loaded.warehouse.query("SELECT name, query, since FROM saved_searches FINAL WHERE NOT deleted", {})[1]
     text = page.locator("[data-widget=actions] .ql").inner_text()
     assert ["actions-by-verb", text, "all"] in rows
+    # listed on the Saved page; one click runs it in the query box
+    page.goto(f"{app_url}/#/searches")
+    page.click("[data-table=searches] tr[data-key=actions-by-verb] a")
+    page.wait_for_selector("#query-count")
+    assert page.locator("#query-input").input_value() == text
+    m = re.fullmatch(r"timeslice (\d+)([dhm]) groupby verb", text)  # the widget's query, as the dashboard chose it
+    step = int(m.group(1)) * {"d": 86400, "h": 3600, "m": 60}[m.group(2)] * 1_000_000
+    want = {(e["request_received_ts"] - e["request_received_ts"] % step, e["verb"]) for e in loaded.events}
+    assert int(page.locator("#query-count").get_attribute("data-rows")) == len(want)
 
 
 def test_cluster_picker_shows_groups_from_the_clusters_file(page, loaded, tmp_path):  # noqa: F811

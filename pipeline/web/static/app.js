@@ -395,7 +395,22 @@ async function viewRbac(params, main) {
   setStatus(`${data.requests} denied requests`);
 }
 
-const VIEWS = { dashboard: viewDashboard, events: viewEvents, event: viewEvent, query: viewQuery, rbac: viewRbac };
+/* saved searches (GET /api/searches): click one to run it in the query box over its own range */
+async function viewSearches(params, main) {
+  const data = await api("/api/searches");
+  const run = (s) => go("query", withGlobals({ q: s.query, since: s.since || "24h", cluster: (s.clusters || []).join(",") }));
+  main.replaceChildren(el("section", { class: "card wide", dataset: { widget: "searches" } }, el("h2", { text: "Saved searches" }),
+    !data.searches.length ? el("div", { class: "empty", text: "no saved searches yet: \"save\" next to any query text" }) : el("table", { dataset: { table: "searches" } },
+      el("thead", {}, el("tr", {}, ["name", "query", "owner", "clusters", "range", "alert"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, data.searches.map((s) => el("tr", { dataset: { key: s.name } },
+        el("td", {}, el("a", { class: "link", text: s.name, title: "run it", onclick: (ev) => { ev.preventDefault(); run(s); } })),
+        el("td", { class: "trunc mono", text: s.query }), el("td", { text: s.owner }), el("td", { text: (s.clusters || []).join(", ") }),
+        el("td", { text: s.since }),
+        el("td", { class: "muted", text: s.alert_every ? `every ${s.alert_every}s over ${s.alert_window}s when ${s.alert_when}` : "" })))))));
+  setStatus(`${data.searches.length} saved search(es)`);
+}
+
+const VIEWS = { dashboard: viewDashboard, events: viewEvents, event: viewEvent, query: viewQuery, rbac: viewRbac, searches: viewSearches };
 
 /* ---------- controls ---------- */
 function syncControls(params) {

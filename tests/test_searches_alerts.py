@@ -148,6 +148,31 @@ def test_query_alert_end_to_end_exactly_once_across_a_restart(settings, tmp_path
         topic.c.close()
 
 
+class Wh:
+    """The Warehouse contract (query, insert) over a test database's client."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+
+    def query(self, sql_text, params=None):
+        res = self.client.query(sql_text, parameters=params or None)
+        return list(res.column_names), [list(r) for r in res.result_rows]
+
+    def insert(self, table, rows, column_names):
+        self.client.insert(table, rows, column_names=column_names)
+
+
+class Producer:
+    def __init__(self):
+        self.sent = []
+
+    def produce(self, topic, value, key=None, headers=None, on_delivery=None):
+        self.sent.append((topic, key))
+
+    def flush(self, _t=None):
+        return 0
+
+
 def _get(port: int, path: str) -> str:
     import urllib.request
 
@@ -166,25 +191,7 @@ def test_a_second_evaluator_and_a_restart_see_the_stored_alert(warehouse, monkey
 
     client, _s, db = warehouse
 
-    class Wh:  # the Warehouse contract over this test's database
-        def query(self, sql_text, params=None):
-            res = client.query(sql_text, parameters=params or None)
-            return list(res.column_names), [list(r) for r in res.result_rows]
-
-        def insert(self, table, rows, column_names):
-            client.insert(table, rows, column_names=column_names)
-
-    class Producer:
-        def __init__(self):
-            self.sent = []
-
-        def produce(self, topic, value, key=None, headers=None, on_delivery=None):
-            self.sent.append((topic, key))
-
-        def flush(self, _t=None):
-            return 0
-
-    wh = Wh()
+    wh = Wh(client)
     Store.for_warehouse(wh).save(SavedSearch("d", "responsestatus_code=403 groupby username", alert_every=60,
                                              alert_window=300, alert_when="count > 2"))  # fmt: skip
     t = 1_800_000_000 // 60 * 60  # a tick
@@ -192,25 +199,25 @@ def test_a_second_evaluator_and_a_restart_see_the_stored_alert(warehouse, monkey
     client.insert("audit_events", [[{**e, "source_id": f"0:{i}"}[c] for c in EVENT_INSERT_COLUMNS]
                                    for i, e in enumerate(evs)], column_names=EVENT_INSERT_COLUMNS)  # fmt: skip
     s = Settings(topic_prefix="x-")
-    a, pa = Evaluator(s, wh, Producer()), Producer()
+    a, pa = Evaluator(s, wh, Producer(), recent_from_topic=False), Producer()
     a._producer = pa
     assert a.tick(t - 1) > 0 and pa.sent == []  # first sight: the current tick is skipped
     a.tick(t + 0.5)
     assert [k for _t, k in pa.sent if _t == "x-k8s-audit-alerts"] and len(a.produced) == 1
     rec = a.produced[0]
-    z = Evaluator(s, wh, Producer())  # `alert run --once`: evaluates the current tick at once, and the same id
+    z = Evaluator(s, wh, Producer(), recent_from_topic=False)  # `alert run --once`: evaluates the current tick at once, and the same id
     z.tick(t + 0.7, skip_current=False)
     assert [r["alert_id"] for r in z.produced] == [rec["alert_id"]]
     row = [dt.datetime.fromtimestamp(rec[c] / 1e6, tz=dt.UTC) if c in ("ts", "window_start") else rec[c]
            for c in ALERT_COLUMNS]  # fmt: skip
     client.insert("alerts", [row], column_names=ALERT_COLUMNS)  # what the sink does with it
-    b = Evaluator(s, wh, Producer())
+    b = Evaluator(s, wh, Producer(), recent_from_topic=False)
     b.tick(t - 1)  # b starts in the period before t: skips it
     b.tick(t + 1)  # then evaluates t: the alert is stored, nothing produced
     assert b._producer.sent == [] and b.produced == []
     a.tick(t + 60.2)  # still holding (window 300 s): no new alert
     assert len(a.produced) == 1
-    c = Evaluator(s, wh, Producer())
+    c = Evaluator(s, wh, Producer(), recent_from_topic=False)
     c.tick(t + 61)
     c.tick(t + 120.1)  # a restarted evaluator: firing read from the table, no second alert
     assert c.produced == []
@@ -218,3 +225,35 @@ def test_a_second_evaluator_and_a_restart_see_the_stored_alert(warehouse, monkey
     assert [r["tags"][1] for r in c.produced] == ["resolved"] and c.produced[0]["group_key"] == "username=eve"
     c.tick(t + 360.1)
     assert len(c.produced) == 1
+
+
+@pytest.mark.kafka
+def test_a_restarted_evaluator_reads_alerts_the_sink_has_not_stored_yet(settings, chdb_session_path):
+    """The sink died right after an alert was produced: the alerts table lacks it, the topic has it. A new
+    evaluator reads the topic's last minutes and does not alert again."""
+    from pipeline.searches.alerts import Evaluator
+    from pipeline.searches.store import SavedSearch, Store
+    from pipeline.warehouse.migrations import EVENT_INSERT_COLUMNS
+    from tests.conftest import migrated_database
+
+    with migrated_database(chdb_session_path, "r") as (client, _s, _db):
+        wh = Wh(client)
+        Store.for_warehouse(wh).save(SavedSearch("r", "responsestatus_code=403 groupby username", alert_every=60,
+                                                 alert_window=300, alert_when="count > 2"))  # fmt: skip
+        t = int(time.time()) // 60 * 60
+        evs = denied("eve", 3, (t - 100) * 1_000_000)
+        client.insert("audit_events", [[{**e, "source_id": f"0:{i}"}[c] for c in EVENT_INSERT_COLUMNS]
+                                       for i, e in enumerate(evs)], column_names=EVENT_INSERT_COLUMNS)  # fmt: skip
+        a = Evaluator(settings, wh)  # a real producer: the alert goes to the test's alerts topic
+        a.tick(t - 1)
+        a.tick(t + 0.5)
+        assert [r["group_key"] for r in a.produced] == ["username=eve"]
+        a.stop()
+        b = Evaluator(settings, wh)  # nothing in the alerts table: only the topic knows
+        b.tick(t + 1)
+        b.tick(t + 60.5)
+        assert b.produced == [] and b.states["r"].firing == {"username=eve"}
+        c = Evaluator(settings, wh, recent_from_topic=False)  # without the topic it would alert again
+        c.tick(t + 1)
+        c.tick(t + 60.5)
+        assert [r["group_key"] for r in c.produced] == ["username=eve"]

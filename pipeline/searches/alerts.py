@@ -10,8 +10,9 @@ Evaluation ticks are aligned to the epoch (every 60 s: at :00 of each minute), a
   sha1(rule | group | window start | resolved).
 
 Exactly once, across restarts and a second evaluator: ids are deterministic per (search, group, window); the
-alerts table (ReplacingMergeTree on alert_id) says which groups are firing (their newest alert is not a resolved
-one), and an id already stored is never produced again. A restarted evaluator does not evaluate the tick its
+alerts table (ReplacingMergeTree on alert_id), and the alerts topic's last 15 minutes for what the sink has not
+stored yet, say which groups are firing (their newest alert is not a resolved one), and an id already stored is
+never produced again. A restarted evaluator does not evaluate the tick its
 predecessor may have evaluated: it starts at the next one, with the firing groups read from the alerts table and
 the runs of holding ticks (``--for``) evaluated again from the stored events (deterministic). Two evaluators racing
 on the very same tick may both produce one new alert: same id and key, stored once.
@@ -47,6 +48,7 @@ ROWS_READ = Counter("kaudit_query_alert_rows_read_total", "Rows ClickHouse read 
 ALERTS = Counter("kaudit_query_alerts_total", "Query alerts produced", ["search", "state"])
 FIRING = Gauge("kaudit_query_alert_groups_firing", "Groups of a query alert now firing", ["search"])
 MAX_GROUPS = 10_000  # groups read per evaluation
+RECENT_S = 900  # on start, alerts this recent are read back from the topic (the sink may not have stored them)
 DEFINITIONS_TTL_S = 5.0  # saved searches are read again this often (an `alert add` takes effect at once)
 RECORD_FIELDS = ("cluster", "username", "impersonated_username", "useragent", "verb", "objectref_resource",
                  "objectref_subresource", "objectref_namespace", "objectref_name", "objectref_apigroup",
@@ -77,7 +79,8 @@ class Evaluator:
     """Evaluates every saved search that is an alert. ``tick(now)`` does one round (tests call it directly);
     ``start()`` runs rounds on a thread until ``stop()``."""
 
-    def __init__(self, s: Settings, warehouse: Any, producer: Any = None, stop: threading.Event | None = None) -> None:
+    def __init__(self, s: Settings, warehouse: Any, producer: Any = None, stop: threading.Event | None = None,
+                 recent_from_topic: bool = True) -> None:  # fmt: skip
         from pipeline.models.avro import codec
 
         self.s = s
@@ -92,6 +95,7 @@ class Evaluator:
         self._defs_at = 0.0
         self._thread: threading.Thread | None = None
         self.produced: list[dict[str, Any]] = []  # every alert this evaluator produced (tests, logs)
+        self._recent: dict[str, dict[str, tuple[int, bool]]] | None = None if recent_from_topic else {}
 
     # --- loop ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -208,12 +212,60 @@ class Evaluator:
         return sent
 
     def _firing_from_table(self, ss: SavedSearch) -> set[str]:
+        """Groups whose newest announced alert is a firing one: the alerts table, and the alerts topic's last
+        minutes for what the sink may not have stored yet (a sink restarted right after an alert)."""
         rows = self.wh.query(
-            "SELECT group_key FROM (SELECT group_key, argMax(has(tags, 'resolved'), ts) AS resolved FROM alerts "
-            "WHERE rule_id = {r:String} GROUP BY group_key) WHERE NOT resolved",
+            "SELECT group_key, toUnixTimestamp64Micro(max(ts)), argMax(has(tags, 'resolved'), ts) FROM alerts "
+            "WHERE rule_id = {r:String} GROUP BY group_key",
             {"r": ss.rule_id},
         )[1]
-        return {r[0] for r in rows}
+        newest = {r[0]: (int(r[1]), bool(r[2])) for r in rows}
+        for key, (ts, resolved) in self._recent_from_topic().get(ss.rule_id, {}).items():
+            if key not in newest or ts > newest[key][0]:
+                newest[key] = (ts, resolved)
+        return {k for k, (_ts, resolved) in newest.items() if not resolved}
+
+    def _recent_from_topic(self) -> dict[str, dict[str, tuple[int, bool]]]:
+        """rule_id -> group -> (ts, resolved) of the query alerts on the alerts topic in the last RECENT_S seconds
+        (read once per evaluator; {} when Kafka does not answer: the table alone decides)."""
+        if self._recent is not None:
+            return self._recent
+        self._recent = {}
+        try:
+            from confluent_kafka import OFFSET_END, Consumer, TopicPartition
+
+            from pipeline.models.avro import decode_record
+
+            c = Consumer({"bootstrap.servers": self.s.kafka_bootstrap, "group.id": f"kaudit-query-alerts-{id(self)}",
+                          "enable.auto.commit": False, "auto.offset.reset": "earliest"})  # fmt: skip
+            try:
+                since_ms = int((time.time() - RECENT_S) * 1000)
+                meta = c.list_topics(self.t_alerts, timeout=10).topics[self.t_alerts]
+                parts = [TopicPartition(self.t_alerts, p, since_ms) for p in meta.partitions]
+                starts = c.offsets_for_times(parts, timeout=10)
+                ends = {p: c.get_watermark_offsets(TopicPartition(self.t_alerts, p), timeout=10)[1] for p in meta.partitions}
+                todo = {tp.partition for tp in starts if tp.offset not in (OFFSET_END, -1) and tp.offset < ends[tp.partition]}
+                if todo:
+                    c.assign([tp for tp in starts if tp.partition in todo])
+                deadline = time.monotonic() + 30
+                while todo and time.monotonic() < deadline:
+                    m = c.poll(0.5)
+                    if m is None or m.error():
+                        continue
+                    if m.offset() + 1 >= ends[m.partition()]:
+                        todo.discard(m.partition())
+                    if not (m.key() or b"") or b"search:" not in (dict(m.headers() or []).get(H.SOURCE_ID) or b""):
+                        continue
+                    rec = decode_record("alert", m.value(), m.headers())
+                    group = self._recent.setdefault(rec["rule_id"], {})
+                    old = group.get(rec["group_key"])
+                    if old is None or rec["ts"] >= old[0]:
+                        group[rec["group_key"]] = (int(rec["ts"]), "resolved" in rec["tags"])
+            finally:
+                c.close()
+        except Exception as exc:  # noqa: BLE001 - Kafka away: the alerts table alone decides
+            log.warning("query alerts: cannot read the recent alerts from Kafka (%s)", str(exc).splitlines()[0][:200])
+        return self._recent
 
     def _record(self, ss: SavedSearch, g: Group, t: int, window_us: int, resolved: bool) -> dict[str, Any]:
         aid = alert_id(ss.rule_id, g.key, window_us, "resolved") if resolved else alert_id(ss.rule_id, g.key, window_us)

@@ -39,7 +39,7 @@ for _line in EVENT_COLUMNS.strip().splitlines():
         LOW_CARDINALITY.add(_name)
 COLUMNS["latency_us"] = "number"
 
-LATENCY_SQL = "latency_us"  # migration 3: the annotation when present, else stage_ts - request_received_ts
+LATENCY_SQL = "latency_us"  # migration 4: the annotation when present, else stage_ts - request_received_ts
 
 ALIASES = {
     "user": "username", "user_username": "username", "user_name": "username",

@@ -1,4 +1,4 @@
-"""Saved searches in the ``saved_searches`` table (migration 4): a ReplacingMergeTree on name whose newest row
+"""Saved searches in the ``saved_searches`` table (migration 5): a ReplacingMergeTree on name whose newest row
 (``updated_at``) wins, so saving is an insert and deleting is an insert with ``deleted``. Reads use FINAL (the
 table is small). Everything is validated here, before it is stored: a saved search always compiles."""
 

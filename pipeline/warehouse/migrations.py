@@ -51,6 +51,7 @@ EVENT_COLUMNS = """
     objects_truncated Bool,
     event_version String,
     extra String CODEC(ZSTD(1)),
+    redacted Array(String),
     source_id String CODEC(ZSTD(1))
 """
 
@@ -73,18 +74,19 @@ PLAIN_STRING_COLUMNS = {
 }
 
 
-def event_columns_before_v2() -> str:
+def event_columns_before_v2(later_columns: bool = False) -> str:
     """EVENT_COLUMNS as migration 1 created them before migration 2 existed (LowCardinality strings, arrays and
-    map keys): what migration 2 converts from, for its test and ``make bench-merge``."""
+    map keys): what migration 2 converts from, for its test and ``make bench-merge`` (``later_columns``: with
+    the columns later migrations added, so that today's inserts fit and only the types differ)."""
     lc = {"String": "LowCardinality(String)", "Array(String)": "Array(LowCardinality(String))",
           "Map(String, String)": "Map(LowCardinality(String), String)"}  # fmt: skip
-    cols = EVENT_COLUMNS
+    cols = EVENT_COLUMNS if later_columns else EVENT_COLUMNS.replace("\n    redacted Array(String),", "")  # v3
     for name, typ in PLAIN_STRING_COLUMNS.items():
         cols = cols.replace(f"\n    {name} {typ},", f"\n    {name} {lc[typ]},")
     return cols
 
 
-# Saved searches (pipeline.searches): one row per version, the newest (updated_at) wins; deleted hides a name.
+# Saved searches (pipeline.searches; migration 5): one row per version, the newest (updated_at) wins; deleted hides a name.
 # alert_every > 0 makes the search a query alert (evaluated by pipeline.searches.alerts).
 SAVED_SEARCHES_DDL = """CREATE TABLE IF NOT EXISTS saved_searches (
     name String,
@@ -114,7 +116,7 @@ _GO_DURATION_US = (
     "endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), "
     f"extractAll(annotations['{LATENCY_ANNOTATION}'], '[0-9.]+[a-zµ]+')))"
 )
-# latency_us (the query language's `latency`): the apiserver's own measure when it wrote the annotation, else
+# latency_us (the query language's `latency`; migration 4): the apiserver's own measure when it wrote the annotation, else
 # stage_ts - request_received_ts. Stored, so percentile(latency, 99) reads a column instead of parsing text.
 LATENCY_MATERIALIZED = (
     f"toUInt64(round(if(mapContains(annotations, '{LATENCY_ANNOTATION}'), {_GO_DURATION_US}, "
@@ -123,7 +125,7 @@ LATENCY_MATERIALIZED = (
 
 
 def _latency_from_annotation(client: Client) -> None:
-    """Migration 3 on a table made before it: new rows get the new latency_us on insert, stored rows are
+    """Migration 4 on a table made before it: new rows get the new latency_us on insert, stored rows are
     rewritten by a background mutation. A table migration 1 made with it already is left alone (no mutation)."""
     rows = client.query(
         "SELECT default_expression FROM system.columns WHERE database = currentDatabase() "
@@ -241,11 +243,17 @@ GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
         ),
         (
             3,
+            "audit_events.redacted: the credential fields kaudit replaced by hashes (pipeline/redaction)",
+            # a no-op on a table migration 1 created with it; older rows read as [] (nothing was flagged then)
+            ["ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS redacted Array(String) AFTER extra"],
+        ),
+        (
+            4,
             "audit_events.latency_us from the apiserver.latency.k8s.io/total annotation (query language: latency)",
             [_latency_from_annotation],
         ),
         (
-            4,
+            5,
             "saved searches and query alerts (pipeline.searches)",
             [SAVED_SEARCHES_DDL],
         ),

@@ -18,6 +18,8 @@ COMMANDS = {
     "worker": "pipeline.commands.worker",
     "sink": "pipeline.commands.sink",
     "query": "pipeline.commands.query",
+    "search": "pipeline.commands.search",
+    "alert": "pipeline.commands.alert",
     "sql": "pipeline.commands.sql",
     "serve": "pipeline.commands.serve",
     "rbac": "pipeline.commands.rbac",

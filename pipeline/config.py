@@ -109,6 +109,18 @@ class Settings(BaseSettings):
     )
     api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
 
+    # --- query language: sources, saved searches, query alerts (pipeline/query, pipeline/searches) ----
+    clusters_file: Path | None = Field(
+        None,
+        description="YAML clusters file: cluster -> group and labels (query fields monitor_group, tags; the "
+        "dashboard's picker). Read again when it changes.",
+    )
+    query_alerts: bool = Field(
+        True,
+        description="Evaluate query alerts (kaudit alert add) in the process that owns the warehouse (the sink in "
+        "embedded mode); `kaudit alert run` evaluates them anywhere else.",
+    )
+
     # --- read limits (sqlguard: every API/dashboard/CLI read, raw SQL and query language; 0 = no limit) ------
     query_max_execution_time: int = Field(30, description="Seconds a read may run (max_execution_time).")
     query_max_memory_usage: int = Field(

@@ -66,7 +66,7 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
             "VALUES ('c', 'a1', 'Metadata', ['system:masters', 'x'], {'k': 'v'}, 'allow', now64(6))"
         )
         assert "redacted" not in before
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2", "3"]
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == [str(v) for v, _, _ in _migrations(0) if v >= 2]
         after = column_types(client)
         assert {n: after[n] for n in PLAIN_STRING_COLUMNS} == PLAIN_STRING_COLUMNS
         assert after["redacted"] == "Array(String)"  # migration 3; the old row reads as nothing redacted

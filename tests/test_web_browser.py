@@ -5,6 +5,7 @@ RBAC suggestion, the query box runs a query, the pickers change the view. Screen
 from __future__ import annotations
 
 import importlib.util
+import re
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -161,3 +162,40 @@ def test_query_box(page, app_url):
     assert page.locator("#query-count").get_attribute("data-rows") != "0"
     cells = page.locator("[data-table=query] tbody td").all_inner_texts()
     assert "system:admin" in cells
+
+
+def test_a_widgets_query_is_saved_in_one_click(page, app_url, loaded):  # noqa: F811
+    page.goto(f"{app_url}/#/dashboard?since=all")
+    page.wait_for_selector("[data-widget=actions] .ql-save")
+    page.once("dialog", lambda d: d.accept("actions-by-verb"))
+    page.locator("[data-widget=actions] .ql-save").click()
+    page.wait_for_function("document.getElementById('status').textContent.includes('saved search')")
+    rows = loaded.warehouse.query("SELECT name, query, since FROM saved_searches FINAL WHERE NOT deleted", {})[1]
+    text = page.locator("[data-widget=actions] .ql").inner_text()
+    assert ["actions-by-verb", text, "all"] in rows
+    # listed on the Saved page; one click runs it in the query box
+    page.goto(f"{app_url}/#/searches")
+    page.click("[data-table=searches] tr[data-key=actions-by-verb] a")
+    page.wait_for_selector("#query-count")
+    assert page.locator("#query-input").input_value() == text
+    m = re.fullmatch(r"timeslice (\d+)([dhm]) groupby verb", text)  # the widget's query, as the dashboard chose it
+    step = int(m.group(1)) * {"d": 86400, "h": 3600, "m": 60}[m.group(2)] * 1_000_000
+    want = {(e["request_received_ts"] - e["request_received_ts"] % step, e["verb"]) for e in loaded.events}
+    assert int(page.locator("#query-count").get_attribute("data-rows")) == len(want)
+
+
+def test_cluster_picker_shows_groups_from_the_clusters_file(page, loaded, tmp_path):  # noqa: F811
+    from pipeline.commands.serve import build_app
+
+    cf = tmp_path / "clusters.yaml"
+    cf.write_text("clusters:\n  falco: {group: security, labels: {env: prod}}\n  openshift: security\n")
+    srv = ServerThread(build_app(loaded.settings.model_copy(update={"clusters_file": cf}), loaded.warehouse))
+    try:
+        page.goto(f"{srv.url}/#/dashboard?since=all")
+        page.wait_for_selector("#cluster-menu [data-group=security]", state="attached")
+        page.click("#cluster-button")
+        assert "falco · security" in page.locator("#cluster-menu").inner_text()
+        page.click("#cluster-menu [data-group=security]")
+        page.wait_for_function("location.hash.includes('cluster=falco%2Copenshift') || location.hash.includes('cluster=falco,openshift')")
+    finally:
+        srv.stop()

@@ -65,15 +65,23 @@ def run(args: argparse.Namespace) -> int:
     sink = Sink(s, SinkOptions(group=args.group, max_rows=args.max_rows, max_seconds=args.max_seconds), stop)
     if not sink.open_warehouse():
         return 0
-    api = wh = None
+    api = wh = alerts = None
     if sink.embedded and not args.no_api:
         wh = Warehouse(s)
         api = ApiServer(s, wh)
         api.start()
+    if sink.embedded and s.query_alerts:  # this process owns the warehouse: it evaluates the query alerts
+        from pipeline.searches.alerts import Evaluator
+
+        wh = wh or Warehouse(s, max_workers=1)
+        alerts = Evaluator(s, wh)
+        alerts.start()
     tune_gc()  # after startup: what it built is frozen out of every collection
     try:
         return sink.run()
     finally:
+        if alerts:
+            alerts.stop()
         if api:
             api.stop()
         if wh:

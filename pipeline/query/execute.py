@@ -78,7 +78,7 @@ def _local(wh: Any, query: str | None, sql: str | None, qargs: dict[str, str | N
 
     if query is not None:
         cq = compile_query(query, since=qargs.get("since"), from_=qargs.get("from"), to=qargs.get("to"),
-                           cluster=qargs.get("cluster"))  # fmt: skip
+                           cluster=qargs.get("cluster"), settings=getattr(wh, "s", None))  # fmt: skip
         out = _timed(wh, cq.sql, cq.params, cq)
         out["columns"] = cq.columns
         out["kind"] = cq.kind

@@ -7,8 +7,6 @@ from dataclasses import dataclass
 
 from pipeline.warehouse.migrations import EVENT_COLUMNS
 
-LATENCY_ANNOTATION = "apiserver.latency.k8s.io/total"
-
 
 @dataclass(frozen=True)
 class Field:
@@ -33,19 +31,15 @@ def _kind(ch_type: str) -> str:
 
 
 COLUMNS: dict[str, str] = {}
+LOW_CARDINALITY: set[str] = set()  # functions of these run once per dictionary value, not per row
 for _line in EVENT_COLUMNS.strip().splitlines():
     _name, _type = _line.strip().rstrip(",").split(None, 1)
     COLUMNS[_name] = _kind(_type)
+    if _type.startswith("LowCardinality"):
+        LOW_CARDINALITY.add(_name)
 COLUMNS["latency_us"] = "number"
 
-# Go duration text ("1.5ms", "2m3.1s") -> microseconds; falls back to stage_ts - request_received_ts.
-_GO_DURATION_US = (
-    "arraySum(arrayMap(p -> toFloat64OrZero(extract(p, '^[0-9.]+')) * multiIf("
-    "endsWith(p, 'ns'), 0.001, endsWith(p, 'us') OR endsWith(p, 'µs'), 1, endsWith(p, 'ms'), 1000, "
-    "endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), "
-    f"extractAll(annotations['{LATENCY_ANNOTATION}'], '[0-9.]+[a-zµ]+')))"
-)
-LATENCY_SQL = f"if(mapContains(annotations, '{LATENCY_ANNOTATION}'), {_GO_DURATION_US}, toFloat64(latency_us))"
+LATENCY_SQL = "latency_us"  # migration 4: the annotation when present, else stage_ts - request_received_ts
 
 ALIASES = {
     "user": "username", "user_username": "username", "user_name": "username",
@@ -68,7 +62,11 @@ ALIASES = {
     "timestamp": "request_received_ts", "time": "request_received_ts", "_time": "request_received_ts",
     "requestreceivedtimestamp": "request_received_ts", "stagetimestamp": "stage_ts",
     "authorization_decision": "decision", "apiversion_event": "event_version",
+    "monitor_name": "cluster", "monitor": "cluster", "cluster_name": "cluster",
 }  # fmt: skip
+# Source scoping from the clusters file (pipeline.query.clusters): a cluster's group and its labels (key=value).
+SOURCE_FIELDS = {"monitor_group": "cluster_group", "cluster_group": "cluster_group", "tags": "cluster_labels",
+                 "cluster_labels": "cluster_labels", "labels": "cluster_labels"}  # fmt: skip
 
 HIDDEN = {"request_object", "response_object", "extra"}  # queryable, not shown by default
 
@@ -78,7 +76,7 @@ def _canon(name: str) -> str:
 
 
 def known_names() -> list[str]:
-    return sorted(set(COLUMNS) | {"latency"} | set(ALIASES))
+    return sorted(set(COLUMNS) | {"latency"} | set(ALIASES) | set(SOURCE_FIELDS))
 
 
 def resolve(name: str) -> Field | None:
@@ -90,6 +88,9 @@ def resolve(name: str) -> Field | None:
     c = _canon(name)
     if c == "latency":
         return Field("latency", "number", LATENCY_SQL)
+    if c in SOURCE_FIELDS:
+        kind = SOURCE_FIELDS[c]
+        return Field("monitor_group" if kind == "cluster_group" else "tags", kind, "cluster")
     col = c if c in COLUMNS else ALIASES.get(c)
     if col is None:
         return None

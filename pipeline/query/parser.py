@@ -13,8 +13,10 @@ WORD_RE = re.compile(r"[^\s()=!<>,\"']+")
 DURATION_RE = re.compile(r"^(\d+)(s|sec|m|min|h|hr|d|day|days|w|wk)$", re.I)
 UNIT_SECONDS = {"s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600, "d": 86400, "day": 86400,
                 "days": 86400, "w": 604800, "wk": 604800}  # fmt: skip
-CLAUSES = {"groupby", "group", "timeslice", "include", "exclude", "before", "sort", "order", "limit"}
-AGGS = {"count", "count_distinct", "sum", "min", "max", "avg"}
+CLAUSES = {"groupby", "group", "timeslice", "include", "exclude", "before", "sort", "order", "limit", "having", "top"}
+# aggregates: count (alone or count(f)), count_distinct(f), sum/min/max/avg/sd(f), distinct(f), percentile(f, p),
+# ratio(condition, condition)
+AGGS = {"count", "count_distinct", "sum", "min", "max", "avg", "sd", "stddev", "distinct", "percentile", "ratio"}
 STRING_OPS = {"contains", "startswith", "endswith"}
 
 
@@ -92,13 +94,33 @@ class Not:
 
 @dataclass
 class Agg:
-    func: str  # count | count_distinct | sum | min | max | avg
+    func: str  # count | count_distinct | sum | min | max | avg | sd | distinct | percentile | ratio
     field: Field | None
     col: int
+    level: float = 0.0  # percentile: 0..100
+    conds: tuple = ()  # ratio: (numerator condition, denominator condition)
+    text: str = ""  # ratio: the arguments as typed (the column's name)
+    before: bool = False  # having/sort: the earlier period's value (count_before)
 
     @property
     def name(self) -> str:
-        return "count" if self.func == "count" and self.field is None else f"{self.func}({self.field.name})"
+        if self.func == "count" and self.field is None:
+            base = "count"
+        elif self.func == "percentile":
+            base = f"percentile({self.field.name}, {self.level:g})"
+        elif self.func == "ratio":
+            base = f"ratio({self.text})"
+        else:
+            base = f"{self.func}({self.field.name})"
+        return base + ("_before" if self.before else "")
+
+
+@dataclass
+class HavingCmp:
+    agg: Agg
+    op: str  # = != < <= > >=
+    value: float
+    col: int
 
 
 @dataclass
@@ -106,6 +128,7 @@ class SortKey:
     name: str
     desc: bool
     col: int
+    agg: Agg | None = None  # sort by an aggregate (shown or not)
 
 
 @dataclass
@@ -120,6 +143,16 @@ class Query:
     sort: list[SortKey] = field(default_factory=list)
     limit: int | None = None
     has_groupby: bool = False
+    count_listed: bool = False  # `count` written as an aggregate (alone or in a list)
+    having: object | None = None  # Logic / Not / HavingCmp over aggregates
+    top: int | None = None
+    top_by: Agg | None = None
+    top_col: int = 0
+
+    @property
+    def is_aggregate(self) -> bool:
+        return bool(self.has_groupby or self.timeslice or self.before or self.aggs or self.count_listed
+                    or self.having is not None or self.top)  # fmt: skip
 
 
 def duration_seconds(text: str) -> int | None:
@@ -167,13 +200,26 @@ class Parser:
         if self.tok.kind != "eof" and not self._at_clause():
             q.where = self.expr()
         while self.tok.kind != "eof":
+            if self.at_word("and") and self._at_agg(self.i + 1):  # `verb=get and count_distinct(username)`
+                self.next()
             if not self._at_clause():
-                raise error_at(f"expected and, or, or a clause (groupby, timeslice, include, exclude, before, "
-                               f"sort by, limit), found {_show(self.tok)}", self.tok.col)  # fmt: skip
+                raise error_at(f"expected and, or, or a clause (groupby, timeslice, include, exclude, before, having, "
+                               f"sort by, top, limit) or an aggregate (count, avg(f), ...), found {_show(self.tok)}",
+                               self.tok.col)  # fmt: skip
             self.clause(q)
         return q
 
+    def _at_agg(self, i: int | None = None) -> bool:
+        """An aggregate starts at token i: count alone, or an aggregate name followed by "("."""
+        i = self.i if i is None else i
+        t, nxt = self.toks[i], self.toks[i + 1] if i + 1 < len(self.toks) else Tok("eof", "", 0)
+        if t.kind != "word" or t.low not in AGGS:
+            return False
+        return nxt.kind == "(" or (t.low == "count" and nxt.kind != "op" and nxt.low not in STRING_OPS | {"in", "not", "is", "exists"})
+
     def _at_clause(self) -> bool:
+        if self._at_agg():
+            return True
         if not self.at_word(*CLAUSES):
             return False
         if self.tok.low in ("group", "sort", "order"):
@@ -190,7 +236,7 @@ class Parser:
 
     def and_expr(self) -> object:
         items = [self.unary()]
-        while self.at_word("and"):
+        while self.at_word("and") and not self._at_agg(self.i + 1):
             self.next()
             items.append(self.unary())
         return items[0] if len(items) == 1 else Logic("and", items)
@@ -265,6 +311,10 @@ class Parser:
         raise error_at(f"expected a value, found {_show(t)}", t.col)
 
     def clause(self, q: Query) -> None:
+        if self._at_agg():  # aggregates without groupby: `count`, `count_distinct(username), avg(latency)`
+            for item in self.list_items(aggs_only=True):
+                self._add_agg(q, item)
+            return
         t = self.next()
         kw = t.low
         if kw in ("group", "order"):
@@ -276,8 +326,7 @@ class Parser:
             q.has_groupby = True
             for item in self.list_items():
                 if isinstance(item, Agg):
-                    if item.name != "count":
-                        q.aggs.append(item)
+                    self._add_agg(q, item)
                 else:
                     q.groupby.append(item)
         elif kw == "timeslice":
@@ -315,17 +364,33 @@ class Parser:
                 k = self.next()
                 if k.kind not in ("word", "str"):
                     raise error_at(f"expected a field to sort by, found {_show(k)}", k.col)
-                name = k.value
-                if self.tok.kind == "(":  # sort by avg(latency)
-                    self.i -= 1
-                    name = self.agg_item().name
+                name, agg = k.value, None
+                if self.tok.kind == "(" or (k.kind == "word" and k.low in ("count", "count_before")):
+                    self.i -= 1  # sort by avg(latency), sort by count
+                    agg = self.agg_ref()
+                    name = agg.name
                 desc = True
                 if self.at_word("asc", "desc"):
                     desc = self.next().low == "desc"
-                q.sort.append(SortKey(name, desc, k.col))
+                q.sort.append(SortKey(name, desc, k.col, agg))
                 if self.tok.kind != ",":
                     break
                 self.next()
+        elif kw == "having":
+            if q.having is not None:
+                raise error_at("having given twice", t.col)
+            q.having = self.having_expr()
+        elif kw == "top":
+            n = self.next()
+            if n.kind != "word" or not n.value.isdigit() or int(n.value) <= 0:
+                raise error_at(f"expected a positive number after top, found {_show(n)}", n.col)
+            q.top, q.top_col = int(n.value), t.col
+            if self.at_word("by"):
+                self.next()
+                if not self._at_agg():
+                    raise error_at(f"expected an aggregate after top {n.value} by (count, avg(latency), ...), "
+                                   f"found {_show(self.tok)}", self.tok.col)  # fmt: skip
+                q.top_by = self.agg_item()
         elif kw == "limit":
             n = self.next()
             if n.kind != "word" or not n.value.isdigit() or int(n.value) <= 0:
@@ -334,13 +399,74 @@ class Parser:
         else:  # pragma: no cover - _at_clause guards this
             raise error_at(f"unknown clause {t.value}", t.col)
 
-    def list_items(self) -> list[Field | Agg]:
+    @staticmethod
+    def _add_agg(q: Query, item: Agg) -> None:
+        if item.name == "count":
+            q.count_listed = True
+        elif item.name not in {a.name for a in q.aggs}:
+            q.aggs.append(item)
+
+    # having: comparisons of aggregates with numbers, combined with and/or/not/( )
+    def having_expr(self) -> object:
+        items = [self.having_and()]
+        while self.at_word("or"):
+            self.next()
+            items.append(self.having_and())
+        return items[0] if len(items) == 1 else Logic("or", items)
+
+    def having_and(self) -> object:
+        items = [self.having_unary()]
+        while self.at_word("and"):
+            self.next()
+            items.append(self.having_unary())
+        return items[0] if len(items) == 1 else Logic("and", items)
+
+    def having_unary(self) -> object:
+        t = self.tok
+        if self.at_word("not"):
+            self.next()
+            return Not(self.having_unary())
+        if t.kind == "(":
+            self.next()
+            inner = self.having_expr()
+            self.expect(")", '")"')
+            return inner
+        agg = self.agg_ref()
+        op = self.tok
+        if op.kind != "op":
+            raise error_at(f"expected a comparison (>, >=, <, <=, =, !=) after {agg.name}, found {_show(op)}", op.col)
+        self.next()
+        v = self.next()
+        try:
+            num = float(v.value) if v.kind in ("word", "str") else None
+        except ValueError:
+            num = None
+        if num is None or num != num:
+            raise error_at(f"expected a number after {agg.name} {op.value}, found {_show(v)}", v.col)
+        return HavingCmp(agg, op.value, num, t.col)
+
+    def agg_ref(self) -> Agg:
+        """An aggregate in having/sort: count, count_before, avg(latency), avg(latency)_before, ..."""
+        t = self.tok
+        if t.kind == "word" and t.low in ("count", "count_before") and self.toks[self.i + 1].kind != "(":
+            self.next()
+            return Agg("count", None, t.col, before=t.low == "count_before")
+        if not self._at_agg():
+            raise error_at(f"expected an aggregate (count, count_distinct(f), avg(f), ...), found {_show(t)}", t.col)
+        a = self.agg_item()
+        if self.tok.kind == "word" and self.tok.low == "_before":
+            self.next()
+            a.before = True
+        return a
+
+    def list_items(self, aggs_only: bool = False) -> list[Field | Agg]:
         items: list[Field | Agg] = []
         while True:
-            if self.tok.kind == "word" and self.tok.low in AGGS and (
-                self.toks[self.i + 1].kind == "(" or self.tok.low == "count"
-            ):
+            if self._at_agg():
                 items.append(self.agg_item())
+            elif aggs_only:
+                raise error_at(f"expected an aggregate (count, count_distinct(f), avg(f), ...), found {_show(self.tok)}; "
+                               f"fields go after groupby", self.tok.col)  # fmt: skip
             else:
                 items.append(self.field())
             if self.tok.kind != ",":
@@ -356,17 +482,38 @@ class Parser:
         if func == "count" and self.tok.kind == ")":
             self.next()
             return Agg("count", None, t.col)
+        if func == "ratio":
+            start = self.tok.col
+            first = self.expr()
+            self.expect(",", '"," between the two conditions of ratio(a, b)')
+            second = self.expr()
+            end = self.tok.col
+            self.expect(")", '")" closing ratio(')
+            text = " ".join(self.text[start - 1 : end - 1].split())
+            return Agg("ratio", None, t.col, conds=(first, second), text=text)
         ftok = self.tok
         f = self.field()
+        level = 0.0
+        if func == "percentile":
+            self.expect(",", '"," and a percentile after the field, e.g. percentile(latency, 99)')
+            pt = self.next()
+            try:
+                level = float(pt.value) if pt.kind == "word" else -1.0
+            except ValueError:
+                level = -1.0
+            if not 0 <= level <= 100:
+                raise error_at(f"expected a percentile between 0 and 100, found {_show(pt)}", pt.col)
         self.expect(")", f'")" closing {func}(')
-        if func in ("sum", "avg") and f.kind != "number":
+        if func == "stddev":
+            func = "sd"
+        if func in ("sum", "avg", "sd", "percentile") and f.kind != "number":
             raise error_at(f'{func}() needs a numeric field such as responsestatus_code or latency, not "{f.name}"',
                            ftok.col)  # fmt: skip
         if func in ("min", "max") and f.kind not in ("number", "time", "string"):
             raise error_at(f'{func}() needs a numeric, time or text field, not "{f.name}"', ftok.col)
         if func == "count":
             func = "count_distinct"
-        return Agg(func, f, t.col)
+        return Agg(func, f, t.col, level=level)
 
 
 def _show(t: Tok) -> str:

@@ -80,7 +80,8 @@ async def query(request: web.Request) -> web.Response:
     text = qs.get("q", "")
     try:
         cq = compile_query(text, since=qs.get("since") or None, from_=qs.get("from") or None,
-                           to=qs.get("to") or None, cluster=qs.get("cluster") or None)  # fmt: skip
+                           to=qs.get("to") or None, cluster=qs.get("cluster") or None,
+                           settings=request.app[SETTINGS])  # fmt: skip
     except QueryError as exc:
         return _error(400, str(exc), exc.column)
     # columns: the display names (group fields, count, ...) rather than the SQL aliases
@@ -127,6 +128,9 @@ def make_app(settings: Settings, warehouse: Warehouse) -> web.Application:
             raise
     else:
         routes.setup(app, settings, warehouse)
+    from pipeline.searches import api as searches_api  # saved searches, query alerts, /api/clusters
+
+    searches_api.setup(app, settings, warehouse)
     return app
 
 

@@ -7,6 +7,7 @@ use IF NOT EXISTS so that a crash mid-migration can simply be re-run.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
@@ -85,11 +86,60 @@ def event_columns_before_v2(later_columns: bool = False) -> str:
     return cols
 
 
+# Saved searches (pipeline.searches; migration 5): one row per version, the newest (updated_at) wins; deleted hides a name.
+# alert_every > 0 makes the search a query alert (evaluated by pipeline.searches.alerts).
+SAVED_SEARCHES_DDL = """CREATE TABLE IF NOT EXISTS saved_searches (
+    name String,
+    query String,
+    owner String,
+    clusters Array(String),
+    since String,
+    alert_every UInt32,
+    alert_window UInt32,
+    alert_when String,
+    alert_for UInt16,
+    severity LowCardinality(String),
+    deleted Bool,
+    updated_at DateTime64(6, 'UTC')
+) ENGINE = ReplacingMergeTree(updated_at)
+ORDER BY name"""
+
 # Columns the sink inserts, in order (everything above; materialized columns are computed by ClickHouse).
 EVENT_INSERT_COLUMNS = [line.split()[0] for line in EVENT_COLUMNS.strip().splitlines()]
 
 
-def _migrations(ttl_days: int) -> list[tuple[int, str, list[str]]]:
+LATENCY_ANNOTATION = "apiserver.latency.k8s.io/total"
+# Go duration text ("1.5ms", "2m3.1s") -> microseconds.
+_GO_DURATION_US = (
+    "arraySum(arrayMap(p -> toFloat64OrZero(extract(p, '^[0-9.]+')) * multiIf("
+    "endsWith(p, 'ns'), 0.001, endsWith(p, 'us') OR endsWith(p, 'µs'), 1, endsWith(p, 'ms'), 1000, "
+    "endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), "
+    f"extractAll(annotations['{LATENCY_ANNOTATION}'], '[0-9.]+[a-zµ]+')))"
+)
+# latency_us (the query language's `latency`; migration 4): the apiserver's own measure when it wrote the annotation, else
+# stage_ts - request_received_ts. Stored, so percentile(latency, 99) reads a column instead of parsing text.
+LATENCY_MATERIALIZED = (
+    f"toUInt64(round(if(mapContains(annotations, '{LATENCY_ANNOTATION}'), {_GO_DURATION_US}, "
+    "toFloat64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts))))))"
+)
+
+
+def _latency_from_annotation(client: Client) -> None:
+    """Migration 4 on a table made before it: new rows get the new latency_us on insert, stored rows are
+    rewritten by a background mutation. A table migration 1 made with it already is left alone (no mutation)."""
+    rows = client.query(
+        "SELECT default_expression FROM system.columns WHERE database = currentDatabase() "
+        "AND table = 'audit_events' AND name = 'latency_us'"
+    ).result_rows
+    if rows and "apiserver.latency.k8s.io" in rows[0][0]:
+        return
+    verb = "MODIFY" if rows else "ADD"
+    client.command(f"ALTER TABLE audit_events {verb} COLUMN latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED}")
+    if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
+        client.command("ALTER TABLE audit_events MATERIALIZE COLUMN latency_us")
+
+
+def _migrations(ttl_days: int) -> list[tuple[int, str, list[Any]]]:
     ttl = f"TTL toDateTime(request_received_ts) + INTERVAL {ttl_days} DAY" if ttl_days > 0 else ""
     return [
         (
@@ -97,7 +147,7 @@ def _migrations(ttl_days: int) -> list[tuple[int, str, list[str]]]:
             "events, stats, alerts, rollups",
             [
                 f"""CREATE TABLE IF NOT EXISTS audit_events ({EVENT_COLUMNS},
-    latency_us UInt64 MATERIALIZED toUInt64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts))),
+    latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED},
     INDEX idx_auditid auditid TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_username username TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_name objectref_name TYPE bloom_filter(0.01) GRANULARITY 1,
@@ -197,6 +247,16 @@ GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
             # a no-op on a table migration 1 created with it; older rows read as [] (nothing was flagged then)
             ["ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS redacted Array(String) AFTER extra"],
         ),
+        (
+            4,
+            "audit_events.latency_us from the apiserver.latency.k8s.io/total annotation (query language: latency)",
+            [_latency_from_annotation],
+        ),
+        (
+            5,
+            "saved searches and query alerts (pipeline.searches)",
+            [SAVED_SEARCHES_DDL],
+        ),
     ]
 
 
@@ -212,8 +272,8 @@ def migrate(client: Client, s: Settings | None = None) -> list[str]:
     for version, name, statements in _migrations(s.retention_days):
         if version in done:
             continue
-        for stmt in statements:
-            client.command(stmt)
+        for stmt in statements:  # SQL, or a function of the client for a migration that must look first
+            stmt(client) if callable(stmt) else client.command(stmt)
         client.insert("kaudit_migrations", [[version, name]], column_names=["version", "name"])
         log.info("applied migration %d: %s", version, name)
         applied.append(f"{version}: {name}")

@@ -145,6 +145,26 @@ class Warehouse:
     async def aquery_compiled(self, cq: Any) -> tuple[list[str], list[list[Any]]]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.query_compiled, cq)
 
+    def query_summary(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[list[Any]], int]:
+        """query() plus the rows ClickHouse read (0 when the engine does not say): the cost of a query alert."""
+        res = self._client().query(sql, parameters=params or None, settings=dict(self.limits))
+        try:
+            read = int((res.summary or {}).get("read_rows", 0))
+        except (TypeError, ValueError):
+            read = 0
+        return list(res.column_names), [[jsonable(v) for v in row] for row in res.result_rows], read
+
+    def insert(self, table: str, rows: list[list[Any]], column_names: list[str]) -> None:
+        """A small synchronous insert (saved searches; never user SQL), on a client of the writing user: the
+        read-only reader user (KAUDIT_READER_USER) could not."""
+        c = getattr(self._local, "writer", None)
+        if c is None:
+            c = open_client(self.s, **({"database": self.database} if self.database else {}))
+            self._local.writer = c
+            with self._lock:
+                self._clients.append(c)
+        c.insert(table, rows, column_names=column_names, settings={"async_insert": 0})
+
     def sql(self, sql: str, clusters: Iterable[str] | None = None) -> tuple[list[str], list[list[Any]]]:
         """A user's raw SQL: refused (ReadOnlyError) unless the guard accepts it; run under the limits."""
         stmt, settings = self.prepare(sql, clusters)

@@ -110,8 +110,27 @@ function apiParams(params, keys) {
 /* ---------- pieces ---------- */
 function qlLink(text, title) {
   if (!text) return null;
-  return el("a", { class: "ql", title: title || "query language: click to open in the query box", text,
+  const link = el("a", { class: "ql", title: title || "query language: click to open in the query box", text,
     dataset: { ql: text }, onclick: (ev) => { ev.preventDefault(); openQuery(text); } });
+  const save = el("a", { class: "ql-save", title: "save as a saved search (kaudit search list)", text: "save",
+    onclick: (ev) => { ev.preventDefault(); saveSearch(text); } });
+  return el("span", { class: "ql-wrap" }, link, " ", save);
+}
+/* POST /api/searches (pipeline/searches/api.py): the query text, named by the user, with the current range */
+async function saveSearch(text) {
+  const suggested = text.replace(/[^A-Za-z0-9]+/g, "-").replace(/^-+|-+$/g, "").slice(0, 60).toLowerCase() || "search";
+  const name = window.prompt("Save this query as (letters, digits, . _ -):", suggested);
+  if (!name) return;
+  const g = globals(route().params);
+  const body = { name, query: text, since: g.get("since") || "24h",
+    clusters: (g.get("cluster") || "").split(",").filter(Boolean) };
+  const headers = { "Content-Type": "application/json", ...(token ? { Authorization: "Bearer " + token } : {}) };
+  try {
+    const r = await fetch("/api/searches", { method: "POST", headers, credentials: "same-origin", body: JSON.stringify(body) });
+    const out = await r.json().catch(() => ({ error: r.statusText }));
+    if (!r.ok) throw new Error(out.error || r.statusText);
+    setStatus(`saved search "${out.name}" (kaudit search run ${out.name})`);
+  } catch (e) { setStatus("save failed: " + e.message, true); }
 }
 function card(title, sub, ql, body, opts) {
   return el("section", { class: "card" + (opts && opts.wide ? " wide" : ""), dataset: { widget: opts && opts.id } },
@@ -376,7 +395,22 @@ async function viewRbac(params, main) {
   setStatus(`${data.requests} denied requests`);
 }
 
-const VIEWS = { dashboard: viewDashboard, events: viewEvents, event: viewEvent, query: viewQuery, rbac: viewRbac };
+/* saved searches (GET /api/searches): click one to run it in the query box over its own range */
+async function viewSearches(params, main) {
+  const data = await api("/api/searches");
+  const run = (s) => go("query", withGlobals({ q: s.query, since: s.since || "24h", cluster: (s.clusters || []).join(",") }));
+  main.replaceChildren(el("section", { class: "card wide", dataset: { widget: "searches" } }, el("h2", { text: "Saved searches" }),
+    !data.searches.length ? el("div", { class: "empty", text: "no saved searches yet: \"save\" next to any query text" }) : el("table", { dataset: { table: "searches" } },
+      el("thead", {}, el("tr", {}, ["name", "query", "owner", "clusters", "range", "alert"].map((h) => el("th", { text: h })))),
+      el("tbody", {}, data.searches.map((s) => el("tr", { dataset: { key: s.name } },
+        el("td", {}, el("a", { class: "link", text: s.name, title: "run it", onclick: (ev) => { ev.preventDefault(); run(s); } })),
+        el("td", { class: "trunc mono", text: s.query }), el("td", { text: s.owner }), el("td", { text: (s.clusters || []).join(", ") }),
+        el("td", { text: s.since }),
+        el("td", { class: "muted", text: s.alert_every ? `every ${s.alert_every}s over ${s.alert_window}s when ${s.alert_when}` : "" })))))));
+  setStatus(`${data.searches.length} saved search(es)`);
+}
+
+const VIEWS = { dashboard: viewDashboard, events: viewEvents, event: viewEvent, query: viewQuery, rbac: viewRbac, searches: viewSearches };
 
 /* ---------- controls ---------- */
 function syncControls(params) {
@@ -407,11 +441,22 @@ async function loadClusters() {
   try {
     clusterList = (await api("/api/dashboard/clusters")).clusters;
   } catch (e) { clusterList = []; }
+  let info = {}, groups = [];  // the clusters file (GET /api/clusters): group and labels of each cluster
+  try {
+    const cl = await api("/api/clusters");
+    for (const c of cl.clusters) info[c.name] = c;
+    groups = cl.groups || [];
+  } catch (e) { info = {}; }
   const menu = document.getElementById("cluster-menu");
-  menu.replaceChildren(...(clusterList.length ? clusterList.map((c) => el("label", {}, el("input", { type: "checkbox", value: c, onchange: () => {
+  const describe = (c) => info[c] && info[c].group ? ` · ${info[c].group}` : "";
+  const labels = (c) => info[c] ? Object.entries(info[c].labels || {}).map(([k, v]) => `${k}=${v}`).join(", ") : "";
+  const groupLinks = groups.map((g) => el("a", { class: "link", dataset: { group: g }, text: g, title: "select this group's clusters",
+    onclick: (ev) => { ev.preventDefault(); setGlobal({ cluster: clusterList.filter((c) => info[c] && info[c].group === g).join(",") }); } }));
+  menu.replaceChildren(...(groupLinks.length ? [el("div", { class: "muted" }, "groups: ", ...groupLinks.flatMap((a) => [a, " "]))] : []),
+    ...(clusterList.length ? clusterList.map((c) => el("label", { title: labels(c) }, el("input", { type: "checkbox", value: c, onchange: () => {
     const sel = [...menu.querySelectorAll("input:checked")].map((i) => i.value);
     setGlobal({ cluster: sel.join(",") });
-  } }), " " + c)) : [el("div", { class: "muted", text: "no clusters yet" })]));
+  } }), " " + c + describe(c))) : [el("div", { class: "muted", text: "no clusters yet" })]));
   syncControls(route().params);
 }
 

@@ -1,0 +1,129 @@
+"""Query API routes for saved searches and the clusters picker, added to the warehouse owner's app
+(``pipeline.warehouse.api.make_app``):
+
+- ``GET /api/clusters``: every cluster (clusters file + clusters with stored events) with its group and labels.
+- ``GET /api/searches[?owner=&alerts=1]``, ``GET /api/searches/{name}``: saved searches.
+- ``POST /api/searches`` (JSON SavedSearch): save or replace; 400 ``{"error", "column", "field"}`` when it does not
+  compile. ``DELETE /api/searches/{name}``.
+- ``GET /api/searches/{name}/run?since=|from=&to=``: run it (same answer as /api/query).
+Store calls run in the warehouse's thread pool, never on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from pipeline.config import Settings
+from pipeline.query import QueryError, compile_query
+from pipeline.query.clusters import ClustersFileError, for_settings
+from pipeline.searches.store import SavedSearch, SearchError, Store
+from pipeline.warehouse.reader import jsonable
+
+log = logging.getLogger("kaudit.searches")
+STORE = web.AppKey("kaudit_searches_store", Store)
+WH = web.AppKey("kaudit_searches_warehouse", object)
+CFG = web.AppKey("kaudit_searches_settings", Settings)
+
+
+def _err(status: int, message: str, column: int | None = None, field: str | None = None) -> web.Response:
+    body: dict[str, Any] = {"error": message}
+    if column:
+        body["column"] = column
+    if field:
+        body["field"] = field
+    return web.json_response(body, status=status)
+
+
+async def _blocking(req: web.Request, fn: Any, *args: Any) -> Any:
+    pool = getattr(req.app[WH], "pool", None)
+    return await asyncio.get_running_loop().run_in_executor(pool, fn, *args)
+
+
+async def clusters(req: web.Request) -> web.Response:
+    try:
+        cm = for_settings(req.app[CFG])
+    except ClustersFileError as exc:
+        return _err(500, str(exc))
+    wh = req.app[WH]
+    _cols, rows = await _blocking(req, wh.query, "SELECT DISTINCT cluster FROM events_1m ORDER BY cluster LIMIT 10000", {})
+    seen = {r[0] for r in rows}
+    out = [{**c, "seen": c["name"] in seen} for c in cm.as_json()]
+    out += [{"name": n, "group": "", "labels": {}, "seen": True} for n in sorted(seen - set(cm.clusters))]
+    out.sort(key=lambda c: (c["group"] == "", c["group"], c["name"]))
+    return web.json_response({"clusters": out, "groups": cm.groups,
+                              "file": str(cm.path) if cm.path else None})  # fmt: skip
+
+
+async def list_searches(req: web.Request) -> web.Response:
+    store = req.app[STORE]
+    found = await _blocking(req, store.list, req.query.get("owner") or None, req.query.get("alerts") in ("1", "true"))
+    return web.json_response({"searches": [s.as_json() for s in found]})
+
+
+async def get_search(req: web.Request) -> web.Response:
+    ss = await _blocking(req, req.app[STORE].get, req.match_info["name"])
+    if ss is None:
+        return _err(404, f"no saved search {req.match_info['name']!r}")
+    return web.json_response(ss.as_json())
+
+
+async def save_search(req: web.Request) -> web.Response:
+    try:
+        body = await req.json()
+    except Exception:  # noqa: BLE001
+        return _err(400, 'body must be a JSON saved search {"name": ..., "query": ...}')
+    try:
+        ss = SavedSearch.from_json(body)
+        saved = await _blocking(req, req.app[STORE].save, ss)
+    except SearchError as exc:
+        return _err(400, str(exc), exc.column, exc.field)
+    log.info("saved search %s (owner %s%s)", saved.name, saved.owner or "-", ", alert" if saved.is_alert else "")
+    return web.json_response(saved.as_json())
+
+
+async def delete_search(req: web.Request) -> web.Response:
+    name = req.match_info["name"]
+    if not await _blocking(req, req.app[STORE].delete, name):
+        return _err(404, f"no saved search {name!r}")
+    return web.json_response({"deleted": name})
+
+
+async def run_search(req: web.Request) -> web.Response:
+    name = req.match_info["name"]
+    ss = await _blocking(req, req.app[STORE].get, name)
+    if ss is None:
+        return _err(404, f"no saved search {name!r}")
+    qs = req.query
+    since = qs.get("since") or (None if qs.get("from") or qs.get("to") else ss.since or None)
+    try:
+        cq = compile_query(ss.query, since=since, from_=qs.get("from") or None, to=qs.get("to") or None,
+                           cluster=ss.clusters or None, settings=req.app[CFG])  # fmt: skip
+    except QueryError as exc:
+        return _err(400, str(exc), exc.column)
+    t0 = time.perf_counter()
+    try:
+        cols, rows = await req.app[WH].aquery_compiled(cq)
+    except Exception as exc:  # noqa: BLE001
+        return _err(400, f"query failed: {str(exc).strip().splitlines()[0][:500]}")
+    del cols
+    return web.json_response({"columns": cq.columns, "rows": rows, "kind": cq.kind, "sql": cq.sql,
+                              "params": jsonable(cq.params), "search": ss.as_json(),
+                              "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)})  # fmt: skip
+
+
+def setup(app: web.Application, settings: Settings, warehouse: Any) -> None:
+    app[STORE] = Store.for_warehouse(warehouse)
+    app[WH] = warehouse
+    app[CFG] = settings
+    r = app.router
+    r.add_get("/api/clusters", clusters)
+    r.add_get("/api/searches", list_searches)
+    r.add_post("/api/searches", save_search)
+    r.add_get("/api/searches/{name}", get_search)
+    r.add_delete("/api/searches/{name}", delete_search)
+    r.add_get("/api/searches/{name}/run", run_search)

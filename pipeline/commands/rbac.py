@@ -69,7 +69,9 @@ def _via_api(s: Any, args: argparse.Namespace) -> dict[str, Any]:
     req = urllib.request.Request(f"{base}/api/rbac?{urllib.parse.urlencode(q)}")
     if s.api_token:
         req.add_header("Authorization", f"Bearer {s.api_token}")
-    with urllib.request.urlopen(req, timeout=60) as resp:
+    from pipeline.access.tls import client_context
+
+    with urllib.request.urlopen(req, timeout=60, context=client_context(s.api_ca_file)) as resp:  # noqa: S310
         return json.loads(resp.read())
 
 

@@ -473,3 +473,13 @@ def test_serve_refuses_a_broken_readers_file_and_basic_with_readers(tmp_path):
                        timeout=60)  # fmt: skip
     assert r.returncode == 2 and "do not go together" in r.stderr
     assert not (tmp_path / "db").exists()
+
+
+def test_embedded_api_refuses_an_open_non_loopback_bind(loaded):  # noqa: F811
+    from pipeline.warehouse.api import ApiServer
+
+    api = ApiServer(loaded.settings.model_copy(update={"api_token": "", "api_readers_file": None}),
+                    loaded.warehouse, host="0.0.0.0", port=0)  # fmt: skip
+    with pytest.raises(RuntimeError, match="no authentication configured"):
+        api.start()
+    api.stop()

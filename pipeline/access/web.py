@@ -44,6 +44,18 @@ class Access:
 ACCESS = web.AppKey("kaudit_access", Access)
 
 
+def is_loopback(host: str) -> bool:
+    """Open access (no readers, no token) is only allowed on a loopback bind."""
+    import ipaddress
+
+    if host in ("localhost", "ip6-localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def is_public(path: str) -> bool:
     return path in PUBLIC_PATHS or path.startswith(PUBLIC_PREFIXES)
 

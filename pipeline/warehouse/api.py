@@ -185,13 +185,17 @@ class ApiServer:
         self._thread.start()
         self._ready.wait(timeout)
         if self.error:
-            raise RuntimeError(f"query API cannot listen on {self.host}:{self.port}: {self.error}") from self.error
+            raise RuntimeError(f"query API cannot start on {self.host}:{self.port}: {self.error}") from self.error
 
     def _main(self) -> None:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         try:
-            self._runner = web.AppRunner(make_app(self.settings, self.warehouse), access_log=None)
+            app = make_app(self.settings, self.warehouse)
+            if app[access.ACCESS].readers.open and not access.is_loopback(self.host):
+                raise ValueError("no authentication configured (KAUDIT_API_READERS_FILE or KAUDIT_API_TOKEN): "
+                                 "the query API only binds a loopback address then")  # fmt: skip
+            self._runner = web.AppRunner(app, access_log=None)
             self._loop.run_until_complete(self._runner.setup())
             ssl_ctx = make_ssl_context(self.settings.api_tls_cert or None, self.settings.api_tls_key or None)
             site = web.TCPSite(self._runner, self.host, self.port, ssl_context=ssl_ctx)

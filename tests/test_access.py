@@ -483,3 +483,19 @@ def test_embedded_api_refuses_an_open_non_loopback_bind(loaded):  # noqa: F811
     with pytest.raises(RuntimeError, match="no authentication configured"):
         api.start()
     api.stop()
+
+
+def test_path_tricks_do_not_reach_data_without_a_token(loaded, site):  # noqa: F811
+    """Public prefixes (/static/, /api/health) cannot be used to reach a data route without a token."""
+    host, port = site.url.removeprefix("http://").split(":")
+    for path in ("/static/../api/dashboard/clusters", "/static/%2e%2e/api/dashboard/clusters",
+                 "/api/health/../dashboard/clusters", "//api/dashboard/clusters", "/api/dashboard/clusters/",
+                 "/API/dashboard/clusters", "/api/dashboard/clusters?token=" + A_TOKEN,
+                 "/static/..%2fapi/dashboard/clusters"):  # fmt: skip
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        body = resp.read().decode("utf-8", "replace")
+        conn.close()
+        assert resp.status in (401, 403, 404), (path, resp.status, body[:200])
+        assert "audit2rbac" not in body and "openshift" not in body, path

@@ -202,8 +202,13 @@ def test_each_team_sees_exactly_its_own_events(loaded, site):  # noqa: F811
     # forged cluster parameters only narrow: team A asking for its own and team B's clusters gets its own
     w = call(site.url, "/api/dashboard/widgets", A_TOKEN, cluster="audit2rbac,openshift", **ALL)[2]["widgets"]
     assert sum(w["actions"]["totals"].values()) == len(events_of(loaded, A_CLUSTERS)) == 757
-    w = call(site.url, "/api/dashboard/widgets", A_TOKEN, cluster="openshift", **ALL)[2]["widgets"]
+    body = call(site.url, "/api/dashboard/widgets", A_TOKEN, cluster="openshift", **ALL)[2]
+    w = body["widgets"]
     assert w["actions"]["totals"] == {} and w["recent_alerts"]["rows"] == []
+    assert not body.get("elsewhere")  # not even how many events team B has, or when
+    body = call(site.url, "/api/dashboard/widgets", A_TOKEN, since="1h")[2]  # the samples are years old
+    assert body["elsewhere"]["events"] == 757  # where team A's own events are
+    assert call(site.url, "/api/dashboard/widgets", NOBODY_TOKEN, since="1h")[2].get("elsewhere") is None
     # the RBAC view of team A's own user works; team B's user is invisible to team A
     assert call(site.url, "/api/rbac", A_TOKEN, user="bob", since="all")[2]["requests"] == 4
     assert call(site.url, "/api/rbac", A_TOKEN, user="system:anonymous", since="all")[2]["requests"] == 0

@@ -154,14 +154,14 @@ async def widgets_handler(req: web.Request) -> web.Response:
         "widgets": body,
     }
     if not body["actions"].get("error") and not sum(body["actions"].get("totals", {}).values()):
-        out["elsewhere"] = await _extent(wh, clusters)
+        out["elsewhere"] = await _extent(wh, clusters, allowed)
     return _json(out)
 
 
-async def _extent(wh: WarehouseLike, clusters: list[str]) -> dict[str, Any] | None:
+async def _extent(wh: WarehouseLike, clusters: list[str], allowed: list[str] | None) -> dict[str, Any] | None:
     """Where the stored events are when the chosen range is empty (old samples, a wrong clock, a future
     backfill): the dashboard says so and offers that range instead of an empty page."""
-    w = W.base_where(TimeRange(0, 2**62, "all"), clusters, W.T_ROLLUP)
+    w = W.base_where(TimeRange(0, 2**62, "all"), clusters, W.T_ROLLUP, allowed)
     _, rows = await aquery(
         wh,
         f"SELECT toUnixTimestamp(min(minute)), toUnixTimestamp(max(minute)), sum(events) FROM events_1m WHERE {w.sql_text()}",

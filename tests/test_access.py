@@ -478,6 +478,15 @@ def test_embedded_api_over_tls(loaded, pki, tmp_path):  # noqa: F811
         cli = s.model_copy(update={"api_url": base, "api_token": B_TOKEN, "api_ca_file": str(pki["ca"])})
         out = run(cli, query="groupby cluster", qargs={"since": "all"})
         assert dict(out["rows"]) == dict(Counter(e["cluster"] for e in events_of(loaded, B_CLUSTERS)))
+        # what the sink does on SIGHUP: re-read now, even when the mtime says nothing changed
+        st = readers.stat()
+        readers.write_text(readers_yaml(a_token="after-sighup"))
+        os.utime(readers, ns=(st.st_atime_ns, st.st_mtime_ns))
+        api.reload_readers()
+        deadline = time.time() + 30
+        while time.time() < deadline and call(base, "/api/dashboard/clusters", "after-sighup", None, ctx=ctx)[0] != 200:
+            time.sleep(0.1)
+        assert call(base, "/api/dashboard/clusters", "after-sighup", ctx=ctx)[2]["clusters"] == ["audit2rbac"]
     finally:
         api.stop()
 

@@ -75,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         wh = Warehouse(s)
         api = ApiServer(s, wh)
         api.start()
+        signal.signal(signal.SIGHUP, lambda _n, _f: api.reload_readers())  # as the bridge: SIGHUP re-reads tokens
     tune_gc()  # after startup: what it built is frozen out of every collection
     try:
         return sink.run()

@@ -179,6 +179,7 @@ class ApiServer:
         self._ready = threading.Event()
         self.error: BaseException | None = None
         self.scheme = "http"
+        self.app: web.Application | None = None
 
     def start(self, timeout: float = 30) -> None:
         self._thread = threading.Thread(target=self._main, name="query-api", daemon=True)
@@ -191,7 +192,7 @@ class ApiServer:
         self._loop = asyncio.new_event_loop()
         asyncio.set_event_loop(self._loop)
         try:
-            app = make_app(self.settings, self.warehouse)
+            app = self.app = make_app(self.settings, self.warehouse)
             if app[access.ACCESS].readers.open and not access.is_loopback(self.host):
                 raise ValueError("no authentication configured (KAUDIT_API_READERS_FILE or KAUDIT_API_TOKEN): "
                                  "the query API only binds a loopback address then")  # fmt: skip
@@ -212,6 +213,12 @@ class ApiServer:
         self._loop.run_forever()
         self._loop.run_until_complete(self._runner.cleanup())
         self._loop.close()
+
+    def reload_readers(self) -> None:
+        """Re-read the readers file now (the sink calls this on SIGHUP: this thread cannot take signals)."""
+        if self.app is not None and self._loop is not None and self._loop.is_running():
+            readers = self.app[access.ACCESS].readers
+            self._loop.call_soon_threadsafe(self._loop.run_in_executor, None, readers.reload)
 
     def stop(self) -> None:
         if self._loop and self._loop.is_running():

@@ -563,3 +563,11 @@ def test_path_tricks_do_not_reach_data_without_a_token(loaded, site):  # noqa: F
         conn.close()
         assert resp.status in (401, 403, 404), (path, resp.status, body[:200])
         assert "audit2rbac" not in body and "openshift" not in body, path
+
+
+def test_csv_export_cells_never_run_as_formulas():
+    from pipeline.warehouse.api import csv_cell
+
+    assert csv_cell("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
+    assert [csv_cell(v) for v in ("+1", "-2", "@a", "\tx", "ok")] == ["'+1", "'-2", "'@a", "'\tx", "ok"]
+    assert csv_cell(-3) == -3 and csv_cell(None) == "" and csv_cell(["10.0.0.1"]) == '["10.0.0.1"]'

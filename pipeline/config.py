@@ -103,7 +103,11 @@ class Settings(BaseSettings):
     api_url: str = Field(
         "", description="Query API of the warehouse owner (embedded mode), e.g. http://127.0.0.1:8080."
     )
-    api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
+    api_token: str = Field(
+        "",
+        description="Server: an admin bearer token of the query API/dashboard (every cluster, raw SQL). Clients "
+        "(kaudit query/sql/rbac through the API): the token they send, e.g. a reader token.",
+    )
 
     # --- access: readers, TLS and self-audit of the query API / dashboard (pipeline/access/) ---------
     api_readers_file: Path | None = Field(

@@ -176,7 +176,7 @@ up() {
     --client-ca-file="$PKI/ca.crt" --token-auth-file="$STATE/tokens.csv" \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" --service-cluster-ip-range=10.0.0.0/24 \
-    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --authorization-mode=Node,RBAC --allow-privileged=true --endpoint-reconciler-type=none \
     --audit-policy-file="$STATE/audit-policy.yaml" \
     --audit-log-path="$STATE/audit/audit.log" --audit-log-format=json --audit-log-maxsize="$LOG_MAXSIZE" \
     --audit-log-maxbackup=100 --audit-log-version=audit.k8s.io/v1 \
@@ -188,7 +188,7 @@ up() {
     "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig/admin" -n "$ns" get serviceaccount default >/dev/null 2>&1 ||
       "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig/admin" -n "$ns" create serviceaccount default >/dev/null
   done
-  log "kube-apiserver $KUBERNETES_VERSION ready on https://127.0.0.1:$PORT in $(( ($(date +%s%3N) - t0) / 100 ))00 ms (webhook: ${wh:+$BRIDGE_URL/audit/$CLUSTER}${wh:-none}; log: $STATE/audit/audit.log)"
+  log "kube-apiserver $KUBERNETES_VERSION ready on https://127.0.0.1:$PORT in $(( ($(date +%s%3N) - t0) / 100 ))00 ms (webhook: $([ -n "$wh" ] && echo "$BRIDGE_URL/audit/$CLUSTER ($WEBHOOK)" || echo none); log: $STATE/audit/audit.log)"
 }
 
 stop_one() {  # name

@@ -348,6 +348,7 @@ def test_self_audit_lines_and_metrics(loaded, site):  # noqa: F811
     assert q["clusters_allowed"] == ["falco", "openshift"]
     assert q["path"] == "/api/query" and q["status"] == 200 and q["rows"] == n
     assert q["elapsed_ms"] >= 0 and q["remote"] == "127.0.0.1" and q["params"]["since"] == "all"
+    assert q["ts"].endswith("Z") and q["ts"][:2] == "20"
     s = next(x for x in lines if "audit_sql_marker" in (x.get("query") or ""))
     assert s["reader"] == "team-a" and s["status"] == 403 and s["rows"] == 0 and s["path"] == "/api/sql"
     assert any(x["reader"] is None and x["status"] == 401 for x in lines)
@@ -571,3 +572,19 @@ def test_csv_export_cells_never_run_as_formulas():
     assert csv_cell("=HYPERLINK(\"http://x\")") == "'=HYPERLINK(\"http://x\")"
     assert [csv_cell(v) for v in ("+1", "-2", "@a", "\tx", "ok")] == ["'+1", "'-2", "'@a", "'\tx", "ok"]
     assert csv_cell(-3) == -3 and csv_cell(None) == "" and csv_cell(["10.0.0.1"]) == '["10.0.0.1"]'
+
+
+def test_audit_file_survives_logrotate(tmp_path):
+    from pipeline.access.audit import AuditLog
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path)
+    log.write({"n": 1})
+    deadline = time.time() + 10
+    while time.time() < deadline and not (path.exists() and path.read_text()):
+        time.sleep(0.05)
+    path.rename(tmp_path / "audit.jsonl.1")  # what logrotate does
+    log.write({"n": 2})
+    log.close()  # drains the queue
+    assert [json.loads(x) for x in (tmp_path / "audit.jsonl.1").read_text().splitlines()] == [{"n": 1}]
+    assert [json.loads(x) for x in path.read_text().splitlines()] == [{"n": 2}]

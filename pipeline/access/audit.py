@@ -2,7 +2,8 @@
 SQL, rows returned, status, elapsed ms, remote address; never a token) and Prometheus counters.
 
 Lines go to the logger ``kaudit.audit`` (stderr with the other logs) and, with ``KAUDIT_API_AUDIT_FILE``, are
-appended to that file by a background thread (a QueueListener), so the event loop never waits on the disk.
+appended to that file by a background thread (a QueueListener), so the event loop never waits on the disk; the
+file is reopened when logrotate moves it away.
 Label values are bounded: reader names come from the readers file (at most ``MAX_READER_LABELS``, then
 ``other``), unauthenticated requests are ``-``, routes are the router's templates, statuses HTTP codes."""
 
@@ -67,7 +68,7 @@ class AuditLog:
             entry = _files.get(self.path)
             if entry is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
-                fh = logging.FileHandler(self.path, encoding="utf-8")
+                fh = logging.handlers.WatchedFileHandler(self.path, encoding="utf-8")  # reopens after logrotate
                 fh.setFormatter(_JsonLines())
                 q: queue.SimpleQueue = queue.SimpleQueue()
                 listener = logging.handlers.QueueListener(q, fh)

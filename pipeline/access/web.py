@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -126,7 +127,7 @@ def _audit(access: Access, req: web.Request, reader: Reader | None, status: int,
     n: dict[str, Any] = req.get(NOTE_KEY, {})
     params = {k: v for k, v in req.query.items() if k not in ("token", "q")}
     record = {
-        "ts": time.time(),
+        "ts": datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
         "reader": reader.name if reader else None,
         "role": reader.role if reader else None,
         "clusters_allowed": reader.describe_clusters() if reader else None,

@@ -27,6 +27,7 @@ from pipeline.access.readers import Reader, Readers, ReadersFileError, parse_rea
 from pipeline.access.tokens import hash_token
 from pipeline.query import compile_query
 from tests.conftest import REPO
+from tests.test_web_browser import CHROMIUM
 from tests.test_web_support import ServerThread, loaded  # noqa: F401 - fixtures
 
 A_TOKEN, B_TOKEN, ADMIN_TOKEN, NOBODY_TOKEN, PART_ADMIN_TOKEN = (
@@ -588,3 +589,34 @@ def test_audit_file_survives_logrotate(tmp_path):
     log.close()  # drains the queue
     assert [json.loads(x) for x in (tmp_path / "audit.jsonl.1").read_text().splitlines()] == [{"n": 1}]
     assert [json.loads(x) for x in path.read_text().splitlines()] == [{"n": 2}]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium not found (apt-get install -y chromium)")
+def test_dashboard_in_a_browser_shows_a_team_only_its_clusters(loaded, site):  # noqa: F811
+    """Team A opens the dashboard with its token (?token= once): its numbers, its clusters in the picker, and
+    an export of a query that holds only its events."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        try:
+            page = b.new_context(accept_downloads=True).new_page()
+            errors: list[str] = []
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.goto(f"{site.url}/?token={A_TOKEN}#/dashboard?since=all")
+            page.wait_for_selector("[data-table=actions] tfoot [data-total]")
+            assert page.locator("[data-table=actions] tfoot [data-total]").inner_text() == "757"
+            assert "token=" not in page.url  # handed over once, then out of the URL
+            page.click("#cluster-button")
+            assert page.locator("#cluster-menu input").evaluate_all("els => els.map(e => e.value)") == ["audit2rbac"]
+            page.goto(f"{site.url}/#/query?since=all&q=include+auditid,cluster+limit+10000")
+            page.wait_for_selector("#query-count")
+            assert page.locator("#query-count").get_attribute("data-rows") == "757"
+            with page.expect_download() as dl:
+                page.click("#export-csv")
+            lines = Path(dl.value.path()).read_text().splitlines()
+            assert lines[0] == "auditid,cluster" and len(lines) == 758
+            assert {x.split(",")[1] for x in lines[1:]} == {"audit2rbac"}
+            assert not errors, errors
+        finally:
+            b.close()

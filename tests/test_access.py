@@ -309,6 +309,16 @@ def test_cli_through_the_api_is_confined(loaded, site):  # noqa: F811
     assert out["rows"] == [["audit2rbac", 757]]
     with pytest.raises(ExecError, match="admin"):
         run(s, sql="SELECT 1")
+    # kaudit rbac through the API: team A sees bob's denials, team B does not
+    import argparse
+
+    from pipeline.commands.rbac import _via_api
+
+    args = argparse.Namespace(user="bob", since="all", from_=None, to=None, cluster=[])
+    assert _via_api(s, args)["requests"] == 4
+    assert _via_api(s.model_copy(update={"api_token": B_TOKEN}), args)["requests"] == 0
+    with pytest.raises(urllib.error.HTTPError):
+        _via_api(s.model_copy(update={"api_token": "wrong"}), args)
 
 
 def metric(base: str, name: str, **labels: str) -> float:

@@ -109,6 +109,14 @@ def run(args: argparse.Namespace) -> int:
     except RangeError as exc:
         print(f"kaudit rbac: {exc}", file=sys.stderr)
         return 2
+    except urllib.error.HTTPError as exc:  # the API answered: say what it said (401 token, 400 input)
+        try:
+            reason = json.loads(exc.read()).get("error", "")
+        except Exception:  # noqa: BLE001
+            reason = ""
+        print(f"kaudit rbac: the query API answered {exc.code}: {reason or exc.reason}"
+              + (" (set KAUDIT_API_TOKEN to your reader token)" if exc.code == 401 else ""), file=sys.stderr)  # fmt: skip
+        return 2
     except (urllib.error.URLError, OSError) as exc:
         print(
             f"kaudit rbac: the warehouse is owned by another process and its API did not answer: {exc}",

@@ -131,6 +131,27 @@ class Settings(BaseSettings):
         "", description="CA file that `kaudit query/sql/rbac` trust when KAUDIT_API_URL is https (default: system CAs)."
     )
 
+    # --- read limits (sqlguard: every API/dashboard/CLI read, raw SQL and query language; 0 = no limit) ------
+    query_max_execution_time: int = Field(30, description="Seconds a read may run (max_execution_time).")
+    query_max_memory_usage: int = Field(
+        2 * 1024**3, description="Bytes of memory one read may use (max_memory_usage)."
+    )
+    query_max_rows_to_read: int = Field(
+        2_000_000_000, description="Rows one read may scan, table functions included (max_rows_to_read)."
+    )
+    query_max_bytes_to_read: int = Field(
+        200 * 1024**3, description="Uncompressed bytes one read may scan (max_bytes_to_read)."
+    )
+    query_max_result_rows: int = Field(1_000_000, description="Rows a read may return (max_result_rows).")
+    query_max_result_bytes: int = Field(
+        512 * 1024**2, description="Bytes a read may return, uncompressed (max_result_bytes)."
+    )
+    reader_user: str = Field(
+        "", description="ClickHouse server: the read-only user the query API/CLI reads as (kaudit migrate "
+        "--reader-user creates it); empty = the DSN's user."
+    )
+    reader_password: str = Field("", description="Password of reader_user.")
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

@@ -8,6 +8,7 @@ what the audit line records (query text, rows)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from datetime import UTC, datetime
@@ -70,6 +71,48 @@ def allowed_clusters(req: web.Request) -> list[str] | None:
     that reached a handler without a reader sees nothing."""
     reader = reader_of(req)
     return [] if reader is None else reader.allowed()
+
+
+class ConfinedWarehouse:
+    """The warehouse as one reader sees it: every read also carries the engine's table filters for the reader's
+    clusters (``Warehouse.cluster_settings``: additional_table_filters on every cluster table), a second fence
+    behind the cluster predicate each query carries, so a query that forgot its predicate still shows nothing
+    of other clusters."""
+
+    def __init__(self, wh: Any, clusters: list[str]) -> None:
+        self.wh = wh
+        self.clusters = clusters
+        self.embedded = getattr(wh, "embedded", False)
+        self.pool = getattr(wh, "pool", None)
+        self._settings: dict[str, Any] | None = None
+
+    def settings(self) -> dict[str, Any]:
+        if self._settings is None:
+            self._settings = self.wh.cluster_settings(self.clusters)
+        return self._settings
+
+    def query(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        return self.wh.query(sql, params, self.settings())
+
+    def query_compiled(self, cq: Any) -> Any:
+        from pipeline.query.listing import run_compiled
+
+        return run_compiled(self.query, cq)
+
+    async def aquery(self, sql: str, params: dict[str, Any] | None = None) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.query, sql, params)
+
+    async def aquery_compiled(self, cq: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.query_compiled, cq)
+
+
+def confined(req: web.Request, wh: Any) -> Any:
+    """``wh`` for this request: as is for a reader of every cluster, else a ConfinedWarehouse (when the
+    warehouse can build engine filters; the predicates in every query confine it in any case)."""
+    allowed = allowed_clusters(req)
+    if allowed is None or not hasattr(wh, "cluster_settings"):
+        return wh
+    return ConfinedWarehouse(wh, allowed)
 
 
 def note(req: web.Request, *, query: str | None = None, rows: int | None = None, **extra: Any) -> None:

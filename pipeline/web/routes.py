@@ -122,14 +122,14 @@ async def _widget(
 
 
 async def clusters_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     _, rows = await aquery(wh, *W.cluster_list(access.allowed_clusters(req)))
     access.note(req, rows=len(rows))
     return _json({"clusters": [r[0] for r in rows]})
 
 
 async def widgets_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     clusters = _clusters(req)
     allowed = access.allowed_clusters(req)
     tr = await _range(req, wh, clusters)
@@ -220,7 +220,7 @@ async def _alert_filters(
 
 
 async def events_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     q = req.query
     limit = _int_param(req, "limit", 100, 1, MAX_LIMIT)
     offset = _int_param(req, "offset", 0, 0, 1_000_000)
@@ -265,7 +265,7 @@ def _maybe_json(text: Any) -> Any:
 
 
 async def event_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     auditid = req.query.get("auditid", "")
     if not auditid:
         raise _bad("auditid is required")
@@ -285,7 +285,7 @@ async def event_handler(req: web.Request) -> web.Response:
 
 
 async def rbac_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     user = req.query.get("user", "")
     if not user:
         raise _bad("user is required (a user name or system:serviceaccount:NS:NAME)")
@@ -322,6 +322,10 @@ async def _errors(req: web.Request, handler: Any) -> web.StreamResponse:
     except Exception as exc:  # noqa: BLE001
         if not req.path.startswith(("/api/dashboard/", "/api/rbac")):
             raise
+        from pipeline.warehouse.sqlguard import LimitExceeded
+
+        if isinstance(exc, LimitExceeded):  # a read stopped at a limit (Settings query_max_*): 422 naming it
+            return _json({"error": str(exc), "limit": exc.limit}, status=422)
         log.exception("%s failed", req.path)
         return _json(
             {"error": str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__}, status=500

@@ -193,9 +193,15 @@ def comparable(text: str) -> Any:
     return strip(doc)
 
 
-def test_every_route_is_confined_to_the_callers_clusters(loaded, site):  # noqa: F811
+@pytest.mark.parametrize("layers", ["predicates and engine filters", "predicates alone"])
+def test_every_route_is_confined_to_the_callers_clusters(loaded, site, layers, monkeypatch):  # noqa: F811
     """Team A, by every route the app serves, sees nothing of team B (audit ids, alert ids, cluster names
-    in the answers); without a token every data route answers 401."""
+    in the answers); without a token every data route answers 401. Each fence must hold alone: run once
+    without the engine's table filters too (only the cluster predicate of every query)."""
+    if layers == "predicates alone":
+        import pipeline.access.web as access_web
+
+        monkeypatch.setattr(access_web, "confined", lambda _req, wh: wh)
     cases = attacks(loaded)
     routes = route_paths(site.app)
     missing = routes - PUBLIC - set(cases)

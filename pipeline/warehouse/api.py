@@ -2,7 +2,8 @@
 thread and loop) or ``kaudit serve``. Queries run in the Warehouse thread pool, never on the event loop.
 
 Access (``pipeline.access``): every route but health and metrics needs a reader token; query-language queries
-and exports are confined to the reader's clusters inside the compiled statement; raw SQL is for admins."""
+and exports are confined to the reader's clusters inside the compiled statement and by the engine's table
+filters; raw SQL is for admins (an admin of some clusters gets it confined by ``sqlguard.scope_to_clusters``)."""
 
 from __future__ import annotations
 

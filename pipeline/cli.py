@@ -28,6 +28,7 @@ COMMANDS = {
     "topics": "pipeline.commands.topics",
     "migrate": "pipeline.commands.migrate",
     "config": "pipeline.commands.config",
+    "token": "pipeline.commands.token",
 }
 
 DESCRIPTION = """\

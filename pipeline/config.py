@@ -107,7 +107,29 @@ class Settings(BaseSettings):
     api_url: str = Field(
         "", description="Query API of the warehouse owner (embedded mode), e.g. http://127.0.0.1:8080."
     )
-    api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
+    api_token: str = Field(
+        "",
+        description="Server: an admin bearer token of the query API/dashboard (every cluster, raw SQL). Clients "
+        "(kaudit query/sql/rbac through the API): the token they send, e.g. a reader token.",
+    )
+
+    # --- access: readers, TLS and self-audit of the query API / dashboard (pipeline/access/) ---------
+    api_readers_file: Path | None = Field(
+        None,
+        description="YAML/JSON file: reader -> token(s) (plain or sha256:<hex>), clusters it may see, role "
+        "(reader|admin; only admin may run raw SQL). Re-read on change and SIGHUP. KAUDIT_API_TOKEN stays "
+        "one admin token.",
+    )
+    api_audit_file: Path | None = Field(
+        None,
+        description="Append one JSON line per API request (reader, clusters, path, query, rows, status, ms, "
+        "remote address) to this file; the lines also go to the log (logger kaudit.audit).",
+    )
+    api_tls_cert: str = Field("", description="Certificate (chain, PEM) to serve the query API/dashboard over HTTPS.")
+    api_tls_key: str = Field("", description="Private key (PEM) of api_tls_cert.")
+    api_ca_file: str = Field(
+        "", description="CA file that `kaudit query/sql/rbac` trust when KAUDIT_API_URL is https (default: system CAs)."
+    )
 
     # --- query language: sources, saved searches, query alerts (pipeline/query, pipeline/searches) ----
     clusters_file: Path | None = Field(

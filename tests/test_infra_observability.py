@@ -26,6 +26,7 @@ def exported_names() -> set[str]:
     """Every sample name the components can export (counters as _total, histograms as _bucket/_sum/_count)."""
     from prometheus_client import REGISTRY
 
+    from pipeline.access import audit as _api  # noqa: F401 - registers the query API's self-audit counters
     from pipeline.agents.metrics import WorkerMetrics
     from pipeline.ingest.bridge.metrics import BridgeMetrics
     from pipeline.notify.metrics import NotifyMetrics

@@ -130,6 +130,14 @@ GROUP BY username, verb ORDER BY requests DESC LIMIT 20""", (12, y, 12, 8), kind
         ("min by (destination) (kaudit_notify_destination_up)", "up {{destination}}"),
     ], (16, y, 8, 8)))  # fmt: skip
     y += 8
+    panels.append(prom("Query API / dashboard readers (self-audit)", [
+        (f"sum by (reader, status) (rate(kaudit_api_requests_total[{r}])) * 60", "{{reader}} {{status}} /min"),
+    ], (0, y, 12, 8), desc="Every API request counted by reader (names from the readers file) and HTTP status; "
+       "401 = no or unknown token, 403 = raw SQL by a reader. The JSON audit lines say who asked what."))  # fmt: skip
+    panels.append(prom("Rows returned per reader", [
+        (f"sum by (reader) (rate(kaudit_api_rows_returned_total[{r}])) * 60", "{{reader}} rows/min"),
+    ], (12, y, 12, 8)))  # fmt: skip
+    y += 8
     panels.append(prom("Components up", [("up{job=~\"kaudit-.*\"}", "{{job}} {{instance}}")], (0, y, 24, 5), kind="stat"))
 
     return {

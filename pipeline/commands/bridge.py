@@ -16,7 +16,8 @@ apiserver resends. Invalid items of a valid EventList go to k8s-audit-deadletter
 
 Authentication (at least one, or --no-auth on a loopback address):
   --tokens-file FILE   YAML: `clusters: {prod: TOKEN | [TOKENS]}` and/or `tokens: {TOKEN: [clusters] | "*"}`;
-                       re-read when it changes and on SIGHUP
+                       a TOKEN may be written as its hash sha256:<hex> (`kaudit token hash`), so a
+                       copy of the file gives no one write access; re-read when it changes and on SIGHUP
   --client-ca FILE     mTLS: client certificates signed by this CA may write the clusters named by their
                        CN, their DNS SANs and O=kaudit:cluster:<name> (O=kaudit:all-clusters: any)
 

@@ -69,7 +69,9 @@ def _via_api(s: Any, args: argparse.Namespace) -> dict[str, Any]:
     req = urllib.request.Request(f"{base}/api/rbac?{urllib.parse.urlencode(q)}")
     if s.api_token:
         req.add_header("Authorization", f"Bearer {s.api_token}")
-    with urllib.request.urlopen(req, timeout=60) as resp:
+    from pipeline.access.tls import client_context
+
+    with urllib.request.urlopen(req, timeout=60, context=client_context(s.api_ca_file)) as resp:  # noqa: S310
         return json.loads(resp.read())
 
 
@@ -106,6 +108,14 @@ def run(args: argparse.Namespace) -> int:
         rep = load_report(s, args)
     except RangeError as exc:
         print(f"kaudit rbac: {exc}", file=sys.stderr)
+        return 2
+    except urllib.error.HTTPError as exc:  # the API answered: say what it said (401 token, 400 input)
+        try:
+            reason = json.loads(exc.read()).get("error", "")
+        except Exception:  # noqa: BLE001
+            reason = ""
+        print(f"kaudit rbac: the query API answered {exc.code}: {reason or exc.reason}"
+              + (" (set KAUDIT_API_TOKEN to your reader token)" if exc.code == 401 else ""), file=sys.stderr)  # fmt: skip
         return 2
     except (urllib.error.URLError, OSError) as exc:
         print(

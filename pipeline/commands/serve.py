@@ -22,8 +22,17 @@ Embedded mode (no --clickhouse / KAUDIT_CLICKHOUSE_DSN): only one process may op
 sink runs, it owns it and already serves this dashboard; `serve` then says where and exits with code 2.
 With a ClickHouse server DSN any number of `serve` processes can run.
 
-Binds to loopback by default. Binding another address needs --token (clients send
-`Authorization: Bearer T`; a browser opens http://HOST:PORT/?token=T once) or --basic USER:PASS.
+Binds to loopback by default. Binding another address needs authentication:
+  --readers-file FILE  reader tokens (plain or sha256:<hex>, see `kaudit token hash`), each with the clusters it
+                       may see and a role (reader, or admin: may also run raw SQL); re-read on change and SIGHUP:
+                         readers:
+                           team-a: {tokens: [sha256:...], clusters: [prod-a]}
+                           ops:    {token: sha256:..., clusters: "*", role: admin}
+  --token T            one admin token (clients send `Authorization: Bearer T`; a browser opens
+                       http://HOST:PORT/?token=T once); may be combined with --readers-file
+  --basic USER:PASS    HTTP basic auth, one admin user (not with --readers-file)
+Every API request is logged as one JSON line (logger kaudit.audit; also to --audit-file) and counted in /metrics.
+HTTPS: --tls-cert and --tls-key (as the bridge).
 """
 log = logging.getLogger("kaudit.serve")
 
@@ -32,8 +41,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--host", help="listen address (KAUDIT_API_HOST, default 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (KAUDIT_API_PORT, default 8080)")
     auth = p.add_mutually_exclusive_group()
-    auth.add_argument("--token", help="require this bearer token (KAUDIT_API_TOKEN)")
+    auth.add_argument("--token", help="accept this bearer token as an admin (KAUDIT_API_TOKEN)")
     auth.add_argument("--basic", metavar="USER:PASS", help="require HTTP basic auth with these credentials")
+    p.add_argument("--readers-file", metavar="FILE", help="reader tokens -> clusters, role (KAUDIT_API_READERS_FILE)")
+    p.add_argument("--audit-file", metavar="FILE", help="append the JSON audit line of every request here "
+                                                        "(KAUDIT_API_AUDIT_FILE)")  # fmt: skip
+    p.add_argument("--tls-cert", metavar="PEM", help="server certificate (chain) for HTTPS (KAUDIT_API_TLS_CERT)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key of --tls-cert (KAUDIT_API_TLS_KEY)")
     add_clickhouse_flag(p)
 
 
@@ -49,66 +63,42 @@ def is_loopback(host: str) -> bool:
             return False
 
 
-def auth_middleware(token: str, basic: str) -> Any:
-    """Bearer token (header, or the `kaudit_token` cookie) for the API, or basic auth for everything.
-
-    With a token the page and static files stay public (they hold no data) so a browser can load them and
-    send the token from JavaScript; with basic auth the browser asks once and then sends it itself."""
+def auth_middleware(basic: str) -> Any:
+    """HTTP basic auth for everything (the browser asks once and then sends it itself). Bearer tokens and
+    reader tokens are checked by pipeline.access, which the API app and the dashboard routes install."""
     from aiohttp import web
 
-    expected_basic = "Basic " + base64.b64encode(basic.encode()).decode() if basic else ""
+    expected_basic = "Basic " + base64.b64encode(basic.encode()).decode()
 
     @web.middleware
     async def mw(req: web.Request, handler: Any) -> web.StreamResponse:
-        if basic:
-            if hmac.compare_digest(req.headers.get("Authorization", ""), expected_basic):
-                return await handler(req)
-            return web.Response(
-                status=401,
-                text="authentication required",
-                headers={"WWW-Authenticate": 'Basic realm="kaudit"'},
-            )
-        if token and req.path.startswith("/api/") and req.path != "/api/health":
-            got = req.headers.get("Authorization", "")
-            if not (
-                hmac.compare_digest(got, f"Bearer {token}")
-                or hmac.compare_digest(req.cookies.get("kaudit_token", ""), token)
-            ):
-                return web.json_response({"error": "missing or wrong bearer token"}, status=401)
-        return await handler(req)
+        if hmac.compare_digest(req.headers.get("Authorization", ""), expected_basic):
+            return await handler(req)
+        return web.Response(
+            status=401,
+            text="authentication required",
+            headers={"WWW-Authenticate": 'Basic realm="kaudit"'},
+        )
 
     return mw
 
 
 def build_app(settings: Any, warehouse: Any, token: str = "", basic: str = "") -> Any:
-    """The query API app (if installed) plus the dashboard routes, behind the auth middleware."""
-    from aiohttp import web
-
+    """The query API app (if installed) plus the dashboard routes. ``token`` is an admin bearer token (with the
+    readers of settings.api_readers_file); ``basic`` puts basic auth in front of everything instead, and its
+    user is an admin of every cluster."""
+    from pipeline.warehouse.api import make_app
     from pipeline.web import routes
 
-    try:
-        from pipeline.warehouse.api import make_app
-    except ModuleNotFoundError as exc:
-        if exc.name != "pipeline.warehouse.api":
-            raise
-        log.warning(
-            "pipeline.warehouse.api is not installed: serving the dashboard without /api/query and /api/sql"
-        )
-        app = web.Application()
-
-        async def health(_req: web.Request) -> web.Response:
-            return web.json_response(
-                {"ok": True, "embedded": settings.effective_clickhouse_dsn.startswith("chdb:")}
-            )
-
-        app.router.add_get("/api/health", health)
-    else:
-        # auth is handled here (token or basic), not twice
-        app = make_app(settings.model_copy(update={"api_token": ""}), warehouse)
-    if routes.WAREHOUSE_KEY not in app:  # make_app may already have added the dashboard
+    if basic:  # basic auth in front; behind it the access layer is open (one admin user)
+        settings = settings.model_copy(update={"api_token": "", "api_readers_file": None})
+    elif token:
+        settings = settings.model_copy(update={"api_token": token})
+    app = make_app(settings, warehouse)
+    if routes.WAREHOUSE_KEY not in app:  # make_app adds the dashboard when pipeline.web is there
         routes.setup(app, settings, warehouse)
-    if token or basic:
-        app.middlewares.insert(0, auth_middleware(token, basic))
+    if basic:
+        app.middlewares.insert(0, auth_middleware(basic))
     return app
 
 
@@ -138,19 +128,39 @@ def open_warehouse(settings: Any) -> tuple[Any, Any]:
 def run(args: argparse.Namespace) -> int:
     from aiohttp import web
 
-    s = settings_from(args, api_host="host", api_port="port", clickhouse_dsn="clickhouse")
+    from pipeline.access.readers import Readers, ReadersFileError
+    from pipeline.access.tls import make_ssl_context
+
+    s = settings_from(args, api_host="host", api_port="port", clickhouse_dsn="clickhouse",
+                      api_readers_file="readers_file", api_audit_file="audit_file", api_tls_cert="tls_cert",
+                      api_tls_key="tls_key")  # fmt: skip
     token = args.token or s.api_token
     basic = args.basic or ""
     if basic and ":" not in basic:
         print("--basic needs USER:PASS", file=sys.stderr)
         return 2
-    if not is_loopback(s.api_host) and not (token or basic):
+    if basic and s.api_readers_file:
+        print("--basic and --readers-file do not go together: a browser sends one Authorization header",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    if not is_loopback(s.api_host) and not (token or basic or s.api_readers_file):
         print(
             f"refusing to serve on {s.api_host} without authentication: the dashboard shows who did what in your "
-            "clusters. Add --token T or --basic USER:PASS, or bind 127.0.0.1.",
+            "clusters. Add --readers-file FILE, --token T or --basic USER:PASS, or bind 127.0.0.1.",
             file=sys.stderr,
         )
         return 2
+    try:
+        ssl_ctx = make_ssl_context(s.api_tls_cert or None, s.api_tls_key or None)
+    except (OSError, ValueError) as exc:
+        print(f"kaudit serve: TLS setup failed: {exc}", file=sys.stderr)
+        return 2
+    if s.api_readers_file:
+        try:  # a broken readers file must stop the start, not leave the API open or closed by surprise
+            Readers(s.api_readers_file).load()
+        except ReadersFileError as exc:
+            print(f"kaudit serve: {exc}", file=sys.stderr)
+            return 2
     try:
         warehouse, _probe = open_warehouse(s)
     except Exception as exc:
@@ -167,15 +177,12 @@ def run(args: argparse.Namespace) -> int:
         )
         return 2
     app = build_app(s, warehouse, token, basic)
-    auth = "basic auth" if basic else "bearer token" if token else "no auth (loopback only)"
+    auth = ("basic auth" if basic else "reader tokens" + (" + admin token" if token else "") if s.api_readers_file
+            else "admin bearer token" if token else "no auth (loopback only)")  # fmt: skip
+    scheme = "https" if ssl_ctx else "http"
     host_for_url = f"[{s.api_host}]" if ":" in s.api_host else s.api_host
-    log.info(
-        "dashboard at http://%s:%d/ (%s), warehouse %s",
-        host_for_url,
-        s.api_port,
-        auth,
-        s.effective_clickhouse_dsn,
-    )
-    print(f"kaudit dashboard: http://{host_for_url}:{s.api_port}/  ({auth}; Ctrl-C stops)", flush=True)
-    web.run_app(app, host=s.api_host, port=s.api_port, print=None, access_log=None)
+    log.info("dashboard at %s://%s:%d/ (%s), warehouse %s", scheme, host_for_url, s.api_port, auth,
+             s.effective_clickhouse_dsn)  # fmt: skip
+    print(f"kaudit dashboard: {scheme}://{host_for_url}:{s.api_port}/  ({auth}; Ctrl-C stops)", flush=True)
+    web.run_app(app, host=s.api_host, port=s.api_port, ssl_context=ssl_ctx, print=None, access_log=None)
     return 0

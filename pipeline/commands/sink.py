@@ -37,6 +37,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--api-host", help="query API address (KAUDIT_API_HOST, default 127.0.0.1)")
     p.add_argument("--api-port", type=int, help="query API port (KAUDIT_API_PORT, default 8080; 0 = any)")
     p.add_argument("--no-api", action="store_true", help="do not serve the query API in embedded mode")
+    p.add_argument("--api-readers-file", metavar="FILE",
+                   help="reader tokens -> clusters, role for the query API (KAUDIT_API_READERS_FILE; see kaudit serve --help)")  # fmt: skip
+    p.add_argument("--api-tls-cert", metavar="PEM", help="serve the query API over HTTPS (KAUDIT_API_TLS_CERT)")
+    p.add_argument("--api-tls-key", metavar="PEM", help="private key of --api-tls-cert (KAUDIT_API_TLS_KEY)")
     p.add_argument("--metrics-port", type=int, help="also serve Prometheus metrics on this port")
 
 
@@ -48,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
 
     log = logging.getLogger("kaudit.sink")
     s = settings_from(args, kafka_bootstrap="kafka", clickhouse_dsn="clickhouse", api_host="api_host",
-                      api_port="api_port")  # fmt: skip
+                      api_port="api_port", api_readers_file="api_readers_file", api_tls_cert="api_tls_cert",
+                      api_tls_key="api_tls_key")  # fmt: skip
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -70,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         wh = Warehouse(s)
         api = ApiServer(s, wh)
         api.start()
+        signal.signal(signal.SIGHUP, lambda _n, _f: api.reload_readers())  # as the bridge: SIGHUP re-reads tokens
     if sink.embedded and s.query_alerts:  # this process owns the warehouse: it evaluates the query alerts
         from pipeline.searches.alerts import Evaluator
 

@@ -7,6 +7,7 @@ import fnmatch
 import math
 import re
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -123,12 +124,14 @@ def _field_sql(f: Field, ctx: _Ctx) -> str:
 
 class Compiler:
     def __init__(self, q: Query, rng: tuple[int, int] | None, cluster: str | list[str] | None,
-                 clusters: ClusterMap | None = None, settings: Any = None) -> None:  # fmt: skip
+                 clusters: ClusterMap | None = None, settings: Any = None,
+                 allowed: Collection[str] | None = None) -> None:  # fmt: skip
         self.settings = settings
         self.q = q
         self.rng = rng
         self.cluster = cluster
         self.clusters = clusters
+        self.allowed = None if allowed is None else sorted(set(allowed))
         self.ctx = _Ctx()
 
     # --- sources: monitor_group / tags from the clusters file --------------------------------------------
@@ -332,6 +335,8 @@ class Compiler:
             parts.append(f"cluster IN {self.ctx.p(list(self.cluster), 'Array(String)')}")
         elif self.cluster:
             parts.append(f"cluster = {self.ctx.p(self.cluster, 'String')}")
+        if self.allowed is not None:  # the reader's clusters: ANDed with everything else, so it only narrows
+            parts.append(f"cluster IN {self.ctx.p(self.allowed, 'Array(String)')}" if self.allowed else "0")
         if self.rng and extra_range:
             parts.append(self._in_range(0))
         return " AND ".join(parts) if parts else "1"
@@ -585,15 +590,17 @@ class Compiler:
 def compile_query(
     text: str, *, since: str | None = None, from_: str | None = None, to: str | None = None,
     cluster: str | list[str] | None = None, now_us: int | None = None, clusters: ClusterMap | None = None,
-    settings: Any = None,
+    settings: Any = None, allowed_clusters: Collection[str] | None = None,
 ) -> CompiledQuery:
     """Compile a query-language string; raises QueryError (with .column) on any problem. ``clusters`` (or the
-    clusters file of ``settings``, else of the environment) resolves monitor_group and tags."""
+    clusters file of ``settings``, else of the environment) resolves monitor_group and tags;
+    ``allowed_clusters`` (a reader's clusters; None = all) confines the statement's WHERE to them, as a bound
+    parameter."""
     if len(text) > 20_000:
         raise QueryError("query too long (20,000 characters at most)")
     q = parse(text)
     rng = time_range(since, from_, to, now_us)
-    out = Compiler(q, rng, cluster, clusters, settings).compile()
+    out = Compiler(q, rng, cluster, clusters, settings, allowed_clusters).compile()
     if any(f.name in HIDDEN for f, _ in q.include):
         out.notes.append("request/response objects can be large")
     return out

@@ -10,6 +10,7 @@ import urllib.parse
 import urllib.request
 from typing import Any
 
+from pipeline.access.tls import client_context
 from pipeline.config import Settings
 from pipeline.warehouse.client import WarehouseLockedError, is_embedded
 
@@ -33,10 +34,10 @@ def _http(s: Settings, method: str, path: str, body: dict | None = None) -> dict
     url = api_url(s) + path
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
-    if s.api_token:
+    if s.api_token:  # the caller's reader token (or the admin token): the API confines what it answers to it
         req.add_header("Authorization", f"Bearer {s.api_token}")
     try:
-        with urllib.request.urlopen(req, timeout=300) as resp:  # noqa: S310 - our own API URL
+        with urllib.request.urlopen(req, timeout=300, context=client_context(s.api_ca_file)) as resp:  # noqa: S310
             return json.loads(resp.read())
     except urllib.error.HTTPError as exc:
         try:

@@ -6,7 +6,7 @@ else the authenticated user. One request is one ``auditid`` (a request logged at
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -65,13 +65,23 @@ class Denial:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
 
 
-def denials_query(user: str, tr: TimeRange, clusters: Iterable[str] = ()) -> tuple[str, dict[str, Any]]:
+def denials_query(
+    user: str, tr: TimeRange, clusters: Iterable[str] = (), allowed: Collection[str] | None = None
+) -> tuple[str, dict[str, Any]]:
+    """``clusters``: the requested ones (empty = all); ``allowed``: the reader's (None = all, empty = none),
+    a predicate of its own so a request can only narrow it."""
     params: dict[str, Any] = {"code": DENIED_CODE, "user": user, **tr.params()}
     cl = [c for c in clusters if c]
     pred = ""
     if cl:
         pred = "AND cluster IN {clusters:Array(String)}"
         params["clusters"] = cl
+    if allowed is not None:
+        if allowed:
+            pred += " AND cluster IN {allowed:Array(String)}"
+            params["allowed"] = sorted(set(allowed))
+        else:
+            pred += " AND 0"
     return DENIALS_SQL.replace("{cluster_pred}", pred), params
 
 

@@ -16,8 +16,11 @@ def load_denials(wh: WarehouseLike, user: str, tr: TimeRange, clusters: list[str
     return denials_from_rows(*squery(wh, sql, params))
 
 
-async def aload_denials(wh: WarehouseLike, user: str, tr: TimeRange, clusters: list[str]) -> list[Denial]:
-    sql, params = denials_query(user, tr, clusters)
+async def aload_denials(
+    wh: WarehouseLike, user: str, tr: TimeRange, clusters: list[str], allowed: list[str] | None = None
+) -> list[Denial]:
+    """``allowed``: the reader's clusters (None = every cluster), see ``denials_query``."""
+    sql, params = denials_query(user, tr, clusters, allowed)
     return denials_from_rows(*await aquery(wh, sql, params))
 
 

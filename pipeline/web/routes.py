@@ -9,7 +9,8 @@
 - ``GET /api/rbac?user=&since=&cluster=[&format=json|yaml|text]``: denials explained + suggested RBAC YAML.
 
 Every answer carries the query-language text of what it shows, so a view can be re-run in the query box.
-All SQL is parameterized; nothing from the request is spliced into SQL text.
+All SQL is parameterized; nothing from the request is spliced into SQL text. Every query is confined to the
+clusters of the caller's reader token (``pipeline.access``): a ``cluster=`` parameter only narrows that set.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from pipeline.access import web as access
 from pipeline.config import Settings
 from pipeline.rbac import report as rbac_report
 from pipeline.web import widgets as W
@@ -55,13 +57,14 @@ def _clusters(req: web.Request) -> list[str]:
 
 
 async def _range(req: web.Request, wh: WarehouseLike, clusters: list[str]) -> TimeRange:
+    allowed = access.allowed_clusters(req)
     q = req.query
     try:
         tr = parse_range(q.get("since"), q.get("from"), q.get("to"))
     except RangeError as exc:
         raise _bad(str(exc)) from None
     if tr.label == "all":  # narrow "everything" to the data's extent so buckets stay meaningful
-        w = W.base_where(TimeRange(0, tr.to_us, "all"), clusters, W.T_ROLLUP)
+        w = W.base_where(TimeRange(0, tr.to_us, "all"), clusters, W.T_ROLLUP, allowed)
         _, rows = await aquery(
             wh,
             f"SELECT toUnixTimestamp(min(minute)), toUnixTimestamp(max(minute)), count() FROM events_1m WHERE {w.sql_text()}",
@@ -119,27 +122,30 @@ async def _widget(
 
 
 async def clusters_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
-    _, rows = await aquery(wh, "SELECT DISTINCT cluster FROM events_1m ORDER BY cluster LIMIT 1000", {})
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
+    _, rows = await aquery(wh, *W.cluster_list(access.allowed_clusters(req)))
+    access.note(req, rows=len(rows))
     return _json({"clusters": [r[0] for r in rows]})
 
 
 async def widgets_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     clusters = _clusters(req)
+    allowed = access.allowed_clusters(req)
     tr = await _range(req, wh, clusters)
     specs = {
-        "actions": (W.actions(tr, clusters), "series"),
-        "status": (W.status_codes(tr, clusters), "series"),
-        "users": (W.top_events_column(tr, clusters, "username"), "top"),
-        "resources": (W.top_resources(tr, clusters), "top"),
-        "sourceips": (W.top_events_column(tr, clusters, "sourceips"), "top"),
-        "useragents": (W.top_events_column(tr, clusters, "useragent"), "top"),
-        "denied": (W.denied_by_user(tr, clusters), "rows"),
-        "alerts_by_rule": (W.alerts_by_rule(tr, clusters), "rows"),
-        "recent_alerts": (W.recent_alerts(tr, clusters, 10), "rows"),
+        "actions": (W.actions(tr, clusters, allowed), "series"),
+        "status": (W.status_codes(tr, clusters, allowed), "series"),
+        "users": (W.top_events_column(tr, clusters, "username", allowed=allowed), "top"),
+        "resources": (W.top_resources(tr, clusters, allowed=allowed), "top"),
+        "sourceips": (W.top_events_column(tr, clusters, "sourceips", allowed=allowed), "top"),
+        "useragents": (W.top_events_column(tr, clusters, "useragent", allowed=allowed), "top"),
+        "denied": (W.denied_by_user(tr, clusters, allowed=allowed), "rows"),
+        "alerts_by_rule": (W.alerts_by_rule(tr, clusters, allowed), "rows"),
+        "recent_alerts": (W.recent_alerts(tr, clusters, 10, allowed), "rows"),
     }
     results = await asyncio.gather(*(_widget(wh, n, spec, shape, tr) for n, (spec, shape) in specs.items()))
+    access.note(req, rows=sum(len(r.get("rows") or r.get("items") or r.get("totals") or ()) for r in results))
     body = dict(zip(specs, results, strict=True))
     body["actions"]["highlight"] = list(W.HIGHLIGHT_VERBS)
     out = {
@@ -148,14 +154,14 @@ async def widgets_handler(req: web.Request) -> web.Response:
         "widgets": body,
     }
     if not body["actions"].get("error") and not sum(body["actions"].get("totals", {}).values()):
-        out["elsewhere"] = await _extent(wh, clusters)
+        out["elsewhere"] = await _extent(wh, clusters, allowed)
     return _json(out)
 
 
-async def _extent(wh: WarehouseLike, clusters: list[str]) -> dict[str, Any] | None:
+async def _extent(wh: WarehouseLike, clusters: list[str], allowed: list[str] | None) -> dict[str, Any] | None:
     """Where the stored events are when the chosen range is empty (old samples, a wrong clock, a future
     backfill): the dashboard says so and offers that range instead of an empty page."""
-    w = W.base_where(TimeRange(0, 2**62, "all"), clusters, W.T_ROLLUP)
+    w = W.base_where(TimeRange(0, 2**62, "all"), clusters, W.T_ROLLUP, allowed)
     _, rows = await aquery(
         wh,
         f"SELECT toUnixTimestamp(min(minute)), toUnixTimestamp(max(minute)), sum(events) FROM events_1m WHERE {w.sql_text()}",
@@ -183,9 +189,9 @@ def _int_param(req: web.Request, name: str, default: int, lo: int, hi: int) -> i
 
 
 async def _alert_filters(
-    wh: WarehouseLike, settings: Settings, alert_id: str
+    wh: WarehouseLike, settings: Settings, alert_id: str, allowed: list[str] | None
 ) -> tuple[dict[str, Any], dict[str, str], TimeRange, list[str]]:
-    sql, params = W.alert_row(alert_id)
+    sql, params = W.alert_row(alert_id, allowed)
     cols, rows = await aquery(wh, sql, params)
     if not rows:
         raise web.HTTPNotFound(
@@ -214,23 +220,25 @@ async def _alert_filters(
 
 
 async def events_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     q = req.query
     limit = _int_param(req, "limit", 100, 1, MAX_LIMIT)
     offset = _int_param(req, "offset", 0, 0, 1_000_000)
     alert = None
+    allowed = access.allowed_clusters(req)
     if q.get("alert"):
-        alert, filters, tr, clusters = await _alert_filters(wh, req.app[SETTINGS_KEY], q["alert"])
+        alert, filters, tr, clusters = await _alert_filters(wh, req.app[SETTINGS_KEY], q["alert"], allowed)
     else:
         clusters = _clusters(req)
         tr = await _range(req, wh, clusters)
         filters = {k: v for k, v in q.items() if k in W.FILTERS}
         if "responsestatus_code" in filters and not filters["responsestatus_code"].isdigit():
             raise _bad("responsestatus_code must be a number")
-    page_sql, count_sql, params, ql = W.events_list(tr, clusters, filters, limit, offset)
+    page_sql, count_sql, params, ql = W.events_list(tr, clusters, filters, limit, offset, allowed)
     (cols, rows), (_, total) = await asyncio.gather(
         aquery(wh, page_sql, params), aquery(wh, count_sql, params)
     )
+    access.note(req, query=ql, rows=len(rows))
     return _json(
         {
             "columns": cols,
@@ -257,12 +265,13 @@ def _maybe_json(text: Any) -> Any:
 
 
 async def event_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     auditid = req.query.get("auditid", "")
     if not auditid:
         raise _bad("auditid is required")
-    sql, params, ql = W.event_detail(req.query.get("cluster", ""), auditid)
+    sql, params, ql = W.event_detail(req.query.get("cluster", ""), auditid, access.allowed_clusters(req))
     cols, rows = await aquery(wh, sql, params)
+    access.note(req, query=ql, rows=len(rows))
     records = []
     for r in rows_as_dicts(cols, rows):
         for k in ("request_object", "response_object", "extra"):
@@ -276,7 +285,7 @@ async def event_handler(req: web.Request) -> web.Response:
 
 
 async def rbac_handler(req: web.Request) -> web.Response:
-    wh = req.app[WAREHOUSE_KEY]
+    wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     user = req.query.get("user", "")
     if not user:
         raise _bad("user is required (a user name or system:serviceaccount:NS:NAME)")
@@ -288,8 +297,9 @@ async def rbac_handler(req: web.Request) -> web.Response:
         raise _bad(str(exc)) from None
     if tr.label == "all":
         tr = TimeRange(0, tr.to_us, "all time")
-    denials = await rbac_report.aload_denials(wh, user, tr, clusters)
+    denials = await rbac_report.aload_denials(wh, user, tr, clusters, access.allowed_clusters(req))
     rep = rbac_report.build(user, tr, clusters, denials)
+    access.note(req, query=rep["query"], rows=len(denials))
     fmt = q.get("format", "json")
     if fmt == "yaml":
         return web.Response(text=rep["yaml"], content_type="application/yaml")
@@ -326,6 +336,7 @@ def setup(app: web.Application, settings: Settings, warehouse: WarehouseLike) ->
     """Add the dashboard to ``app`` (call before the app starts)."""
     app[WAREHOUSE_KEY] = warehouse
     app[SETTINGS_KEY] = settings
+    access.install(app, settings)  # every route below is confined to the caller's clusters (pipeline/access)
     app.middlewares.append(_errors)
     r = app.router
     r.add_get("/api/dashboard/clusters", clusters_handler)

@@ -9,7 +9,7 @@ time range with a LIMIT, which the (cluster, hour, ...) sort key keeps cheap.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -103,13 +103,30 @@ class Where:
         return " and ".join(self.ql)
 
 
-def base_where(tr: TimeRange, clusters: Iterable[str], time_pred: str) -> Where:
+def confine(w: Where, allowed: Collection[str] | None) -> Where:
+    """AND the reader's clusters (None = every cluster; empty = nothing) into ``w``: a predicate of its own,
+    bound as a parameter, so a requested ``cluster=`` can only narrow what it shows."""
+    if allowed is not None:
+        if allowed:
+            w.add("cluster IN {allowed:Array(String)}", allowed=sorted(set(allowed)))
+        else:
+            w.sql.append("0")
+    return w
+
+
+def base_where(tr: TimeRange, clusters: Iterable[str], time_pred: str, allowed: Collection[str] | None = None) -> Where:
     w = Where(params=tr.params())
     w.sql.append(time_pred)
     cl = [c for c in clusters if c]
     if cl:
         w.add("cluster IN {clusters:Array(String)}", clusters=cl)
-    return w
+    return confine(w, allowed)
+
+
+def cluster_list(allowed: Collection[str] | None = None) -> tuple[str, dict[str, Any]]:
+    """The cluster picker: the clusters with events that the reader may see."""
+    w = confine(Where(), allowed)
+    return f"SELECT DISTINCT cluster FROM events_1m WHERE {w.sql_text()} ORDER BY cluster LIMIT 1000", w.params
 
 
 def apply_filters(w: Where, filters: dict[str, str]) -> Where:
@@ -136,8 +153,10 @@ def join_ql(*parts: str) -> str:
 # --- widget queries: each returns (sql, params, query-language text) -----------------------------------------
 
 
-def series_sql(tr: TimeRange, clusters: list[str], key: str, extra: str = "") -> tuple[str, dict[str, Any]]:
-    w = base_where(tr, clusters, T_ROLLUP)
+def series_sql(
+    tr: TimeRange, clusters: list[str], key: str, extra: str = "", allowed: Collection[str] | None = None
+) -> tuple[str, dict[str, Any]]:
+    w = base_where(tr, clusters, T_ROLLUP, allowed)
     if extra:
         w.sql.append(extra)
     w.params["step"] = tr.step_s
@@ -148,19 +167,23 @@ def series_sql(tr: TimeRange, clusters: list[str], key: str, extra: str = "") ->
     return sql, w.params
 
 
-def actions(tr: TimeRange, clusters: list[str]) -> tuple[str, dict[str, Any], str]:
-    sql, params = series_sql(tr, clusters, "verb")
+def actions(tr: TimeRange, clusters: list[str], allowed: Collection[str] | None = None) -> tuple[str, dict[str, Any], str]:
+    sql, params = series_sql(tr, clusters, "verb", allowed=allowed)
     return sql, params, f"timeslice {fmt_step(tr.step_s)} groupby verb"
 
 
-def status_codes(tr: TimeRange, clusters: list[str]) -> tuple[str, dict[str, Any], str]:
+def status_codes(
+    tr: TimeRange, clusters: list[str], allowed: Collection[str] | None = None
+) -> tuple[str, dict[str, Any], str]:
     # code 0 = no response yet (RequestReceived stage): not a status code
-    sql, params = series_sql(tr, clusters, "responsestatus_code", "responsestatus_code > 0")
+    sql, params = series_sql(tr, clusters, "responsestatus_code", "responsestatus_code > 0", allowed)
     return sql, params, f"responsestatus_code > 0 timeslice {fmt_step(tr.step_s)} groupby responsestatus_code"
 
 
-def top_resources(tr: TimeRange, clusters: list[str], n: int = TOP_N) -> tuple[str, dict[str, Any], str]:
-    w = base_where(tr, clusters, T_ROLLUP)
+def top_resources(
+    tr: TimeRange, clusters: list[str], n: int = TOP_N, allowed: Collection[str] | None = None
+) -> tuple[str, dict[str, Any], str]:
+    w = base_where(tr, clusters, T_ROLLUP, allowed)
     w.params["n"] = n
     sql = (
         f"SELECT objectref_resource AS k, sum(events) AS n FROM events_1m WHERE {w.sql_text()} "
@@ -174,10 +197,10 @@ def top_resources(tr: TimeRange, clusters: list[str], n: int = TOP_N) -> tuple[s
 
 
 def top_events_column(
-    tr: TimeRange, clusters: list[str], column: str, n: int = TOP_N
+    tr: TimeRange, clusters: list[str], column: str, n: int = TOP_N, allowed: Collection[str] | None = None
 ) -> tuple[str, dict[str, Any], str]:
     """Top values of a column of ``audit_events`` (username, useragent, sourceips)."""
-    w = base_where(tr, clusters, T_EVENTS)
+    w = base_where(tr, clusters, T_EVENTS, allowed)
     w.params["n"] = n
     if column == "sourceips":
         sql = (
@@ -192,9 +215,11 @@ def top_events_column(
     return sql, w.params, f"groupby {column} sort by count desc limit {n}"
 
 
-def denied_by_user(tr: TimeRange, clusters: list[str], n: int = 20) -> tuple[str, dict[str, Any], str]:
+def denied_by_user(
+    tr: TimeRange, clusters: list[str], n: int = 20, allowed: Collection[str] | None = None
+) -> tuple[str, dict[str, Any], str]:
     """401 and 403 per (code, user, impersonated user): RBAC is evaluated for the impersonated user."""
-    w = base_where(tr, clusters, T_EVENTS)
+    w = base_where(tr, clusters, T_EVENTS, allowed)
     w.params["n"] = n
     sql = (
         "SELECT responsestatus_code AS code, username, impersonated_username, count() AS n, "
@@ -212,9 +237,11 @@ def denied_by_user(tr: TimeRange, clusters: list[str], n: int = 20) -> tuple[str
     )
 
 
-def alerts_by_rule(tr: TimeRange, clusters: list[str]) -> tuple[str, dict[str, Any], str]:
+def alerts_by_rule(
+    tr: TimeRange, clusters: list[str], allowed: Collection[str] | None = None
+) -> tuple[str, dict[str, Any], str]:
     """Alerts per (rule, severity); ``alerts`` is a ReplacingMergeTree, so count distinct alert ids."""
-    w = base_where(tr, clusters, T_ALERTS)
+    w = base_where(tr, clusters, T_ALERTS, allowed)
     sql = (
         "SELECT rule_id, severity, any(title) AS title, uniqExact(alert_id) AS n, "
         "toUnixTimestamp64Micro(max(ts)) AS last_us FROM alerts "
@@ -225,8 +252,10 @@ def alerts_by_rule(tr: TimeRange, clusters: list[str]) -> tuple[str, dict[str, A
     return sql, w.params, ""
 
 
-def recent_alerts(tr: TimeRange, clusters: list[str], n: int = 20) -> tuple[str, dict[str, Any], str]:
-    w = base_where(tr, clusters, T_ALERTS)
+def recent_alerts(
+    tr: TimeRange, clusters: list[str], n: int = 20, allowed: Collection[str] | None = None
+) -> tuple[str, dict[str, Any], str]:
+    w = base_where(tr, clusters, T_ALERTS, allowed)
     w.params["n"] = n
     sql = (
         "SELECT alert_id, rule_id, title, severity, cluster, toUnixTimestamp64Micro(ts) AS ts_us, auditid, "
@@ -237,10 +266,11 @@ def recent_alerts(tr: TimeRange, clusters: list[str], n: int = 20) -> tuple[str,
 
 
 def events_list(
-    tr: TimeRange, clusters: list[str], filters: dict[str, str], limit: int, offset: int
+    tr: TimeRange, clusters: list[str], filters: dict[str, str], limit: int, offset: int,
+    allowed: Collection[str] | None = None,
 ) -> tuple[str, str, dict[str, Any], str]:
     """(page SQL, count SQL, params, query text) of a drill-down."""
-    w = apply_filters(base_where(tr, clusters, T_EVENTS), filters)
+    w = apply_filters(base_where(tr, clusters, T_EVENTS, allowed), filters)
     w.params.update(limit=limit, offset=offset)
     cols = ", ".join(EVENT_LIST_COLUMNS)
     page = (
@@ -251,24 +281,25 @@ def events_list(
     return page, count, w.params, w.ql_text()
 
 
-def event_detail(cluster: str, auditid: str) -> tuple[str, dict[str, Any], str]:
+def event_detail(cluster: str, auditid: str, allowed: Collection[str] | None = None) -> tuple[str, dict[str, Any], str]:
+    w = Where().add("auditid = {auditid:String}", auditid=auditid)
+    if cluster:
+        w.add("cluster = {cluster:String}", cluster=cluster)
+    confine(w, allowed)
     sql = (
         "SELECT *, toUnixTimestamp64Micro(request_received_ts) AS request_received_us, "
         "toUnixTimestamp64Micro(stage_ts) AS stage_us, latency_us FROM audit_events "
-        "WHERE auditid = {auditid:String}" + (" AND cluster = {cluster:String}" if cluster else "") + " "
-        "ORDER BY stage_ts, stage LIMIT 10"
+        f"WHERE {w.sql_text()} ORDER BY stage_ts, stage LIMIT 10"
     )
-    params: dict[str, Any] = {"auditid": auditid}
-    if cluster:
-        params["cluster"] = cluster
-    return sql, params, f"auditid={ql_value(auditid)}"
+    return sql, w.params, f"auditid={ql_value(auditid)}"
 
 
-def alert_row(alert_id: str) -> tuple[str, dict[str, Any]]:
+def alert_row(alert_id: str, allowed: Collection[str] | None = None) -> tuple[str, dict[str, Any]]:
+    w = confine(Where().add("alert_id = {id:String}", id=alert_id), allowed)
     return (
         "SELECT alert_id, rule_id, title, severity, cluster, toUnixTimestamp64Micro(ts) AS ts_us, auditid, "
         "username, impersonated_username, verb, objectref_resource, objectref_namespace, objectref_name, "
         "responsestatus_code, toUnixTimestamp64Micro(window_start) AS window_us, count, group_key "
-        "FROM alerts WHERE alert_id = {id:String} ORDER BY ts DESC LIMIT 1",
-        {"id": alert_id},
+        f"FROM alerts WHERE {w.sql_text()} ORDER BY ts DESC LIMIT 1",
+        w.params,
     )

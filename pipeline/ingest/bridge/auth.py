@@ -9,9 +9,11 @@ Tokens file (YAML or JSON), either shape (both may appear in one file)::
       fleet-token: [prod-eu, prod-us]
       admin-token: "*"
 
-The file is re-read when its mtime changes (checked every second off the event loop) and on SIGHUP; a file that
-fails to parse keeps the previous tokens (and says so in the log). Tokens are kept only as SHA-256 digests and
-looked up by digest, so the comparison time does not depend on how many leading characters match.
+A token may be written as its hash, ``sha256:<64 hex>`` (``kaudit token hash`` prints it), so a copy of the file
+gives no one write access. The file is re-read when its mtime changes (checked every second off the event loop)
+and on SIGHUP (``pipeline.access.watch``); a file that fails to parse keeps the previous tokens (and says so in
+the log). Tokens are kept only as SHA-256 digests and looked up by digest, so the comparison time does not
+depend on how many leading characters match.
 
 Client certificates (verified against ``--client-ca``) name the clusters they may write:
 - the subject CN (``CN=prod-eu``) and every DNS subjectAltName are cluster names;
@@ -21,16 +23,17 @@ Client certificates (verified against ``--client-ca``) name the clusters they ma
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import re
-import signal
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 import yaml
+
+from pipeline.access.tokens import SecretFormatError, secret_digest, token_digest
+from pipeline.access.watch import WatchedFile
 
 log = logging.getLogger("kaudit.bridge.auth")
 
@@ -44,8 +47,7 @@ class TokensFileError(ValueError):
     """The tokens file cannot be used; the message says where and why."""
 
 
-def _digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+_digest = token_digest
 
 
 def _as_list(value: Any, where: str) -> list[str]:
@@ -73,7 +75,11 @@ def parse_tokens(data: bytes, source: str = "tokens file") -> dict[bytes, frozen
             raise TokensFileError(f"{where}: empty token")
         if cluster != ANY and not CLUSTER_RE.match(cluster):
             raise TokensFileError(f"{where}: {cluster!r} is not a valid cluster name")
-        table.setdefault(_digest(token), set()).add(cluster)
+        try:
+            digest = secret_digest(token)  # a plain token, or its sha256:<hex>
+        except SecretFormatError as exc:
+            raise TokensFileError(f"{where}: {exc}") from None
+        table.setdefault(digest, set()).add(cluster)
 
     for section in ("clusters", "tokens"):
         if not isinstance(doc.get(section) or {}, dict):
@@ -115,8 +121,9 @@ class Decision:
 
 
 @dataclass
-class Authenticator:
-    """Holds the token table; ``check`` decides a request. ``enabled=False`` means --no-auth."""
+class Authenticator(WatchedFile):
+    """Holds the token table; ``check`` decides a request. ``enabled=False`` means --no-auth. Loading, reloading
+    on change and SIGHUP come from ``WatchedFile`` (``load``, ``reload``, ``start``, ``stop``)."""
 
     tokens_file: Path | None = None
     mtls: bool = False
@@ -124,56 +131,18 @@ class Authenticator:
     _table: dict[bytes, frozenset[str]] = field(default_factory=dict)
     _mtime: float | None = None
     _task: asyncio.Task | None = None
+    watched_what = "tokens"
 
-    def load(self) -> None:
-        """(Re)read the tokens file. Raises TokensFileError (callers at startup let it surface)."""
-        if self.tokens_file is None:
-            return
-        try:
-            st = self.tokens_file.stat()
-            data = self.tokens_file.read_bytes()
-        except OSError as exc:
-            raise TokensFileError(f"{self.tokens_file}: {exc.strerror}") from None
-        table = parse_tokens(data, str(self.tokens_file))
-        self._table, self._mtime = table, st.st_mtime
-        log.info("tokens: %d token(s) loaded from %s", len(table), self.tokens_file)
+    @property
+    def watched_path(self) -> Path | None:
+        return self.tokens_file
 
-    def reload(self, *, only_if_changed: bool = False) -> bool:
-        """Reload, keeping the old table on errors. Returns True when the table changed."""
-        if self.tokens_file is None:
-            return False
-        try:
-            mtime = self.tokens_file.stat().st_mtime
-            if only_if_changed and mtime == self._mtime:
-                return False
-            self._mtime = mtime  # a broken version is reported once, not every second
-            self.load()
-            return True
-        except (TokensFileError, OSError) as exc:
-            log.error("tokens: keeping the previous %d token(s): %s", len(self._table), exc)
-            return False
+    def file_error(self, message: str) -> ValueError:
+        return TokensFileError(message)
 
-    async def start(self) -> None:
-        """Watch the file (mtime, every second, in a thread) and reload on SIGHUP."""
-        if self.tokens_file is None:
-            return
-        loop = asyncio.get_running_loop()
-        try:
-            loop.add_signal_handler(signal.SIGHUP, lambda: loop.run_in_executor(None, self.reload))
-        except (RuntimeError, ValueError):  # not the main thread (tests): mtime polling still works
-            pass
-
-        async def watch() -> None:
-            while True:
-                await asyncio.sleep(1.0)
-                await loop.run_in_executor(None, lambda: self.reload(only_if_changed=True))
-
-        self._task = asyncio.create_task(watch())
-
-    async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            self._task = None
+    def apply_file(self, data: bytes, source: str) -> None:
+        self._table = parse_tokens(data, source)
+        log.info("tokens: %d token(s) loaded from %s", len(self._table), source)
 
     def check(self, cluster: str, authorization: str | None, peercert: dict[str, Any] | None) -> Decision:
         if not self.enabled:

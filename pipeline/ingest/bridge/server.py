@@ -27,6 +27,7 @@ from confluent_kafka import KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline import config
+from pipeline.access.tls import make_ssl_context  # noqa: F401 - shared with the query API, re-exported
 from pipeline.config import Settings
 from pipeline.ingest.bridge.auth import CLUSTER_RE, Authenticator
 from pipeline.ingest.bridge.metrics import BridgeMetrics
@@ -445,22 +446,6 @@ class Bridge:
             self.producer = AsyncProducer(self.s, **self._producer_overrides)
             if old is not None:
                 asyncio.get_running_loop().run_in_executor(None, old.close, 1.0)
-
-
-def make_ssl_context(cert: str | None, key: str | None, client_ca: str | None) -> ssl.SSLContext | None:
-    """Server TLS; with a client CA, client certificates are verified when presented (CERT_OPTIONAL, so callers
-    with bearer tokens need none)."""
-    if not cert:
-        if client_ca:
-            raise ValueError("--client-ca needs --tls-cert and --tls-key (mTLS is TLS)")
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(cert, key)
-    if client_ca:
-        ctx.load_verify_locations(cafile=client_ca)
-        ctx.verify_mode = ssl.CERT_OPTIONAL
-    return ctx
 
 
 async def serve(

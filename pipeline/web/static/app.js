@@ -360,13 +360,23 @@ async function viewQuery(params, main) {
   const idx = (n) => cols.indexOf(n);
   main.replaceChildren(el("section", { class: "card wide", dataset: { widget: "query" } },
     el("h2", { text: "Query result" }), el("div", { class: "sub" }, qlLink(q)),
-    el("div", { class: "sub", id: "query-count", dataset: { rows: data.rows.length } }, `${fmtInt(data.rows.length)} rows · ${data.elapsed_ms ?? "?"} ms`),
+    el("div", { class: "sub", id: "query-count", dataset: { rows: data.rows.length } }, `${fmtInt(data.rows.length)} rows · ${data.elapsed_ms ?? "?"} ms `,
+      ["csv", "json"].map((f) => el("a", { class: "btn", id: "export-" + f, text: "export " + f.toUpperCase(), onclick: () => exportQuery(p, f) }))),
     el("details", {}, el("summary", { class: "muted", text: "SQL" }), el("pre", { class: "yaml", text: data.sql + "\n" + JSON.stringify(data.params || {}) })),
     el("table", { dataset: { table: "query" } },
       el("thead", {}, el("tr", {}, cols.map((c) => el("th", { text: c })))),
       el("tbody", {}, data.rows.map((r) => el("tr", idx("auditid") >= 0 ? { class: "click", onclick: () => openEvent(r[idx("auditid")], idx("cluster") >= 0 ? r[idx("cluster")] : "") } : {},
         r.map((v) => el("td", { class: typeof v === "number" ? "num" : "trunc", text: typeof v === "object" && v !== null ? JSON.stringify(v) : String(v ?? "") }))))))));
   setStatus(`${data.rows.length} rows`);
+}
+
+async function exportQuery(p, fmt) {
+  // the token travels in a header (not in a link), so the file is fetched here and handed over as a blob
+  const q = new URLSearchParams(p); q.set("format", fmt);
+  const r = await fetch("/api/export?" + q.toString(), { headers: token ? { Authorization: "Bearer " + token } : {}, credentials: "same-origin" });
+  if (!r.ok) { setStatus("export failed: " + r.status, true); return; }
+  const a = el("a", { href: URL.createObjectURL(await r.blob()), download: "kaudit-export." + fmt });
+  document.body.append(a); a.click(); a.remove();
 }
 
 async function viewRbac(params, main) {

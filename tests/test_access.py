@@ -146,7 +146,24 @@ def attacks(loaded) -> dict[str, list[tuple[str, dict[str, Any], Any]]]:  # noqa
         "/api/export": [("GET", {"q": "include auditid, cluster limit 10000", "format": "csv", **ALL}, None),
                         ("GET", {"q": "groupby cluster", "format": "json", "cluster": "falco", **ALL}, None)],
         "/api/sql": [("POST", {}, {"sql": "SELECT auditid, cluster FROM audit_events"})],
+        # saved searches and the clusters list (pipeline/searches/api.py); "b-search" is team B's (see below)
+        "/api/clusters": [("GET", {}, None)],
+        "/api/searches": [("GET", {}, None), ("GET", {"owner": "team-b"}, None),
+                          ("POST", {}, {"name": "b-steal", "query": "groupby verb", "clusters": ["openshift"]}),
+                          ("POST", {}, {"name": "b-search", "query": "groupby verb", "clusters": ["audit2rbac"]})],
+        "/api/searches/{name}": [("GET", {"_path": "/api/searches/b-search"}, None),
+                                 ("DELETE", {"_path": "/api/searches/b-search"}, None)],
+        "/api/searches/{name}/run": [("GET", {"_path": "/api/searches/b-search/run", **ALL}, None),
+                                     ("GET", {"_path": "/api/searches/b-search/run", "cluster": "openshift", **ALL},
+                                      None)],
     }  # fmt: skip
+
+
+def save_team_b_search(url: str) -> None:
+    """Team B's saved search (by the admin): team A must neither see, run, replace nor delete it."""
+    call(url, "/api/searches", ADMIN_TOKEN, 200, "POST",
+         {"name": "b-search", "query": 'cluster="openshift" groupby verb', "owner": "team-b",
+          "clusters": ["openshift"]})  # fmt: skip
 
 
 def targeted(params: dict[str, Any], body: Any) -> bool:
@@ -208,10 +225,13 @@ def test_every_route_is_confined_to_the_callers_clusters(loaded, site, layers, m
     assert not missing, f"routes without an access test (add them to attacks()): {missing}"
     b_marks = markers(loaded, B_CLUSTERS | {"aks"})
     assert len(b_marks) > 100
+    save_team_b_search(site.url)
     tried = compared = 0
-    for path, reqs in cases.items():
-        assert path in routes, path
+    for route, reqs in cases.items():
+        assert route in routes, route
         for method, params, body in reqs:
+            params = dict(params)
+            path = params.pop("_path", route)
             call(site.url, path, None, 401, method, body, **params)
             call(site.url, path, "sha256:" + hash_token(A_TOKEN)[7:], 401, method, body, **params)
             status, text, _ = call(site.url, path, A_TOKEN, None, method, body, **params)
@@ -230,6 +250,8 @@ def test_every_route_is_confined_to_the_callers_clusters(loaded, site, layers, m
                 compared += 1
             tried += 1
     assert tried == sum(len(v) for v in cases.values()) and compared >= 9
+    kept = call(site.url, "/api/searches/b-search", ADMIN_TOKEN)[2]
+    assert kept["clusters"] == ["openshift"] and kept["query"] == 'cluster="openshift" groupby verb'
     # the public routes hold no data
     for path in ("/", "/api/health", "/static/app.js"):
         _, text, _ = call(site.url, path)

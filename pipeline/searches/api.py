@@ -7,6 +7,10 @@
   compile. ``DELETE /api/searches/{name}``.
 - ``GET /api/searches/{name}/run?since=|from=&to=``: run it (same answer as /api/query).
 Store calls run in the warehouse's thread pool, never on the event loop.
+
+Readers confined to some clusters (pipeline.access) see only the clusters they may see, and only the saved
+searches whose clusters are a non-empty subset of theirs (a search over "all clusters" is an all-cluster reader's);
+what they save is confined to their clusters, and a run is confined like /api/query (predicate + engine filters).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.access import web as access
 from pipeline.config import Settings
 from pipeline.query import QueryError, compile_query
 from pipeline.query.clusters import ClustersFileError, for_settings
@@ -49,24 +54,45 @@ async def clusters(req: web.Request) -> web.Response:
         cm = for_settings(req.app[CFG])
     except ClustersFileError as exc:
         return _err(500, str(exc))
-    wh = req.app[WH]
-    _cols, rows = await _blocking(req, wh.query, "SELECT DISTINCT cluster FROM events_1m ORDER BY cluster LIMIT 10000", {})
+    allowed = access.allowed_clusters(req)
+    wh = access.confined(req, req.app[WH])
+    sql, params = "SELECT DISTINCT cluster FROM events_1m ORDER BY cluster LIMIT 10000", {}
+    if allowed is not None:
+        sql = ("SELECT DISTINCT cluster FROM events_1m WHERE cluster IN {allowed:Array(String)} "
+               "ORDER BY cluster LIMIT 10000")  # fmt: skip
+        params = {"allowed": allowed}
+    _cols, rows = await _blocking(req, wh.query, sql, params)
     seen = {r[0] for r in rows}
     out = [{**c, "seen": c["name"] in seen} for c in cm.as_json()]
     out += [{"name": n, "group": "", "labels": {}, "seen": True} for n in sorted(seen - set(cm.clusters))]
+    groups = cm.groups
+    if allowed is not None:
+        out = [c for c in out if c["name"] in allowed]
+        groups = sorted({c["group"] for c in out if c["group"]})
     out.sort(key=lambda c: (c["group"] == "", c["group"], c["name"]))
-    return web.json_response({"clusters": out, "groups": cm.groups,
+    access.note(req, rows=len(out))
+    return web.json_response({"clusters": out, "groups": groups,
                               "file": str(cm.path) if cm.path else None})  # fmt: skip
+
+
+def _visible(req: web.Request, ss: SavedSearch | None) -> SavedSearch | None:
+    """The search if this reader may see it: every cluster of it among the reader's (and it names some)."""
+    allowed = access.allowed_clusters(req)
+    if ss is None or allowed is None:
+        return ss
+    return ss if ss.clusters and set(ss.clusters) <= set(allowed) else None
 
 
 async def list_searches(req: web.Request) -> web.Response:
     store = req.app[STORE]
     found = await _blocking(req, store.list, req.query.get("owner") or None, req.query.get("alerts") in ("1", "true"))
+    found = [s for s in found if _visible(req, s)]
+    access.note(req, rows=len(found))
     return web.json_response({"searches": [s.as_json() for s in found]})
 
 
 async def get_search(req: web.Request) -> web.Response:
-    ss = await _blocking(req, req.app[STORE].get, req.match_info["name"])
+    ss = _visible(req, await _blocking(req, req.app[STORE].get, req.match_info["name"]))
     if ss is None:
         return _err(404, f"no saved search {req.match_info['name']!r}")
     return web.json_response(ss.as_json())
@@ -77,6 +103,16 @@ async def save_search(req: web.Request) -> web.Response:
         body = await req.json()
     except Exception:  # noqa: BLE001
         return _err(400, 'body must be a JSON saved search {"name": ..., "query": ...}')
+    allowed = access.allowed_clusters(req)
+    if allowed is not None and isinstance(body, dict):
+        wanted = body.get("clusters") or []
+        wanted = [wanted] if isinstance(wanted, str) else wanted
+        if not isinstance(wanted, list) or not set(map(str, wanted)) <= set(allowed):
+            return _err(403, "a saved search may name only the clusters this token may read", field="clusters")
+        body = {**body, "clusters": wanted or allowed}  # "all clusters" of a confined reader = its clusters
+        existing = await _blocking(req, req.app[STORE].get, str(body.get("name", "")))
+        if existing is not None and _visible(req, existing) is None:
+            return _err(403, "a saved search of that name exists and is not this token's to replace", field="name")
     try:
         ss = SavedSearch.from_json(body)
         saved = await _blocking(req, req.app[STORE].save, ss)
@@ -88,6 +124,8 @@ async def save_search(req: web.Request) -> web.Response:
 
 async def delete_search(req: web.Request) -> web.Response:
     name = req.match_info["name"]
+    if _visible(req, await _blocking(req, req.app[STORE].get, name)) is None:
+        return _err(404, f"no saved search {name!r}")
     if not await _blocking(req, req.app[STORE].delete, name):
         return _err(404, f"no saved search {name!r}")
     return web.json_response({"deleted": name})
@@ -95,22 +133,25 @@ async def delete_search(req: web.Request) -> web.Response:
 
 async def run_search(req: web.Request) -> web.Response:
     name = req.match_info["name"]
-    ss = await _blocking(req, req.app[STORE].get, name)
+    ss = _visible(req, await _blocking(req, req.app[STORE].get, name))
     if ss is None:
         return _err(404, f"no saved search {name!r}")
+    access.note(req, query=ss.query)
     qs = req.query
     since = qs.get("since") or (None if qs.get("from") or qs.get("to") else ss.since or None)
     try:
         cq = compile_query(ss.query, since=since, from_=qs.get("from") or None, to=qs.get("to") or None,
-                           cluster=ss.clusters or None, settings=req.app[CFG])  # fmt: skip
+                           cluster=ss.clusters or None, settings=req.app[CFG],
+                           allowed_clusters=access.allowed_clusters(req))  # fmt: skip
     except QueryError as exc:
         return _err(400, str(exc), exc.column)
     t0 = time.perf_counter()
     try:
-        cols, rows = await req.app[WH].aquery_compiled(cq)
+        cols, rows = await access.confined(req, req.app[WH]).aquery_compiled(cq)
     except Exception as exc:  # noqa: BLE001
         return _err(400, f"query failed: {str(exc).strip().splitlines()[0][:500]}")
     del cols
+    access.note(req, rows=len(rows))
     return web.json_response({"columns": cq.columns, "rows": rows, "kind": cq.kind, "sql": cq.sql,
                               "params": jsonable(cq.params), "search": ss.as_json(),
                               "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)})  # fmt: skip

@@ -55,19 +55,22 @@ def check_rules(rules: list) -> list[str]:
     import orjson
 
     from pipeline.agents.processor import Processor
-    from pipeline.agents.rules import RuleSet, example_event
+    from pipeline.agents.rules import RuleSet, example_runs
     from pipeline.agents.state import PartitionState
     from pipeline.config import Settings
 
     failures = []
     for rule in rules:
-        r = dataclasses.replace(rule, enabled=True)
+        r = dataclasses.replace(rule, enabled=True, inactive="")
         proc = Processor(Settings(), RuleSet([r]))
         for kind in ("fire", "quiet"):
             for i, ex in enumerate(rule.examples.get(kind, [])):
-                events = [example_event(ex, k) for k in range(max(r.threshold, 1))]
+                history, events = example_runs(r, ex)
+                st = PartitionState(0, 900)
+                if history:  # stated history: an earlier record, its alerts not counted
+                    proc.process(st, 0, b"check", orjson.dumps({"kind": "EventList", "items": history}), [])
                 body = orjson.dumps({"kind": "EventList", "items": events})
-                out = proc.process(PartitionState(0, 900), 0, b"check", body, [])
+                out = proc.process(st, 1, b"check", body, [])
                 n = sum(1 for a in out.alerts if a.record["rule_id"] == r.id)
                 if out.n_bad or n != (1 if kind == "fire" else 0):
                     failures.append(f"rule '{r.id}': {kind} example #{i + 1} gave {n} alert(s) ({out.n_bad} bad event(s))")
@@ -101,6 +104,9 @@ def run(args: argparse.Namespace) -> int:
         failures = check_rules(rules)
         for f in failures:
             print(f"kaudit worker: {f}", file=sys.stderr)
+        for r in enabled:
+            if r.inactive:
+                print(f"kaudit worker: rule '{r.id}' is inactive: {r.inactive}", file=sys.stderr)
         print(
             f"{len(enabled)} rules enabled ({len(rules) - len(enabled)} off), "
             f"{len(noise.filters) if noise else 0} noise filters; examples: {'all pass' if not failures else f'{len(failures)} failed'}"

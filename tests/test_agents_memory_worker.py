@@ -90,3 +90,48 @@ def test_memory_rules_exact_under_rebalance_kill_and_restart(settings: Settings)
         for p in (a, b):
             if p is not None:
                 T.stop_worker(p)
+
+
+def test_seed_from_warehouse_then_worker_uses_it(settings: Settings):
+    """A backfill's stored events seed the memory: the worker then knows the cluster is past learning and which
+    users already read Secrets, so only the new reader alerts (without the seed, learning would hold both)."""
+    import random
+
+    from pipeline.agents.seed import seed_memory
+    from pipeline.models.normalize import normalize_event
+    from pipeline.warehouse.client import open_client
+    from pipeline.warehouse.migrations import migrate
+    from pipeline.web.sampledata import insert_events
+    from tests.test_agents_memory import DAY, event
+
+    s = settings
+    rng = random.Random(4)
+    now = time.time_ns() // 1000
+    stored = []
+    for d in range(10, 0, -1):
+        for u in ("u0", "u1", "u2"):
+            rec = normalize_event(event(rng, now - d * DAY, u, "read"), "seeded")
+            rec["source_id"] = f"backfill:{d}:{u}"
+            stored.append(rec)
+    client = open_client(s)
+    migrate(client, s)
+    insert_events(client, stored)
+    client.close()
+    written = seed_memory(s, RULES, now - 30 * DAY, now)
+    assert sum(written.values()) > 3 and len(written) == 1
+    T.produce(s, [T.raw_record("seeded", T.eventlist([event(rng, now, "u1", "read"), event(rng, now, "u9", "read")]))])
+    w = T.start_worker(s, "seed")
+    try:
+        deadline = time.monotonic() + 120
+        got: dict = {}
+        while time.monotonic() < deadline and not got:
+            assert w.poll() is None
+            got, _ = memory_alerts(s)
+            time.sleep(1.0)
+        time.sleep(2.0)
+        got, _ = memory_alerts(s)
+        assert sorted(v[:2] for v in got.values()) == [("first-secret-read", "u9")]
+        raw = T.read_all(s, config.RAW, idle=1.0, timeout=30)
+        assert [m.partition() for m in raw] == list(written)  # the seed went where the raw record went
+    finally:
+        T.stop_worker(w)

@@ -210,3 +210,25 @@ def test_user_list_replaces_default_and_empty_list_makes_rule_inactive(tmp_path:
     body = orjson.dumps({"kind": "EventList", "items": [event(random.Random(2), time.time_ns() // 1000, "x", "read") | {"sourceIPs": ["8.8.8.8"]}]})
     out = proc.process(PartitionState(0, 900), 0, b"c", body, [])
     assert "malicious-ip-caller" in {a.record["rule_id"] for a in out.alerts}
+
+
+def test_coverage_header_names_every_finding_type_of_issue_17_with_existing_rules():
+    import re
+
+    from pipeline.agents.rules import DEFAULT_RULES
+
+    text = DEFAULT_RULES.read_text()
+    header = text[: text.index("\nrules:")]
+    named = [
+        "AnomalousBehavior.SecretsAccessed", "AnomalousBehavior.PermissionChecked", "AnomalousBehavior.ExecInPod",
+        "AnomalousBehavior.WorkloadDeployed", "AnomalousBehavior.RoleCreated", "AnomalousBehavior.RoleBindingCreated",
+        "MaliciousIPCaller", "TorIPCaller", "SuccessfulAnonymousAccess", "AttackSequence:EKS/CompromisedCluster",
+        "workloads in sensitive namespaces", "static pods", "kube-dns changes", "webhook configurations",
+        "effectively anonymous users granted access",
+    ]  # fmt: skip
+    ids = {r.id for r in load_rules()}
+    for name in named:
+        assert name in header, name
+        line = header[header.index(name):].split("\n#   ")[0]
+        mentioned = set(re.findall(r"[a-z][a-z0-9]+(?:-[a-z0-9]+)+", line)) & ids
+        assert mentioned, f"{name}: no rule id on its line"

@@ -65,11 +65,32 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
             "INSERT INTO audit_events (cluster, auditid, level, usergroups, annotations, decision, request_received_ts) "
             "VALUES ('c', 'a1', 'Metadata', ['system:masters', 'x'], {'k': 'v'}, 'allow', now64(6))"
         )
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2"]
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2", "17"]
         after = column_types(client)
         assert {n: after[n] for n in PLAIN_STRING_COLUMNS} == PLAIN_STRING_COLUMNS
         assert client.query("SELECT auditid, level, usergroups, annotations, decision FROM audit_events").result_rows == [
             ("a1", "Metadata", ["system:masters", "x"], {"k": "v"}, "allow")
         ]
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_migration_17_adds_the_1_35_columns_to_an_older_table(chdb_session_path: Path):
+    admin, db, client = fresh_database(chdb_session_path)
+    try:
+        older = "\n".join(ln for ln in EVENT_COLUMNS.rstrip().splitlines()
+                          if not ln.strip().startswith(("impersonation_constraint", "authorization_verb"))).rstrip(",")  # fmt: skip
+        client.command(f"CREATE TABLE audit_events ({older}) ENGINE = MergeTree ORDER BY (cluster, request_received_ts)")
+        client.command(
+            "CREATE TABLE kaudit_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) "
+            "ENGINE = MergeTree ORDER BY version"
+        )
+        client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y')")
+        client.command("INSERT INTO audit_events (cluster, auditid, request_received_ts) VALUES ('c', 'a1', now64(6))")
+        assert "authorization_verb" not in column_types(client)
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["17"]
+        types = column_types(client)
+        assert types["impersonation_constraint"] == types["authorization_verb"] == "LowCardinality(String)"
+        assert client.query("SELECT auditid, impersonation_constraint, authorization_verb FROM audit_events").result_rows == [("a1", "", "")]
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {db}")

@@ -42,7 +42,7 @@ NORMALIZED_FIELDS = frozenset(
         "objectref_apiversion", "objectref_subresource", "objectref_uid", "responsestatus_code",
         "responsestatus_status", "responsestatus_reason", "responsestatus_message", "decision",
         "decision_reason", "annotations", "request_received_ts", "stage_ts", "objects_truncated",
-        "event_version", "extra",
+        "event_version", "extra", "impersonation_constraint", "authorization_verb",
     }
 )  # fmt: skip
 LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips"})

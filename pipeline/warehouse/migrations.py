@@ -50,7 +50,9 @@ EVENT_COLUMNS = """
     objects_truncated Bool,
     event_version String,
     extra String CODEC(ZSTD(1)),
-    source_id String CODEC(ZSTD(1))
+    source_id String CODEC(ZSTD(1)),
+    impersonation_constraint LowCardinality(String),
+    authorization_verb LowCardinality(String)
 """
 
 # LowCardinality only where queries group and filter (cluster, stage, verb, user, user agent, object kind and
@@ -187,6 +189,16 @@ GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
             [
                 "ALTER TABLE audit_events "
                 + ", ".join(f"MODIFY COLUMN {name} {typ}" for name, typ in PLAIN_STRING_COLUMNS.items())
+            ],
+        ),
+        (
+            # numbered after issue 17 so that migrations added in parallel keep their own numbers
+            17,
+            "audit_events: Kubernetes 1.35+ impersonation_constraint and the Forbidden message's authorization_verb",
+            [
+                "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS impersonation_constraint LowCardinality(String) "
+                "AFTER source_id, ADD COLUMN IF NOT EXISTS authorization_verb LowCardinality(String) "
+                "AFTER impersonation_constraint"
             ],
         ),
     ]

@@ -117,7 +117,7 @@ GUARD_FIELDS = frozenset(
     {
         "username", "usergroups", "impersonated_username", "impersonated_groups", "verb", "stage", "level",
         "objectref_resource", "objectref_subresource", "objectref_namespace", "objectref_apigroup",
-        "responsestatus_code", "decision", "useragent", "sourceip",
+        "responsestatus_code", "decision", "useragent", "sourceip", "impersonation_constraint", "authorization_verb",
     }
 )  # fmt: skip
 GUARD_MEMO_MAX = 100_000

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from pipeline.config import Settings
+from pipeline.samples import SAMPLES
 
 REPO = Path(__file__).resolve().parent.parent
-SAMPLES = Path(os.environ.get("KAUDIT_SAMPLES", REPO.parent / "shared" / "data" / "audit-samples"))
 TEST_VAR = REPO / "var" / "test"
 KAFKA_PORT = int(os.environ.get("KAUDIT_TEST_KAFKA_PORT", "19092"))
 

@@ -21,11 +21,9 @@ import sys
 import time
 import urllib.request
 import uuid
-from pathlib import Path
 
 from pipeline.config import RAW, REPO_ROOT, Settings, get_settings
-
-SAMPLES = Path(os.environ.get("KAUDIT_SAMPLES", REPO_ROOT.parent / "shared" / "data" / "audit-samples"))
+from pipeline.samples import SAMPLES
 
 
 def bodies_from_samples(n_bodies: int = 16, batch: int = 400) -> list[bytes]:

@@ -27,8 +27,7 @@ import orjson
 from pipeline.bench.worker import cpu_seconds, machine_speed, realistic_event
 from pipeline.config import REPO_ROOT
 from pipeline.models.readers import RawEvent, read_events
-
-SAMPLES = REPO_ROOT.parent / "shared" / "data" / "audit-samples"
+from pipeline.samples import SAMPLES
 
 
 def build_bodies(

@@ -6,11 +6,9 @@ import argparse
 import time
 from pathlib import Path
 
-from pipeline.config import REPO_ROOT
 from pipeline.models.normalize import normalize_event
 from pipeline.models.readers import RawEvent, read_events
-
-SAMPLES = REPO_ROOT.parent / "shared" / "data" / "audit-samples"
+from pipeline.samples import SAMPLES
 
 
 def main() -> None:

@@ -34,8 +34,8 @@ import uuid
 from pathlib import Path
 
 from pipeline.config import REPO_ROOT, get_settings
+from pipeline.samples import SAMPLES
 
-SAMPLES = REPO_ROOT.parent / "shared" / "data" / "audit-samples"
 GOAL = 150_000
 PLACEHOLDER = "00000000-0000-4000-8000-000000000000"
 

@@ -31,8 +31,7 @@ from pipeline import config
 from pipeline.agents import testing as T
 from pipeline.config import Settings, get_settings
 from pipeline.kafka.topics import ensure_topics
-
-SAMPLES = T.REPO.parent / "shared" / "data" / "audit-samples"
+from pipeline.samples import SAMPLES
 
 
 def build_records(n_events: int, per_record: int = 400, clusters: int = 8) -> list[T.RawRecord]:

@@ -35,14 +35,14 @@ def denied(message: str, verb: str = "list", resource: str = "pods", namespace: 
 
 EVENTS = [
     # the impersonate:<mode> check on the identity (constrained impersonation, user-info mode), two users
-    denied('users "bob" is forbidden: User "alice" cannot impersonate:user-info resource "users" in API group "" at the cluster scope'),
-    denied('users "carol" is forbidden: User "alice" cannot impersonate:user-info resource "users" in API group "" at the cluster scope'),
+    denied('users.authentication.k8s.io "bob" is forbidden: User "alice" cannot impersonate:user-info resource "users" in API group "authentication.k8s.io" at the cluster scope'),
+    denied('users.authentication.k8s.io "carol" is forbidden: User "alice" cannot impersonate:user-info resource "users" in API group "authentication.k8s.io" at the cluster scope'),
     # the impersonate-on:<mode>:<verb> check on the request itself
     denied('pods is forbidden: User "alice" cannot impersonate-on:user-info:list resource "pods" in API group "" in the namespace "default"'),
     denied('deployments.apps "web" is forbidden: User "alice" cannot impersonate-on:serviceaccount:get resource "deployments" in API group "apps" in the namespace "shop"',
            verb="get", resource="deployments", namespace="shop"),
     # a service account identity in its namespace
-    denied('serviceaccounts "builder" is forbidden: User "alice" cannot impersonate:serviceaccount resource "serviceaccounts" in API group "" in the namespace "ci"'),
+    denied('serviceaccounts.authentication.k8s.io "builder" is forbidden: User "alice" cannot impersonate:serviceaccount resource "serviceaccounts" in API group "authentication.k8s.io" in the namespace "ci"'),
     # legacy impersonation of a group
     denied('groups "devs" is forbidden: User "alice" cannot impersonate resource "groups" in API group "" at the cluster scope'),
     # an ordinary denial, with an empty authorization reason annotation (seen on some servers)
@@ -75,10 +75,11 @@ def test_suggest_allows_exactly_the_denied_impersonation_checks(warehouse):
     finally:
         wh.close()
     want = {
-        Denial("impersonate:user-info", "", "users", name="bob"), Denial("impersonate:user-info", "", "users", name="carol"),
+        Denial("impersonate:user-info", "authentication.k8s.io", "users", name="bob"),
+        Denial("impersonate:user-info", "authentication.k8s.io", "users", name="carol"),
         Denial("impersonate-on:user-info:list", "", "pods", namespace="default"),
         Denial("impersonate-on:serviceaccount:get", "apps", "deployments", namespace="shop", name="web"),
-        Denial("impersonate:serviceaccount", "", "serviceaccounts", namespace="ci", name="builder"),
+        Denial("impersonate:serviceaccount", "authentication.k8s.io", "serviceaccounts", namespace="ci", name="builder"),
         Denial("impersonate", "", "groups", name="devs"), Denial("list", "", "secrets", namespace="default"),
     }  # fmt: skip
     got = {Denial(d.verb, d.apigroup, d.resource, d.subresource, d.namespace, d.name, d.path) for d in denials}
@@ -89,7 +90,7 @@ def test_suggest_allows_exactly_the_denied_impersonation_checks(warehouse):
         assert allows(objs, "alice", d), d
     # nothing more: the plain requests behind the impersonations are not granted
     assert not allows(objs, "alice", Denial("list", "", "pods", namespace="default"))
-    assert not allows(objs, "alice", Denial("impersonate:user-info", "", "users", name="root"))
+    assert not allows(objs, "alice", Denial("impersonate:user-info", "authentication.k8s.io", "users", name="root"))
     assert {g[3] for g in grants(objs)} == {d.verb for d in want}
     for o in objs:
         for r in o.get("rules", ()):

@@ -12,6 +12,7 @@ import time
 
 import pytest
 
+from pipeline.devcluster import bin_dir
 from tests.kube import REPO, component_env, live_pipeline
 
 pytestmark = [pytest.mark.kafka, pytest.mark.kube]
@@ -94,3 +95,10 @@ def test_constrained_impersonation_fields_rules_and_suggest(settings, tmp_path):
         code_id, body_id = as_(kc, "alice", "/api/v1/namespaces/default/pods", "carol")
         for code, body in ((code_on, body_on), (code_id, body_id)):
             assert code != 403 or "cannot impersonate" not in str(body), body  # the impersonation itself passes
+        # --from-cluster reads the RBAC back from the API server: everything denied is now allowed
+        env["PATH"] = f"{bin_dir()}:{env.get('PATH', '')}"
+        again = subprocess.run([sys.executable, "-m", "pipeline.cli", "rbac", "suggest", "--user", "alice", "--since", "1h",
+                                "--from-cluster", "--kubeconfig", str(kc.kubeconfig("admin"))],
+                               cwd=REPO, env=env, capture_output=True, text=True, timeout=120)  # fmt: skip
+        assert again.returncode == 0, again.stderr
+        assert "are all allowed by the existing RBAC" in again.stdout, again.stdout

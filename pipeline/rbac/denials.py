@@ -33,6 +33,7 @@ SELECT verb, objectref_apigroup AS apigroup, objectref_resource AS resource,
        anyLast(decision_reason) AS reason,
        anyLast(responsestatus_message) AS message,
        groupUniqArray(5)(cluster) AS clusters,
+       groupUniqArrayArray(64)(if(impersonated_username != '', impersonated_groups, usergroups)) AS user_groups,
        authorization_verb AS authz_verb,
        if(startsWith(authorization_verb, 'impersonate'), responsestatus_message, '') AS impersonation_message
 FROM audit_events
@@ -65,6 +66,7 @@ class Denial:
     message: str = ""
     clusters: tuple[str, ...] = ()
     authz_verb: str = ""  # the verb the Forbidden message names (audit_events.authorization_verb)
+    user_groups: tuple[str, ...] = ()  # the groups the events recorded for the user (for --existing)
 
     @property
     def non_resource(self) -> bool:
@@ -136,6 +138,7 @@ def denials_from_rows(cols: list[str], rows: list[list[Any]]) -> list[Denial]:
                 message=d["message"] or "",
                 clusters=tuple(sorted(d["clusters"] or ())),
                 authz_verb=d.get("authz_verb") or "",
+                user_groups=tuple(sorted(d.get("user_groups") or ())),
             )
         ))
     return out

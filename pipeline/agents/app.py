@@ -95,7 +95,7 @@ def rebuild_state(
                 cluster = batch["cluster"]
                 n_records += 1
                 for ev in batch["events"]:
-                    state.seen.add((cluster, ev["auditid"], ev["stage"]), src, seen_at)
+                    state.seen.add((ev["cluster"] or cluster, ev["auditid"], ev["stage"]), src, seen_at)
                     if src < resume_offset:
                         proc.replay_thresholds(state, ev, seen_at)
                     n_keys += 1

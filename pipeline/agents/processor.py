@@ -171,7 +171,8 @@ class Processor:
             out.n_events += 1
             raw = item.event
             try:
-                events.append((normalize_event(raw, cluster, max_object_bytes=max_obj, redact=redact), raw))
+                # an entry may name its own cluster (GKE resource labels); every other shape has the record's
+                events.append((normalize_event(raw, item.cluster or cluster, max_object_bytes=max_obj, redact=redact), raw))
             except NormalizeError as exc:
                 out.n_bad += 1
                 out.deadletters.append(
@@ -183,28 +184,29 @@ class Processor:
         count_stages = self.count_stages
         rules, noise = self.rules, self.noise
         seen = state.seen
-        in_record: set[tuple[str, str]] = set()
+        in_record: set[tuple[str, str, str]] = set()
         alerts: dict[str, Alert] = {}
         kept: list[dict[str, Any]] = []
         dropped_keys: list[tuple[str, str]] = []
         verbs, codes = WindowCounts(), WindowCounts()
 
         for ev, raw in events:
+            c = ev["cluster"]  # the record's cluster, or the one a GKE entry names
             k = (ev["auditid"], ev["stage"])
-            if k in in_record or not seen.first_at((cluster, *k), offset, now):
+            if (c, *k) in in_record or not seen.first_at((c, *k), offset, now):
                 out.n_dup += 1
                 continue
-            in_record.add(k)
+            in_record.add((c, *k))
             view = EventView(ev, raw)
             if rules is not None:
                 for rule in rules.matches(view):
-                    self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
+                    self._alert(state, rule, view, c, offset, out.source_id, alerts, now)
             keep = noise.keep(view) if noise is not None else True
             if count_stages is None or k[1] in count_stages:
                 ts = ev["stage_ts"]
                 ws = ts - ts % wsize_us
-                verbs.add(cluster, ws, ev["verb"], not keep)
-                codes.add(cluster, ws, ev["responsestatus_code"], not keep)
+                verbs.add(c, ws, ev["verb"], not keep)
+                codes.add(c, ws, ev["responsestatus_code"], not keep)
             if keep:
                 kept.append(ev)
             else:

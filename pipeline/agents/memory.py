@@ -49,7 +49,16 @@ from typing import Any
 
 import orjson
 
-from pipeline.agents.conditions import Accessor, ConditionError, EventView, Many, Predicate, accessor
+from pipeline.agents.conditions import (
+    LIST_FIELDS,
+    NORMALIZED_FIELDS,
+    Accessor,
+    ConditionError,
+    EventView,
+    Many,
+    Predicate,
+    accessor,
+)
 
 log = logging.getLogger("kaudit.worker.memory")
 
@@ -74,8 +83,14 @@ class KeyExpr:
     text: str
     parts: tuple[str, ...]  # literal text between fields (len(fields) + 1), or () for a plain field
     getters: tuple[Accessor, ...]
+    scalar: str = ""  # a single-valued normalized field: read directly (this runs per matching event)
 
     def values(self, view: EventView) -> list[str]:
+        if self.scalar:
+            x = view.ev.get(self.scalar)
+            if type(x) is str:
+                return [x] if x else []
+            return [] if x is None or x == "" else [str(x)]
         vals = [_texts(g(view)) for g in self.getters]
         if not self.parts:
             return vals[0]
@@ -95,7 +110,8 @@ def key_expr(text: Any, where: str) -> KeyExpr:
         raise MemoryError_(f"{where}: needs a field name or a template like \"system:serviceaccount:{{objectref_namespace}}:{{objectref_name}}\"")
     try:
         if "{" not in text:
-            return KeyExpr(text, (), (accessor(text, where),))
+            scalar = text if text in NORMALIZED_FIELDS and text not in LIST_FIELDS else ""
+            return KeyExpr(text, (), (accessor(text, where),), scalar)
         fields = _TEMPLATE.findall(text)
         if not fields:
             raise MemoryError_(f"{where}: template {text!r} names no {{field}}")
@@ -159,9 +175,19 @@ def parse_sequence(block: Any, where: str, compile_match: Any) -> Sequence:
     )
 
 
+_KEYS: dict[tuple[str, str, str, str], bytes] = {}  # terms repeat: hash each once (bounded)
+
+
 def mkey(rule_id: str, cluster: str, kind: str, term: str) -> bytes:
     """A memory key: 128-bit hash of (rule, cluster, kind, term)."""
-    return hashlib.blake2b(f"{rule_id}\x00{cluster}\x00{kind}\x00{term}".encode(), digest_size=16).digest()
+    t = (rule_id, cluster, kind, term)
+    k = _KEYS.get(t)
+    if k is None:
+        k = hashlib.blake2b(f"{rule_id}\x00{cluster}\x00{kind}\x00{term}".encode(), digest_size=16).digest()
+        if len(_KEYS) >= 50_000:
+            _KEYS.clear()
+        _KEYS[t] = k
+    return k
 
 
 class Memory:
@@ -170,7 +196,7 @@ class Memory:
     Values are tuples: clock (start_us, watermark_us); term (last_seen_us,); sequence A
     (ts_us, auditid, fired). ``owner[key]`` names (rule_id, cluster, kind) for eviction and the topic record."""
 
-    __slots__ = ("entries", "owner", "max_keys", "dropped", "_owners")
+    __slots__ = ("entries", "owner", "max_keys", "dropped", "_owners", "quiet", "clock_ver")
 
     def __init__(self, max_keys: int = 5_000_000) -> None:
         # key -> (src, value) or a list of (src, value) sorted by src (after an in-process replay)
@@ -179,6 +205,10 @@ class Memory:
         self.max_keys = max_keys
         self.dropped = 0
         self._owners: dict[tuple[str, str, str], tuple[str, str, str]] = {}  # one tuple per (rule, cluster, kind)
+        # term key -> (lo, hi, src, clock version): events of that term with lo <= ts <= hi change nothing, as long
+        # as neither the term nor its clock changed (``note`` drops/bumps them) and the record is newer than src
+        self.quiet: dict[bytes, tuple[int, int, int, int]] = {}
+        self.clock_ver: dict[tuple[str, str], int] = {}
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -210,6 +240,12 @@ class Memory:
             hist.sort(key=lambda h: h[0])
         hist = hist[-HISTORY:]
         self.entries[key] = hist[0] if len(hist) == 1 else hist
+
+    def src_of(self, key: bytes) -> int:
+        e = self.entries.get(key)
+        if e is None:
+            return -2
+        return e[0] if type(e) is tuple else e[-1][0]
 
     def latest(self, key: bytes) -> Any:
         e = self.entries.get(key)
@@ -246,6 +282,7 @@ class Memory:
         for key in drop:
             del self.entries[key]
             del self.owner[key]
+        self.quiet.clear()
         n = len(drop)
         if len(self.entries) > self.max_keys:
             excess = len(self.entries) - int(self.max_keys * 0.9)
@@ -285,6 +322,11 @@ def read(mem: Memory, updates: Updates, key: bytes, src: int) -> Any:
 def note(mem: Memory, updates: Updates, key: bytes, src: int, value: tuple, owner: tuple[str, str, str]) -> None:
     mem.put(key, src, value, owner)
     updates[key] = (owner, value)
+    if owner[2] == "clock":
+        rc = (owner[0], owner[1])
+        mem.clock_ver[rc] = mem.clock_ver.get(rc, 0) + 1
+    else:
+        mem.quiet.pop(key, None)
 
 
 def clock_step(
@@ -315,10 +357,19 @@ def first_seen_step(
     values = [e.values(view) for e in spec.terms]
     if any(not v for v in values):
         return None  # an event without the term (e.g. no source IP) is not a sighting
+    single = all(len(v) == 1 for v in values)
+    if single:  # the common case: a term seen recently, nothing to change (the per-event cost of a busy term)
+        k = mkey(rule_id, cluster, "term", "|".join(v[0] for v in values))
+        q = mem.quiet.get(k)
+        if q is not None and q[0] <= ts <= q[1] and q[2] < src and q[3] == mem.clock_ver.get((rule_id, cluster), 0):
+            return None
+    n_updates = len(updates)
+    ck = mkey(rule_id, cluster, "clock", "")
     _, wm, start = clock_step(mem, updates, rule_id, cluster, ts, src, spec.refresh_us)
     fire = None
     owner = (rule_id, cluster, "term")
-    for combo in itertools.islice(itertools.product(*values), 16):
+    combos = [[v[0] for v in values]] if single else itertools.islice(itertools.product(*values), 16)
+    for combo in combos:
         term = "|".join(combo)
         k = mkey(rule_id, cluster, "term", term)
         last = read(mem, updates, k, src)
@@ -328,6 +379,12 @@ def first_seen_step(
                 fire = term
         elif ts > last[0] + spec.refresh_us:
             note(mem, updates, k, src, (ts,), owner)
+        elif single and len(updates) == n_updates and k not in updates and ck not in updates:
+            # nothing changed and both values come from earlier records: remember for how long that holds
+            hi = min(wm + spec.refresh_us, last[0] + spec.refresh_us, last[0] + spec.lookback_us)
+            if len(mem.quiet) >= 1_000_000:
+                mem.quiet.clear()
+            mem.quiet[k] = (start, hi, max(mem.src_of(k), mem.src_of(ck)), mem.clock_ver.get((rule_id, cluster), 0))
     return fire
 
 

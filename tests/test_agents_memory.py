@@ -20,7 +20,7 @@ from pipeline.agents.rules import RuleError, RuleSet, load_rule_file, load_rules
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
 
-RULES = RuleSet(load_rules())
+RULES = RuleSet(load_rules(examples=True))  # caller lists with their example networks
 MEMORY_RULES = {r.id for r in RULES.rules if r.kind in ("first_seen", "sequence")}
 DAY = 86_400_000_000
 

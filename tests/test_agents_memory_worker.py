@@ -14,16 +14,26 @@ import pytest
 from pipeline import config
 from pipeline.agents import testing as T
 from pipeline.agents.processor import Processor
+from pipeline.agents.rules import RuleSet, load_rules
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
-from tests.test_agents_memory import MEMORY_RULES, RULES, history_stream
+from tests.test_agents_memory import MEMORY_RULES, history_stream
+
+
+def user_rules(tmp: Path) -> Path:
+    """A user rules file that fills the cluster-networks list (the shipped one is empty), so that the
+    sequence rule using it runs in the workers too."""
+    (tmp / "nets.txt").write_text("10.0.0.0/8\n192.168.0.0/16\n")
+    f = tmp / "rules.yaml"
+    f.write_text("lists: {cluster-networks: nets.txt}\nrules: []\n")
+    return f
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(600)]
 
 
-def expected_alerts(streams: dict[str, list[bytes]]) -> dict[str, tuple[str, str, str]]:
+def expected_alerts(streams: dict[str, list[bytes]], rules_file: Path) -> dict[str, tuple[str, str, str]]:
     """alert_id -> (rule, group_key, auditid) of one uninterrupted run per cluster (a cluster is one partition)."""
-    proc = Processor(Settings(), RULES)
+    proc = Processor(Settings(), RuleSet(load_rules(rules_file)))
     out: dict[str, tuple[str, str, str]] = {}
     for cluster, records in streams.items():
         st = PartitionState(0, 900)
@@ -56,25 +66,27 @@ def wait_for(s: Settings, want: dict, procs: list, timeout: float = 300.0) -> No
         time.sleep(1.0)
 
 
-def test_memory_rules_exact_under_rebalance_kill_and_restart(settings: Settings):
+def test_memory_rules_exact_under_rebalance_kill_and_restart(settings: Settings, tmp_path: Path):
     s = settings
+    rules = user_rules(tmp_path)
     streams = {f"m{i}": history_stream(seed=100 + i, n_records=30) for i in range(4)}
-    want = expected_alerts(streams)
+    want = expected_alerts(streams, rules)
+    assert "sa-token-then-outside-use" in {v[0] for v in want.values()}
     assert len(want) > 20
     half = [T.raw_record(c, rec) for c, recs in streams.items() for rec in recs[:15]]
     rest = [T.raw_record(c, rec) for c, recs in streams.items() for rec in recs[15:]]
     T.produce(s, half)
-    want_half = expected_alerts({c: recs[:15] for c, recs in streams.items()})
-    a = T.start_worker(s, "ma")
+    want_half = expected_alerts({c: recs[:15] for c, recs in streams.items()}, rules)
+    a = T.start_worker(s, "ma", "--rules", str(rules))
     b = None
     try:
         wait_for(s, want_half, [a])
-        b = T.start_worker(s, "mb")  # rebalance
+        b = T.start_worker(s, "mb", "--rules", str(rules))  # rebalance
         time.sleep(1.0)
         a.send_signal(signal.SIGKILL)  # offsets of its last second are not committed: replayed by whoever takes over
         a.wait(10)
         T.produce(s, rest)  # needs the memory of the first half (learning periods, terms, sequence starts)
-        a = T.start_worker(s, "ma")
+        a = T.start_worker(s, "ma", "--rules", str(rules))
         wait_for(s, want, [a, b])
         time.sleep(3.0)  # anything late would be an extra alert
         got, n = memory_alerts(s)
@@ -117,7 +129,7 @@ def test_seed_from_warehouse_then_worker_uses_it(settings: Settings):
     migrate(client, s)
     insert_events(client, stored)
     client.close()
-    written = seed_memory(s, RULES, now - 30 * DAY, now)
+    written = seed_memory(s, RuleSet(load_rules()), now - 30 * DAY, now)
     assert sum(written.values()) > 3 and len(written) == 1
     T.produce(s, [T.raw_record("seeded", T.eventlist([event(rng, now, "u1", "read"), event(rng, now, "u9", "read")]))])
     w = T.start_worker(s, "seed")

@@ -133,7 +133,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     enabled = [r for r in rules if r.enabled]
     if args.check:
-        failures = check_rules(rules)
+        failures = check_rules(load_rules(s.rules_file, examples=True))  # caller lists: their example networks
         for f in failures:
             print(f"kaudit worker: {f}", file=sys.stderr)
         for r in enabled:
@@ -165,4 +165,7 @@ def run(args: argparse.Namespace) -> int:
         s.dedup_horizon_seconds, len(enabled), f" (+{s.rules_file})" if s.rules_file else "",
         f", filter {s.filter_file} ({len(noise.filters)} entries)" if noise else "",
     )  # fmt: skip
+    for r in enabled:
+        if r.inactive:
+            log.info("rule %s is inactive: %s", r.id, r.inactive)
     return Worker(s, RuleSet(rules), noise, worker_id=worker_id, take=args.take).run()

@@ -42,7 +42,7 @@ from typing import Any
 import yaml
 
 from pipeline.agents import memory as M
-from pipeline.agents.callers import CidrList, ListError, load_list
+from pipeline.agents.callers import CidrList, ListError, load_list, parse_list
 from pipeline.agents.conditions import (
     LIST_FIELDS,
     ConditionError,
@@ -340,17 +340,32 @@ def _read_doc(path: Path) -> dict[str, Any]:
     return doc
 
 
-def file_lists(path: Path | str) -> dict[str, CidrList]:
-    """The caller lists a rules file names (``lists: {name: file}``), loaded."""
+def file_lists(path: Path | str, examples: bool = False) -> dict[str, CidrList]:
+    """The caller lists a rules file names, loaded: ``lists: {name: file}`` or ``{name: {file: f, examples:
+    [cidrs]}}``; with ``examples``, the example networks stand in for the file (to check rule examples
+    against lists that ship empty)."""
     path = Path(path)
     doc = _read_doc(path)
     spec = doc.get("lists") or {}
-    if not isinstance(spec, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in spec.items()):
-        raise RuleError(f"rules file {path}: field 'lists': needs {{name: file}} (paths relative to the rules file)")
+    bad = RuleError(f"rules file {path}: field 'lists': needs {{name: file}} or {{name: {{file: f, examples: [cidrs]}}}} "
+                    "(paths relative to the rules file)")  # fmt: skip
+    if not isinstance(spec, dict):
+        raise bad
     out: dict[str, CidrList] = {}
-    for name, rel in spec.items():
+    for name, entry in spec.items():
+        if isinstance(entry, str):
+            entry = {"file": entry}
+        if not isinstance(name, str) or not isinstance(entry, dict) or set(entry) - {"file", "examples"} or not isinstance(entry.get("file"), str):
+            raise bad
         try:
-            out[name] = load_list(name, (path.parent / rel) if not Path(rel).is_absolute() else Path(rel))
+            if examples and entry.get("examples") is not None:
+                ex = entry["examples"]
+                if not isinstance(ex, list) or not all(isinstance(x, str) for x in ex):
+                    raise bad
+                out[name] = parse_list(name, "\n".join(ex), f"{path} lists.{name}.examples")
+            else:
+                rel = entry["file"]
+                out[name] = load_list(name, (path.parent / rel) if not Path(rel).is_absolute() else Path(rel))
         except ListError as exc:
             raise RuleError(f"rules file {path}: {exc}") from None
     return out
@@ -384,12 +399,15 @@ def load_rule_file(
     return rules, disabled
 
 
-def load_rules(user_file: Path | str | None = None, *, include_default: bool = True) -> list[Rule]:
-    """The default set, then the user's file: same id replaces, ``{id: X, enabled: false}`` switches off."""
+def load_rules(
+    user_file: Path | str | None = None, *, include_default: bool = True, examples: bool = False
+) -> list[Rule]:
+    """The default set, then the user's file: same id replaces, ``{id: X, enabled: false}`` switches off.
+    ``examples``: caller lists hold their example networks (for checking rule examples)."""
     rules: dict[str, Rule] = {}
-    lists: dict[str, CidrList] = file_lists(DEFAULT_RULES) if include_default else {}
+    lists: dict[str, CidrList] = file_lists(DEFAULT_RULES, examples) if include_default else {}
     if user_file:
-        lists.update(file_lists(user_file))
+        lists.update(file_lists(user_file, examples))
     if include_default:
         for r in load_rule_file(DEFAULT_RULES, lists=lists)[0]:
             rules[r.id] = r

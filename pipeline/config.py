@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     max_object_bytes: int = Field(
         256 * 1024, description="requestObject/responseObject above this size are cut and flagged."
     )
-    redact_secrets: bool = Field(True, description="Replace Secret data/stringData values with a hash.")
+    redact_secrets: bool = Field(
+        True,
+        description="Replace credentials (Secret values, TokenRequest/TokenReview tokens, their last-applied copies, "
+        "patches to Secrets; pipeline/redaction/model.py) with a hash before anything leaves the worker.",
+    )
     native: bool = Field(
         True,
         description="Use the compiled hot path (native/, built by make install) in the worker when it is installed; "
@@ -115,6 +119,27 @@ class Settings(BaseSettings):
         "", description="Query API of the warehouse owner (embedded mode), e.g. http://127.0.0.1:8080."
     )
     api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
+
+    # --- read limits (sqlguard: every API/dashboard/CLI read, raw SQL and query language; 0 = no limit) ------
+    query_max_execution_time: int = Field(30, description="Seconds a read may run (max_execution_time).")
+    query_max_memory_usage: int = Field(
+        2 * 1024**3, description="Bytes of memory one read may use (max_memory_usage)."
+    )
+    query_max_rows_to_read: int = Field(
+        2_000_000_000, description="Rows one read may scan, table functions included (max_rows_to_read)."
+    )
+    query_max_bytes_to_read: int = Field(
+        200 * 1024**3, description="Uncompressed bytes one read may scan (max_bytes_to_read)."
+    )
+    query_max_result_rows: int = Field(1_000_000, description="Rows a read may return (max_result_rows).")
+    query_max_result_bytes: int = Field(
+        512 * 1024**2, description="Bytes a read may return, uncompressed (max_result_bytes)."
+    )
+    reader_user: str = Field(
+        "", description="ClickHouse server: the read-only user the query API/CLI reads as (kaudit migrate "
+        "--reader-user creates it); empty = the DSN's user."
+    )
+    reader_password: str = Field("", description="Password of reader_user.")
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

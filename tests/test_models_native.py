@@ -152,7 +152,7 @@ def test_event_mapping_interface():
     assert ev["impersonated_username"] == "system:admin"
     with pytest.raises(KeyError):
         ev["nope"]
-    assert len(ev) == len(ev.keys()) == 37
+    assert len(ev) == len(ev.keys()) == 38
 
 
 FALLBACKS = {

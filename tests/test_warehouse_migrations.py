@@ -52,7 +52,8 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
     try:
         # what kaudit's migration 1 created before migration 2 existed
         old = event_columns_before_v2()
-        assert old.count("LowCardinality") - EVENT_COLUMNS.count("LowCardinality") == len(PLAIN_STRING_COLUMNS)
+        later = event_columns_before_v2(later_columns=True)  # the same types with the columns added since
+        assert later.count("LowCardinality") - EVENT_COLUMNS.count("LowCardinality") == len(PLAIN_STRING_COLUMNS)
         client.command(f"CREATE TABLE audit_events ({old}) ENGINE = MergeTree ORDER BY (cluster, request_received_ts)")
         client.command(
             "CREATE TABLE kaudit_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) "
@@ -65,12 +66,14 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
             "INSERT INTO audit_events (cluster, auditid, level, usergroups, annotations, decision, request_received_ts) "
             "VALUES ('c', 'a1', 'Metadata', ['system:masters', 'x'], {'k': 'v'}, 'allow', now64(6))"
         )
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2", "17"]
+        assert "redacted" not in before
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2", "3", "17"]
         after = column_types(client)
         assert {n: after[n] for n in PLAIN_STRING_COLUMNS} == PLAIN_STRING_COLUMNS
-        assert client.query("SELECT auditid, level, usergroups, annotations, decision FROM audit_events").result_rows == [
-            ("a1", "Metadata", ["system:masters", "x"], {"k": "v"}, "allow")
-        ]
+        assert after["redacted"] == "Array(String)"  # migration 3; the old row reads as nothing redacted
+        assert client.query(
+            "SELECT auditid, level, usergroups, annotations, decision, redacted FROM audit_events"
+        ).result_rows == [("a1", "Metadata", ["system:masters", "x"], {"k": "v"}, "allow", [])]
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {db}")
 
@@ -85,7 +88,7 @@ def test_migration_17_adds_the_1_35_columns_to_an_older_table(chdb_session_path:
             "CREATE TABLE kaudit_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) "
             "ENGINE = MergeTree ORDER BY version"
         )
-        client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y')")
+        client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y'), (3, 'z')")
         client.command("INSERT INTO audit_events (cluster, auditid, request_received_ts) VALUES ('c', 'a1', now64(6))")
         assert "authorization_verb" not in column_types(client)
         assert [a.split(":")[0] for a in migrate(client, Settings())] == ["17"]

@@ -1,8 +1,9 @@
 //! One parsed event -> its Avro `AuditEvent` bytes (fastavro's encoding) plus where each field sits in them,
-//! so Python reads fields lazily from the bytes instead of paying for a 37-key dict per event.
+//! so Python reads fields lazily from the bytes instead of paying for a 38-key dict per event.
 
 use crate::objects::{extra_text, object_text};
 use crate::parse::{BStr, Parsed, StrList};
+use crate::redact::{ids, implied};
 use crate::timestamps::ts_us;
 use crate::{Fallback, R};
 use pyo3::exceptions::PyKeyError;
@@ -13,7 +14,7 @@ const STAGES: [&str; 4] = ["RequestReceived", "ResponseStarted", "ResponseComple
 const DECISION: &str = "authorization.k8s.io/decision";
 const REASON: &str = "authorization.k8s.io/reason";
 
-pub const N_FIELDS: usize = 37;
+pub const N_FIELDS: usize = 38;
 
 /// Field names in schema order (schemas/audit_event.avsc == normalize_event's keys).
 pub const FIELDS: [&str; N_FIELDS] = [
@@ -23,7 +24,7 @@ pub const FIELDS: [&str; N_FIELDS] = [
     "objectref_subresource", "objectref_uid", "responsestatus_code", "responsestatus_status",
     "responsestatus_reason", "responsestatus_message", "decision", "decision_reason", "annotations",
     "request_received_ts", "stage_ts", "request_object", "response_object", "objects_truncated",
-    "event_version", "extra", "impersonation_constraint", "authorization_verb",
+    "event_version", "extra", "redacted", "impersonation_constraint", "authorization_verb",
 ];
 
 #[derive(Clone, Copy)]
@@ -39,7 +40,7 @@ enum Kind {
 
 fn kind(i: usize) -> Kind {
     match i {
-        8 | 11 | 12 => Kind::List,
+        8 | 11 | 12 | 35 => Kind::List,
         9 | 27 => Kind::Map,
         21 => Kind::Code,
         28 => Kind::Received,
@@ -227,11 +228,13 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
         None => Vec::new(),
     };
     let resource = s(&oref.resource);
-    let (req_text, resp_text) = if p.request_object.is_none() && p.response_object.is_none() {
-        (String::new(), String::new())
+    let (req_text, resp_text, mask) = if p.request_object.is_none() && p.response_object.is_none() {
+        (String::new(), String::new(), 0)
     } else {
-        let is_secret = resource == "secrets";
-        (object_text(p.request_object, redact, is_secret, cap)?, object_text(p.response_object, redact, is_secret, cap)?)
+        let implied = if redact { implied(api_group, resource, s(&oref.subresource)) } else { None };
+        let (req, m1) = object_text(p.request_object, redact, implied, cap)?;
+        let (resp, m2) = object_text(p.response_object, redact, implied, cap)?;
+        (req, resp, m1 | m2)
     };
     let code = status.code.unwrap_or(0);
     if i32::try_from(code).is_err() {
@@ -277,6 +280,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     w.boolean(false); // objects_truncated: truncation takes the Python path
     w.str(s(&p.api_version));
     w.str(&extra);
+    w.list(&ids(mask));
     w.str(&impersonation_constraint(&p.unknown)?);
     w.str(if code == 403 { forbidden_verb(s(&status.message)) } else { "" });
     Ok(Built { blob: w.out, pos: w.pos, code, received, stage_ts })

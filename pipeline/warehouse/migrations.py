@@ -50,6 +50,7 @@ EVENT_COLUMNS = """
     objects_truncated Bool,
     event_version String,
     extra String CODEC(ZSTD(1)),
+    redacted Array(String),
     source_id String CODEC(ZSTD(1)),
     impersonation_constraint LowCardinality(String),
     authorization_verb LowCardinality(String)
@@ -74,12 +75,15 @@ PLAIN_STRING_COLUMNS = {
 }
 
 
-def event_columns_before_v2() -> str:
+def event_columns_before_v2(later_columns: bool = False) -> str:
     """EVENT_COLUMNS as migration 1 created them before migration 2 existed (LowCardinality strings, arrays and
-    map keys): what migration 2 converts from, for its test and ``make bench-merge``."""
+    map keys): what migration 2 converts from, for its test and ``make bench-merge`` (``later_columns``: with
+    the columns later migrations added, so that today's inserts fit and only the types differ)."""
     lc = {"String": "LowCardinality(String)", "Array(String)": "Array(LowCardinality(String))",
           "Map(String, String)": "Map(LowCardinality(String), String)"}  # fmt: skip
-    cols = EVENT_COLUMNS
+    cols = EVENT_COLUMNS if later_columns else EVENT_COLUMNS.replace("\n    redacted Array(String),", "")  # v3
+    if not later_columns:  # v17
+        cols = cols.replace(",\n    impersonation_constraint LowCardinality(String),\n    authorization_verb LowCardinality(String)", "")
     for name, typ in PLAIN_STRING_COLUMNS.items():
         cols = cols.replace(f"\n    {name} {typ},", f"\n    {name} {lc[typ]},")
     return cols
@@ -190,6 +194,12 @@ GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
                 "ALTER TABLE audit_events "
                 + ", ".join(f"MODIFY COLUMN {name} {typ}" for name, typ in PLAIN_STRING_COLUMNS.items())
             ],
+        ),
+        (
+            3,
+            "audit_events.redacted: the credential fields kaudit replaced by hashes (pipeline/redaction)",
+            # a no-op on a table migration 1 created with it; older rows read as [] (nothing was flagged then)
+            ["ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS redacted Array(String) AFTER extra"],
         ),
         (
             # numbered after issue 17 so that migrations added in parallel keep their own numbers

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import fastavro
+import pytest
 from fastavro.schema import fingerprint, to_parsing_canonical_form
 
 from pipeline.models.avro import Codec, codec
@@ -22,12 +23,14 @@ def _event(audit_id: str, cluster: str, **over) -> dict:
     return normalize_event(ev, cluster)
 
 
-def test_old_writer_schema_and_per_event_clusters(warehouse, tmp_path: Path):
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_old_writer_schema_and_per_event_clusters(warehouse, tmp_path: Path, version: str):
     client, _s, _db = warehouse
-    old = fastavro.parse_schema(json.loads((REPO / "schemas" / "event_batch.v1.avsc").read_text()))
+    old = fastavro.parse_schema(json.loads((REPO / "schemas" / f"event_batch.{version}.avsc").read_text()))
     old_fp = fingerprint(to_parsing_canonical_form(old), "CRC-64-AVRO")
     assert old_fp != codec("event_batch").fp
-    legacy = {k: v for k, v in _event("old-1", "c").items() if k not in ("impersonation_constraint", "authorization_verb")}
+    fields = {f["name"] for f in old["fields"][3]["type"]["items"]["fields"]}
+    legacy = {k: v for k, v in _event("old-1", "c").items() if k in fields}
     v_old = Codec(old["name"], old, old_fp).encode({"source_id": "0:1", "cluster": "c", "received_at": 0, "events": [legacy], "dropped_keys": []})
     new = [_event("new-1", "prod-a", authenticationMetadata={"impersonationConstraint": "impersonate:user-info"}),
            _event("new-2", "prod-b")]  # fmt: skip

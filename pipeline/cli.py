@@ -21,6 +21,7 @@ COMMANDS = {
     "sql": "pipeline.commands.sql",
     "serve": "pipeline.commands.serve",
     "rbac": "pipeline.commands.rbac",
+    "notify": "pipeline.commands.notify",
     "normalize": "pipeline.commands.normalize",
     "topics": "pipeline.commands.topics",
     "migrate": "pipeline.commands.migrate",

@@ -141,6 +141,28 @@ class Settings(BaseSettings):
     )
     reader_password: str = Field("", description="Password of reader_user.")
 
+    # --- notify and worker metrics (notify helper: pipeline/notify/, kaudit notify; worker /metrics) ---------
+    notify_routing_file: Path | None = Field(
+        None, description="kaudit notify: destinations and routes (YAML; see pipeline/notify/routing.py)."
+    )
+    notify_group: str = Field("kaudit-notify", description="kaudit notify: Kafka consumer group on the alerts topic.")
+    notify_dashboard_url: str = Field(
+        "", description="kaudit notify: dashboard base URL for links in alerts (the routing file may override it)."
+    )
+    notify_metrics_port: int = Field(0, description="kaudit notify: serve /metrics and /healthz on this port (0 = off).")
+    notify_state_retention_days: float = Field(
+        7.0, description="kaudit notify: how long a delivered alert id is remembered per destination."
+    )
+    kafka_replication_factor: int = Field(
+        1, description="Replicas of every project topic when kaudit creates it (3 on a three-broker cluster)."
+    )
+    kafka_min_insync_replicas: int = Field(
+        1, description="min.insync.replicas of created topics: acks=all then means this many brokers have a record."
+    )
+    worker_metrics_port: int = Field(
+        0, description="kaudit worker: serve /metrics and /healthz on this port (0 = off).",
+    )
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

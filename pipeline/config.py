@@ -85,6 +85,17 @@ class Settings(BaseSettings):
     )
     rules_file: Path | None = Field(None, description="Extra alert rules (YAML), added to the default set.")
     filter_file: Path | None = Field(None, description="Drop/sample rules (YAML) applied before storage.")
+    # --- rules with memory (detect: pipeline/agents/memory.py) ---
+    memory_max_keys: int = Field(
+        5_000_000,
+        description="Most first-seen/sequence memory entries per raw partition (about 320 bytes each); past it "
+        "the oldest are dropped and may alert again.",
+    )
+    memory_retention_days: int = Field(
+        40,
+        description="Retention of the compacted k8s-audit-memory topic: longer than the longest first-seen "
+        "lookback plus its refresh (a term unseen for longer is forgotten anyway).",
+    )
 
     # --- sink ----------------------------------------------------------------------------------------
     sink_batch_rows: int = Field(
@@ -206,7 +217,8 @@ VERB_STATS = "k8s-audit-verb-stats"
 STATUS_STATS = "k8s-audit-status-stats"
 ALERTS = "k8s-audit-alerts"
 ALERTS_JSON = "k8s-audit-alerts-json"
-ALL_TOPICS = (RAW, EVENTS, DEADLETTER, VERB_STATS, STATUS_STATS, ALERTS, ALERTS_JSON)
+MEMORY = "k8s-audit-memory"  # rules with memory: compacted, one record per memory key (pipeline/agents/memory.py)
+ALL_TOPICS = (RAW, EVENTS, DEADLETTER, VERB_STATS, STATUS_STATS, ALERTS, ALERTS_JSON, MEMORY)
 
 
 @lru_cache(maxsize=1)

@@ -11,24 +11,29 @@ import pytest
 
 from pipeline.agents.conditions import EventView, compile_condition
 from pipeline.agents.processor import Processor
-from pipeline.agents.rules import RuleError, RuleSet, example_event, load_rule_file, load_rules
+from pipeline.agents.rules import RuleError, RuleSet, example_event, example_runs, load_rule_file, load_rules
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
 from pipeline.models.normalize import normalize_event
 from pipeline.models.readers import RawEvent, read_events
 from tests.conftest import SAMPLES
 
-RULES = load_rules()
+RULES = load_rules(examples=True)  # caller lists with their example networks (the shipped files are empty)
 BY_ID = {r.id: r for r in RULES}
 
 
-def fired(rule_ids_events: list[dict], rules: list | None = None) -> Counter:
-    """Run events (raw dicts) through a fresh processor as one record; Counter of rule ids alerted."""
+def fired(rule_ids_events: list[dict], rules: list | None = None, history: list[dict] | None = None) -> Counter:
+    """Run events (raw dicts) through a fresh processor as one record, after ``history`` as an earlier record;
+    Counter of rule ids alerted by the events."""
     import orjson
 
     proc = Processor(Settings(), RuleSet(rules if rules is not None else RULES))
+    st = PartitionState(0, 900)
+    if history:
+        body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": history})
+        assert proc.process(st, 0, b"c1", body, []).n_bad == 0
     body = orjson.dumps({"kind": "EventList", "apiVersion": "audit.k8s.io/v1", "items": rule_ids_events})
-    out = proc.process(PartitionState(0, 900), 0, b"c1", body, [])
+    out = proc.process(st, 1, b"c1", body, [])
     assert out.n_bad == 0, out.deadletters
     return Counter(a.record["rule_id"] for a in out.alerts)
 
@@ -46,19 +51,17 @@ def test_every_default_rule_has_examples_both_ways():
 @pytest.mark.parametrize("rule_id,i,example", _examples("fire"), ids=lambda x: str(x) if not isinstance(x, dict) else "")
 def test_rule_fires_on_its_examples(rule_id: str, i: int, example: dict):
     rule = dataclasses.replace(BY_ID[rule_id], enabled=True)
-    n = rule.threshold or 1
-    events = [example_event(example, k) for k in range(n)]
-    assert fired(events, [rule])[rule_id] == 1
+    history, events = example_runs(rule, example)
+    assert fired(events, [rule], history)[rule_id] == 1
     if rule.threshold:  # one event short of the threshold stays quiet
-        assert fired(events[:-1], [rule])[rule_id] == 0
+        assert fired(events[:-1], [rule], history)[rule_id] == 0
 
 
 @pytest.mark.parametrize("rule_id,i,example", _examples("quiet"), ids=lambda x: str(x) if not isinstance(x, dict) else "")
 def test_rule_quiet_on_its_examples(rule_id: str, i: int, example: dict):
     rule = dataclasses.replace(BY_ID[rule_id], enabled=True)
-    n = max(rule.threshold, 1)
-    events = [example_event(example, k) for k in range(n)]
-    assert fired(events, [rule])[rule_id] == 0
+    history, events = example_runs(rule, example)
+    assert fired(events, [rule], history)[rule_id] == 0
 
 
 # What the default rules must raise on each Falco sample file (each file sent as its own cluster).

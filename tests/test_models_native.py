@@ -110,6 +110,17 @@ HANDMADE = {
     "group as string": base_event(user={"username": "bob", "groups": "solo"}),
     "empty strings": base_event(verb="", level="", requestURI=""),
     "repeated annotation key": base_event(annotations={"x": "1"}),
+    # Kubernetes 1.35+ (k8s.io/apiserver pkg/apis/audit/v1: authenticationMetadata.impersonationConstraint)
+    "constrained impersonation": base_event(impersonatedUser={"username": "bob"}, authenticationMetadata={"impersonationConstraint": "impersonate:user-info"},
+                                            annotations={"apiserver.latency.k8s.io/impersonation": "1.2ms", "authorization.k8s.io/decision": "allow"}),
+    "authenticationMetadata empty or null": base_event(authenticationMetadata={}, b=None),
+    "authenticationMetadata null": base_event(authenticationMetadata=None),
+    "authenticationMetadata future field": base_event(authenticationMetadata={"impersonationConstraint": None, "later": [1]}),
+    "forbidden impersonate-on": base_event(responseStatus={"code": 403, "message": 'pods is forbidden: User "alice" cannot impersonate-on:user-info:list resource "pods" in API group "" in the namespace "default"'}),
+    "forbidden quoted user": base_event(responseStatus={"code": 403, "message": 'forbidden: User "a\\" cannot delete x\\"ü" cannot get path "/x"'}),
+    "forbidden unterminated": base_event(responseStatus={"code": 403, "message": 'forbidden: User "abc\\'}),
+    "forbidden other form": base_event(responseStatus={"code": 403, "message": "no User here"}),
+    "not a 403": base_event(responseStatus={"code": 401, "message": 'User "a" cannot get path "/"'}),
 }
 
 
@@ -141,7 +152,7 @@ def test_event_mapping_interface():
     assert ev["impersonated_username"] == "system:admin"
     with pytest.raises(KeyError):
         ev["nope"]
-    assert len(ev) == len(ev.keys()) == 36
+    assert len(ev) == len(ev.keys()) == 38
 
 
 FALLBACKS = {
@@ -159,6 +170,8 @@ FALLBACKS = {
     "garbage line": orjson.dumps(base_event()) + b"\nnot json\n",
     "item not an object": T.eventlist([base_event(), 3]),
     "code out of int range": T.eventlist([base_event(responseStatus={"code": 2**40})]),
+    "authenticationMetadata not an object": T.eventlist([base_event(authenticationMetadata="x")]),
+    "impersonationConstraint as number": T.eventlist([base_event(authenticationMetadata={"impersonationConstraint": 5})]),
     "repeated unknown key": b'{"auditID":"x","stage":"ResponseComplete","stageTimestamp":"2024-01-01T00:00:00Z","z":1,"z":2}',
     "empty": b"",
     "a JSON array": orjson.dumps([base_event()]),

@@ -52,7 +52,8 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
     try:
         # what kaudit's migration 1 created before migration 2 existed
         old = event_columns_before_v2()
-        assert old.count("LowCardinality") - EVENT_COLUMNS.count("LowCardinality") == len(PLAIN_STRING_COLUMNS)
+        later = event_columns_before_v2(later_columns=True)  # the same types with the columns added since
+        assert later.count("LowCardinality") - EVENT_COLUMNS.count("LowCardinality") == len(PLAIN_STRING_COLUMNS)
         client.command(f"CREATE TABLE audit_events ({old}) ENGINE = MergeTree ORDER BY (cluster, request_received_ts)")
         client.command(
             "CREATE TABLE kaudit_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) "
@@ -73,5 +74,26 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
         assert client.query(
             "SELECT auditid, level, usergroups, annotations, decision, redacted FROM audit_events"
         ).result_rows == [("a1", "Metadata", ["system:masters", "x"], {"k": "v"}, "allow", [])]
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_migration_17_adds_the_1_35_columns_to_an_older_table(chdb_session_path: Path):
+    admin, db, client = fresh_database(chdb_session_path)
+    try:
+        older = "\n".join(ln for ln in EVENT_COLUMNS.rstrip().splitlines()
+                          if not ln.strip().startswith(("impersonation_constraint", "authorization_verb"))).rstrip(",")  # fmt: skip
+        client.command(f"CREATE TABLE audit_events ({older}) ENGINE = MergeTree ORDER BY (cluster, request_received_ts)")
+        client.command(
+            "CREATE TABLE kaudit_migrations (version UInt32, name String, applied_at DateTime DEFAULT now()) "
+            "ENGINE = MergeTree ORDER BY version"
+        )
+        client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y'), (3, 'z')")
+        client.command("INSERT INTO audit_events (cluster, auditid, request_received_ts) VALUES ('c', 'a1', now64(6))")
+        assert "authorization_verb" not in column_types(client)
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6"]
+        types = column_types(client)
+        assert types["impersonation_constraint"] == types["authorization_verb"] == "LowCardinality(String)"
+        assert client.query("SELECT auditid, impersonation_constraint, authorization_verb FROM audit_events").result_rows == [("a1", "", "")]
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {db}")

@@ -1,5 +1,5 @@
 //! One parsed event -> its Avro `AuditEvent` bytes (fastavro's encoding) plus where each field sits in them,
-//! so Python reads fields lazily from the bytes instead of paying for a 35-key dict per event.
+//! so Python reads fields lazily from the bytes instead of paying for a 38-key dict per event.
 
 use crate::objects::{extra_text, object_text};
 use crate::parse::{BStr, Parsed, StrList};
@@ -14,15 +14,17 @@ const STAGES: [&str; 4] = ["RequestReceived", "ResponseStarted", "ResponseComple
 const DECISION: &str = "authorization.k8s.io/decision";
 const REASON: &str = "authorization.k8s.io/reason";
 
+pub const N_FIELDS: usize = 38;
+
 /// Field names in schema order (schemas/audit_event.avsc == normalize_event's keys).
-pub const FIELDS: [&str; 36] = [
+pub const FIELDS: [&str; N_FIELDS] = [
     "cluster", "auditid", "stage", "level", "verb", "request_uri", "username", "useruid", "usergroups",
     "user_extra", "impersonated_username", "impersonated_groups", "sourceips", "useragent",
     "objectref_resource", "objectref_namespace", "objectref_name", "objectref_apigroup", "objectref_apiversion",
     "objectref_subresource", "objectref_uid", "responsestatus_code", "responsestatus_status",
     "responsestatus_reason", "responsestatus_message", "decision", "decision_reason", "annotations",
     "request_received_ts", "stage_ts", "request_object", "response_object", "objects_truncated",
-    "event_version", "extra", "redacted",
+    "event_version", "extra", "redacted", "impersonation_constraint", "authorization_verb",
 ];
 
 #[derive(Clone, Copy)]
@@ -57,7 +59,7 @@ fn index_of(name: &str) -> Option<usize> {
 
 struct W {
     out: Vec<u8>,
-    pos: [(u32, u32); 36],
+    pos: [(u32, u32); N_FIELDS],
     field: usize,
 }
 
@@ -127,7 +129,7 @@ impl W {
 
 pub struct Built {
     blob: Vec<u8>,
-    pos: [(u32, u32); 36],
+    pos: [(u32, u32); N_FIELDS],
     code: i64,
     received: i64,
     stage_ts: i64,
@@ -139,6 +141,46 @@ fn s<'a>(v: &'a Option<BStr>) -> &'a str {
 
 fn truthy<'a>(v: &'a Option<BStr>) -> Option<&'a str> {
     v.as_ref().map(|b| b.0.as_ref()).filter(|x| !x.is_empty())
+}
+
+/// Kubernetes 1.35+ `authenticationMetadata.impersonationConstraint` (the field stays in `extra` too); a shape
+/// Python would coerce (not an object, a non-string constraint) takes the Python path.
+fn impersonation_constraint(unknown: &[(std::borrow::Cow<str>, &serde_json::value::RawValue)]) -> R<String> {
+    #[derive(serde::Deserialize)]
+    struct Am {
+        #[serde(default, rename = "impersonationConstraint")]
+        impersonation_constraint: Option<String>,
+    }
+    match unknown.iter().find(|(k, _)| k == "authenticationMetadata") {
+        None => Ok(String::new()),
+        Some((_, raw)) if raw.get() == "null" => Ok(String::new()),
+        Some((_, raw)) => {
+            let am: Am = serde_json::from_str(raw.get()).map_err(|_| Fallback)?;
+            Ok(am.impersonation_constraint.unwrap_or_default())
+        }
+    }
+}
+
+/// normalize.forbidden_verb: the verb in `User "<go-quoted name>" cannot <verb> ...`, else "".
+pub(crate) fn forbidden_verb(message: &str) -> &str {
+    let Some(at) = message.find("User \"") else { return "" };
+    let b = message.as_bytes();
+    let mut i = at + 6;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => break,
+            _ => i += 1,
+        }
+    }
+    if i >= b.len() {
+        return "";
+    }
+    let rest = &message[i + 1..];
+    match rest.strip_prefix(" cannot ") {
+        Some(r) => r.split(' ').next().unwrap_or(""),
+        None => "",
+    }
 }
 
 /// normalize_event + the AuditEvent writer, for one parsed event.
@@ -201,7 +243,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     let extra = extra_text(&p.unknown)?;
     let ann = |key: &str| annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.0.as_ref()).unwrap_or("");
 
-    let mut w = W { out: Vec::with_capacity(1024 + req_text.len() + resp_text.len()), pos: [(0, 0); 36], field: 0 };
+    let mut w = W { out: Vec::with_capacity(1024 + req_text.len() + resp_text.len()), pos: [(0, 0); N_FIELDS], field: 0 };
     w.str(cluster);
     w.str(auditid);
     w.str(stage);
@@ -239,6 +281,8 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     w.str(s(&p.api_version));
     w.str(&extra);
     w.list(&ids(mask));
+    w.str(&impersonation_constraint(&p.unknown)?);
+    w.str(if code == 403 { forbidden_verb(s(&status.message)) } else { "" });
     Ok(Built { blob: w.out, pos: w.pos, code, received, stage_ts })
 }
 
@@ -315,12 +359,12 @@ impl FieldSet {
 #[pyclass(module = "kaudit_native", frozen)]
 pub struct Event {
     blob: Py<PyBytes>,
-    pos: [(u32, u32); 36],
+    pos: [(u32, u32); N_FIELDS],
     code: i64,
     received: i64,
     stage_ts: i64,
     cluster: Py<PyString>,
-    cache: [std::sync::OnceLock<PyObject>; 36], // each field's Python value, built on first read
+    cache: [std::sync::OnceLock<PyObject>; N_FIELDS], // each field's Python value, built on first read
 }
 
 fn read_long(b: &[u8], at: &mut usize) -> i64 {

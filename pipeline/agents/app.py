@@ -26,6 +26,7 @@ from faust.types import TP
 
 from pipeline import config
 from pipeline.agents.filters import NoiseFilter
+from pipeline.agents.memory import decode_update
 from pipeline.agents.metrics import WorkerMetrics
 from pipeline.agents.processor import Processor, RecordOutput
 from pipeline.agents.rules import RuleSet
@@ -49,7 +50,9 @@ def rebuild_state(
     Every event key read back is marked seen at its source offset; threshold counts are rebuilt from events
     whose source offset lies before ``resume_offset`` (the records after it are about to be replayed)."""
     now = time.time() if now is None else now
-    state = PartitionState(partition, s.dedup_horizon_seconds, compact=s.native)
+    state = PartitionState(partition, s.dedup_horizon_seconds, compact=s.native, memory_max_keys=s.memory_max_keys)
+    if proc.rules is not None and proc.rules.has_memory:
+        rebuild_memory(s, proc, state, resume_offset)
     topic = s.topic(config.EVENTS)
     c = Consumer(
         {
@@ -94,7 +97,7 @@ def rebuild_state(
                 cluster = batch["cluster"]
                 n_records += 1
                 for ev in batch["events"]:
-                    state.seen.add((cluster, ev["auditid"], ev["stage"]), src, seen_at)
+                    state.seen.add((ev["cluster"] or cluster, ev["auditid"], ev["stage"]), src, seen_at)
                     if src < resume_offset:
                         proc.replay_thresholds(state, ev, seen_at)
                     n_keys += 1
@@ -108,6 +111,58 @@ def rebuild_state(
         partition, topic, n_records, n_keys, s.dedup_horizon_seconds, time.perf_counter() - started, resume_offset,
     )  # fmt: skip
     return state
+
+
+def rebuild_memory(s: Settings, proc: Processor, state: PartitionState, resume_offset: int) -> None:
+    """Read the memory topic partition whole (it is compacted) and keep, per key, the value written by the
+    highest source offset below ``resume_offset``: the memory as it was before the first record to replay."""
+    topic = s.topic(config.MEMORY)
+    known = set(proc.memory_horizons)
+    c = Consumer(
+        {
+            "bootstrap.servers": s.kafka_bootstrap,
+            "group.id": f"{s.topic_prefix}kaudit-worker-rebuild",
+            "enable.auto.commit": False,
+            "enable.partition.eof": True,
+        }
+    )
+    started = time.perf_counter()
+    n = skipped = 0
+    mem = state.memory
+    try:
+        low, high = c.get_watermark_offsets(TopicPartition(topic, state.partition), timeout=30)
+        if high <= low:
+            return
+        c.assign([TopicPartition(topic, state.partition, low)])
+        done = False
+        while not done:
+            for msg in c.consume(2000, timeout=1.0):
+                if msg.error():
+                    if msg.error().code() == -191:  # _PARTITION_EOF
+                        done = True
+                        continue
+                    raise RuntimeError(f"rebuild read of {topic}[{state.partition}] failed: {msg.error()}")
+                if msg.offset() >= high - 1:
+                    done = True
+                if msg.value() is None:
+                    continue
+                try:
+                    src, owner, value = decode_update(msg.value())
+                except Exception as exc:  # noqa: BLE001 - a foreign record must not block startup
+                    log.warning("rebuild: skipping unreadable memory record %s[%d]@%d: %s", topic, state.partition, msg.offset(), exc)
+                    continue
+                if src >= resume_offset or owner[0] not in known:
+                    skipped += 1  # to be replayed (and re-written), or a rule that is gone
+                    continue
+                mem.load(msg.key(), src, value, owner)
+                n += 1
+    finally:
+        c.close()
+    forgotten = mem.forget(proc.memory_horizons)
+    log.info(
+        "partition %d: memory rebuilt from %s (%d records, %d skipped, %d keys, %d no longer needed) in %.2fs",
+        state.partition, topic, n, skipped, len(mem), forgotten, time.perf_counter() - started,
+    )  # fmt: skip
 
 
 JSON_HEADERS = [("content-type", b"application/json")]
@@ -202,6 +257,7 @@ class Worker:
         self.t_alerts = s.topic(config.ALERTS)
         self.t_alerts_json = s.topic(config.ALERTS_JSON)
         self.t_dead = s.topic(config.DEADLETTER)
+        self.t_memory = s.topic(config.MEMORY)
         self.h_events = codec("event_batch").headers
         self.h_verb = codec("verb_stats").headers
         self.h_status = codec("status_stats").headers
@@ -361,6 +417,10 @@ class Worker:
                 akey = alert.alert_id.encode()
                 produce(self.t_alerts, avro, akey, h_alert, None)
                 produce(self.t_alerts_json, js, akey, JSON_HEADERS, None)
+        if out.memory:  # memory changes go to the raw partition's number, like the events
+            h_mem = [*JSON_HEADERS, (H.SOURCE_ID, out.source_id.encode())]
+            for mkey, mvalue in out.memory:
+                produce(self.t_memory, mvalue, mkey, h_mem, out.partition)
         for value, headers in out.deadletters:
             produce(self.t_dead, value, key, headers, None)
 

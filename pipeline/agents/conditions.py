@@ -4,11 +4,16 @@ A condition is a mapping ``field: test`` (all must hold) plus the combinators ``
 and ``not: {..}``. A test is a scalar (equality) or a mapping of operators:
 
     equals, not_equals, in, not_in, startswith, endswith, contains, not_contains, regex, not_regex,
-    exists (true/false), gt, gte, lt, lte, in_cidr, not_in_cidr
+    exists (true/false), gt, gte, lt, lte, in_cidr, not_in_cidr, in_list, not_in_list
+
+``in_list: NAME`` tests an IP against a caller list (CIDRs from a user-maintained file named in the rules file's
+``lists:`` section; see ``pipeline.agents.callers``).
 
 Fields are the normalized names (``verb``, ``username``, ``objectref_resource``, ``responsestatus_code``, ...),
 ``annotations.<key>`` / ``user_extra.<key>``, the derived ``sourceip`` (first source IP), ``request_path``
-(URI without query) and ``command`` (exec/attach command from the ``command=`` query parameters), and JSON paths
+(URI without query), ``command`` (exec/attach command from the ``command=`` query parameters) and
+``request_subjects`` (the usernames a RoleBinding/ClusterRoleBinding request grants: User name,
+``system:serviceaccount:NS:NAME`` for a ServiceAccount, ``group:NAME`` for a Group), and JSON paths
 into the parsed objects: ``request_object.spec.containers[*].securityContext.privileged``,
 ``response_object.metadata.name``, ``request_object.metadata.annotations["a.b/c"]``.
 
@@ -22,8 +27,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
 from urllib.parse import parse_qs
 
 import orjson
@@ -37,18 +42,29 @@ NORMALIZED_FIELDS = frozenset(
         "objectref_apiversion", "objectref_subresource", "objectref_uid", "responsestatus_code",
         "responsestatus_status", "responsestatus_reason", "responsestatus_message", "decision",
         "decision_reason", "annotations", "request_received_ts", "stage_ts", "objects_truncated",
-        "event_version", "extra", "redacted",
+        "event_version", "extra", "redacted", "impersonation_constraint", "authorization_verb",
     }
 )  # fmt: skip
 LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips", "redacted"})
-DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command"})
+DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command", "request_subjects"})
 OBJECT_ROOTS = {"request_object": "requestObject", "response_object": "responseObject"}
 MAP_ROOTS = frozenset({"annotations", "user_extra"})
 
-POSITIVE_OPS = ("equals", "in", "startswith", "endswith", "contains", "regex", "gt", "gte", "lt", "lte", "in_cidr")
-NEGATIVE_OPS = {f"not_{op}": op for op in ("equals", "in", "startswith", "endswith", "contains", "regex", "in_cidr")}
+POSITIVE_OPS = ("equals", "in", "startswith", "endswith", "contains", "regex", "gt", "gte", "lt", "lte", "in_cidr", "in_list")
+NEGATIVE_OPS = {
+    f"not_{op}": op for op in ("equals", "in", "startswith", "endswith", "contains", "regex", "in_cidr", "in_list")
+}
 ALL_OPS = (*POSITIVE_OPS, *NEGATIVE_OPS, "exists")
 FAST_PATHS = True  # specialised predicates for common value types (tests compare them with the general ones)
+
+
+class CallerList(Protocol):
+    """A named set of networks (``pipeline.agents.callers.CidrList``)."""
+
+    def contains(self, value: Any) -> bool: ...
+
+
+Lists = Mapping[str, CallerList]
 
 
 class ConditionError(ValueError):
@@ -100,12 +116,31 @@ class EventView:
             value: Any = ips[0] if ips else ""
         elif name == "request_path":
             value = (ev.get("request_uri") or "").partition("?")[0]
+        elif name == "request_subjects":
+            value = Many(_subjects(self.obj("requestObject"), ev.get("objectref_namespace") or ""))
         else:  # command
             uri = ev.get("request_uri") or ""
             _, _, query = uri.partition("?")
             value = " ".join(parse_qs(query).get("command", [])) if "command=" in query else ""
         cache[name] = value
         return value
+
+
+def _subjects(obj: Any, namespace: str) -> list[str]:
+    """The principals a (Cluster)RoleBinding object names, as usernames (see module docstring)."""
+    out: list[str] = []
+    subjects = obj.get("subjects") if isinstance(obj, dict) else None
+    for sub in subjects if isinstance(subjects, list) else ():
+        if not isinstance(sub, dict) or not isinstance(sub.get("name"), str):
+            continue
+        kind = sub.get("kind")
+        if kind == "ServiceAccount":
+            out.append(f"system:serviceaccount:{sub.get('namespace') or namespace}:{sub['name']}")
+        elif kind == "Group":
+            out.append(f"group:{sub['name']}")
+        else:
+            out.append(sub["name"])
+    return out
 
 
 Accessor = Callable[[EventView], Any]
@@ -211,8 +246,15 @@ def _strs(operand: Any, where: str, op: str) -> tuple[str, ...]:
     return tuple(_text(i) for i in items)
 
 
-def _scalar_pred(op: str, operand: Any, where: str) -> Callable[[Any], bool]:
+def _scalar_pred(op: str, operand: Any, where: str, lists: Lists | None = None) -> Callable[[Any], bool]:
     """Predicate on ONE value for a positive operator."""
+    if op == "in_list":
+        if not isinstance(operand, str) or not operand:
+            raise ConditionError(where, f"in_list needs the name of a list from the rules file's 'lists:', got {operand!r}")
+        if lists is None or operand not in lists:
+            known = ", ".join(sorted(lists or ())) or "none defined"
+            raise ConditionError(where, f"unknown list {operand!r} (lists: {known})")
+        return lists[operand].contains
     if op == "equals":
         if isinstance(operand, dict | list):
             return lambda x: x == operand
@@ -313,7 +355,7 @@ def _present(x: Any) -> bool:
     return x is not None and x != "" and x != [] and x != {}
 
 
-def compile_test(field: str, test: Any, where: str) -> Predicate:
+def compile_test(field: str, test: Any, where: str, lists: Lists | None = None) -> Predicate:
     """One ``field: test`` pair -> predicate on an EventView."""
     get = accessor(field, where)
     if not isinstance(test, dict):
@@ -347,7 +389,7 @@ def compile_test(field: str, test: Any, where: str) -> Predicate:
             continue
         negate = op in NEGATIVE_OPS
         pos = NEGATIVE_OPS.get(op, op)
-        sp = _scalar_pred(pos, operand, at)
+        sp = _scalar_pred(pos, operand, at, lists)
 
         def test_one(v: EventView, sp: Callable[[Any], bool] = sp, negate: bool = negate) -> bool:
             x = get(v)
@@ -434,6 +476,8 @@ def _cost(key: str, value: Any) -> int:
         return _cost_of(value)
     if key in NORMALIZED_FIELDS:
         return 1 if key in LIST_FIELDS else 0
+    if key == "request_subjects":
+        return 5  # parses the request object
     if key in DERIVED_FIELDS or key.partition(".")[0] in MAP_ROOTS:
         return 2
     return 5  # request_object / response_object paths
@@ -445,7 +489,7 @@ def _cost_of(cond: Any) -> int:
     return max((_cost(str(k), v) for k, v in cond.items()), default=0)
 
 
-def compile_condition(cond: Any, where: str) -> Predicate:
+def compile_condition(cond: Any, where: str, lists: Lists | None = None) -> Predicate:
     """A condition mapping (fields + all/any/not) -> predicate on an EventView."""
     if not isinstance(cond, dict) or not cond:
         raise ConditionError(where, f"a condition must be a non-empty mapping of field: test, got {cond!r}")
@@ -455,15 +499,15 @@ def compile_condition(cond: Any, where: str) -> Predicate:
         if key in ("all", "any"):
             if not isinstance(value, list) or not value:
                 raise ConditionError(at, f"{key} needs a non-empty list of conditions")
-            subs = [compile_condition(c, f"{at}[{i}]") for i, c in enumerate(value)]
+            subs = [compile_condition(c, f"{at}[{i}]", lists) for i, c in enumerate(value)]
             # conditions are pure, so their order does not change the answer: cheap ones first
             subs = [p for _, p in sorted(zip([_cost_of(c) for c in value], subs, strict=True), key=lambda cp: cp[0])]
             parts.append((_cost(str(key), value), _all_of(subs) if key == "all" else _any_of(subs)))
         elif key == "not":
-            sub = compile_condition(value, at)
+            sub = compile_condition(value, at, lists)
             parts.append((_cost(str(key), value), lambda v, s=sub: not s(v)))
         else:
-            parts.append((_cost(str(key), value), compile_test(str(key), value, at)))
+            parts.append((_cost(str(key), value), compile_test(str(key), value, at, lists)))
     return _all_of([p for _, p in sorted(parts, key=lambda cp: cp[0])])
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import orjson
 
 from pipeline import config
+from pipeline.agents import memory as M
 from pipeline.agents.conditions import EventView
 from pipeline.agents.filters import NoiseFilter
 from pipeline.agents.rules import Rule, RuleSet, alert_id
@@ -49,6 +50,7 @@ class RecordOutput:
     status_value: bytes | None = None
     alerts: list[Alert] = field(default_factory=list)
     deadletters: list[tuple[bytes, list[tuple[str, bytes]]]] = field(default_factory=list)
+    memory: list[tuple[bytes, bytes]] = field(default_factory=list)  # (key, value) for the memory topic
     n_events: int = 0  # events read
     n_kept: int = 0  # written to the events topic
     n_dup: int = 0
@@ -76,6 +78,13 @@ class Processor:
         self.c_status = codec("status_stats")
         self.c_alert = codec("alert")
         self.native = settings.native and native.available()
+        # how long a memory entry can matter after its rule's watermark passed it (pipeline.agents.memory)
+        self.memory_horizons: dict[str, int] = {}
+        for r in rules.rules if rules is not None else ():
+            if r.first_seen is not None:
+                self.memory_horizons[r.id] = r.first_seen.lookback_us + r.first_seen.refresh_us
+            elif r.sequence is not None:
+                self.memory_horizons[r.parent or r.id] = r.sequence.window_us
 
     # ------------------------------------------------------------------------------------------------
     def process(
@@ -103,8 +112,13 @@ class Processor:
             out.deadletters.append(deadletter.record("empty raw record", "worker", b"", cluster=cluster, origin=origin, received_at=received_at))
             return out
         now = time.time() if now is None else now
+        state.memory_horizons = self.memory_horizons
+        updates = state.updates = M.Updates()
         try:
             self._process(state, out, offset, value, hdr, cluster, origin, received_at, now)
+            if updates:
+                src = offset
+                out.memory = [(k, M.encode_update(k, src, owner, v)) for k, (owner, v) in updates.items()]
         except Exception as exc:  # noqa: BLE001 - a bug or an unforeseen shape must not stop the worker
             log.exception("raw record %s could not be processed; sent to the dead-letter topic", origin)
             out = RecordOutput(source_id, partition, cluster, n_bad=1)
@@ -157,7 +171,8 @@ class Processor:
             out.n_events += 1
             raw = item.event
             try:
-                events.append((normalize_event(raw, cluster, max_object_bytes=max_obj, redact=redact), raw))
+                # an entry may name its own cluster (GKE resource labels); every other shape has the record's
+                events.append((normalize_event(raw, item.cluster or cluster, max_object_bytes=max_obj, redact=redact), raw))
             except NormalizeError as exc:
                 out.n_bad += 1
                 out.deadletters.append(
@@ -169,28 +184,29 @@ class Processor:
         count_stages = self.count_stages
         rules, noise = self.rules, self.noise
         seen = state.seen
-        in_record: set[tuple[str, str]] = set()
+        in_record: set[tuple[str, str, str]] = set()
         alerts: dict[str, Alert] = {}
         kept: list[dict[str, Any]] = []
         dropped_keys: list[tuple[str, str]] = []
         verbs, codes = WindowCounts(), WindowCounts()
 
         for ev, raw in events:
+            c = ev["cluster"]  # the record's cluster, or the one a GKE entry names
             k = (ev["auditid"], ev["stage"])
-            if k in in_record or not seen.first_at((cluster, *k), offset, now):
+            if (c, *k) in in_record or not seen.first_at((c, *k), offset, now):
                 out.n_dup += 1
                 continue
-            in_record.add(k)
+            in_record.add((c, *k))
             view = EventView(ev, raw)
             if rules is not None:
                 for rule in rules.matches(view):
-                    self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
+                    self._alert(state, rule, view, c, offset, out.source_id, alerts, now)
             keep = noise.keep(view) if noise is not None else True
             if count_stages is None or k[1] in count_stages:
                 ts = ev["stage_ts"]
                 ws = ts - ts % wsize_us
-                verbs.add(cluster, ws, ev["verb"], not keep)
-                codes.add(cluster, ws, ev["responsestatus_code"], not keep)
+                verbs.add(c, ws, ev["verb"], not keep)
+                codes.add(c, ws, ev["responsestatus_code"], not keep)
             if keep:
                 kept.append(ev)
             else:
@@ -285,15 +301,34 @@ class Processor:
     ) -> None:
         ev = view.ev
         window_start, count, group = 0, 0, ""
-        if rule.threshold:
+        kind = rule.kind
+        if kind == "event":
+            aid = alert_id(rule.id, cluster, ev["auditid"])
+        elif kind == "threshold":
             window_start = window_start_us(ev["stage_ts"], rule.window_seconds or self.window_seconds)
             group = rule.group_key(view)
             count = state.count_threshold((rule.id, cluster, group, window_start), now)
             if count < rule.threshold:
                 return
             aid = alert_id(rule.id, cluster, group, window_start)
-        else:
+        elif kind == "first_seen":
+            assert rule.first_seen is not None
+            term = M.first_seen_step(state.memory, state.updates, rule.id, rule.first_seen, view, cluster, offset)
+            if term is None:
+                return
+            group = term
             aid = alert_id(rule.id, cluster, ev["auditid"])
+        elif kind == "after":
+            assert rule.sequence is not None
+            M.sequence_after_step(state.memory, state.updates, rule.parent, rule.sequence, view, cluster, offset)
+            return
+        else:  # sequence
+            assert rule.sequence is not None
+            done = M.sequence_step(state.memory, state.updates, rule.id, rule.sequence, view, cluster, offset)
+            if done is None:
+                return
+            group = f"{done[0]} after {done[1]}"
+            aid = alert_id(rule.id, cluster, done[0], done[1])
         if aid in alerts or not state.alerts.first_at(aid, offset, now):
             return
         alerts[aid] = Alert(aid, alert_record(aid, rule, ev, source_id, window_start, count, group))
@@ -303,7 +338,7 @@ class Processor:
         """Re-count threshold rules for an event read back from the events topic (rebuild)."""
         view = EventView(ev)
         for rule in self.rules.matches(view) if self.rules is not None else ():
-            if rule.threshold:
+            if rule.kind == "threshold":
                 ws = window_start_us(ev["stage_ts"], rule.window_seconds or self.window_seconds)
                 state.count_threshold((rule.id, ev["cluster"], rule.group_key(view), ws), now)
 

@@ -11,6 +11,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from pipeline.agents.memory import Memory, Updates
 from pipeline.models import native
 
 log = logging.getLogger("kaudit.worker.state")
@@ -118,8 +119,15 @@ class PartitionState:
     thresholds: dict[tuple[str, str, str, int], list[Any]] = field(default_factory=dict)
     records: int = 0
     last_offset: int = -1
+    memory_max_keys: int = 5_000_000
+    # rules with memory (first-seen terms, sequences): rebuilt from the memory topic, see pipeline.agents.memory
+    memory: Memory = field(init=False)
+    updates: Updates = field(default_factory=Updates)  # the current record's memory changes
+    memory_horizons: dict[str, int] = field(default_factory=dict)  # rule id -> us an entry matters (Processor)
+    _forgot_at: float = 0.0
 
     def __post_init__(self) -> None:
+        self.memory = Memory(self.memory_max_keys)
         self.seen = seen_index(self.horizon, self.compact)
         self.alerts = seen_index(self.horizon, self.compact)
 
@@ -139,3 +147,6 @@ class PartitionState:
         stale = [k for k, (_, t) in self.thresholds.items() if t < limit]
         for k in stale:
             del self.thresholds[k]
+        if self.memory and now - self._forgot_at >= 300:  # a pass over every entry: every 5 minutes
+            self._forgot_at = now
+            self.memory.forget(self.memory_horizons)

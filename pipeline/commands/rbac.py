@@ -25,6 +25,14 @@ RBAC troubleshooting from the audit trail.
       resource/subresource, resourceNames when every denial named an object. Review it, then
       `kubectl apply --dry-run=client -f sa1-rbac.yaml`.
 
+  kaudit rbac suggest --user bob --since 30d --existing rbac.yaml     # only what bob's current RBAC lacks
+  kaudit rbac suggest --user bob --since 30d --from-cluster [--kubeconfig K --context C]
+      rbac.yaml from `kubectl get roles,rolebindings,clusterroles,clusterrolebindings -A -o yaml`; --from-cluster
+      reads the same with kubectl. Denials the existing bindings already allow (granted since) are listed in
+      the header with the binding that allows them, and left out of the YAML.
+
+Denied impersonations (legacy impersonate, 1.35+ impersonate:<mode> and impersonate-on:<mode>:<verb>) are
+suggested as the check that failed (read from the Forbidden message), not as the request behind them.
 The user is the one RBAC evaluated: for impersonated requests, the impersonated user. Service accounts
 (system:serviceaccount:NS:NAME) become ServiceAccount subjects. Requests are counted once (by auditID).
 In embedded mode, while the sink owns the warehouse, the command asks the sink's API (KAUDIT_API_URL).
@@ -54,6 +62,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         )
         if name == "suggest":
             s.add_argument("-o", "--output", help="write the YAML to this file instead of stdout")
+            s.add_argument("--existing", action="append", default=[], metavar="FILE",
+                           help="RBAC objects the subject may already have (kubectl get roles,rolebindings,"
+                                "clusterroles,clusterrolebindings -A -o yaml); repeatable: suggest only what is missing")  # fmt: skip
+            s.add_argument("--from-cluster", action="store_true",
+                           help="read the existing RBAC from the API server with kubectl (--kubeconfig, --context)")
+            s.add_argument("--kubeconfig", help="with --from-cluster: kubeconfig file (default: kubectl's)")
+            s.add_argument("--context", help="with --from-cluster: kubeconfig context")
         add_clickhouse_flag(s)
 
 
@@ -123,12 +138,26 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 1
+    if getattr(args, "existing", None) or getattr(args, "from_cluster", False):
+        from pipeline.rbac.existing import Existing, RbacInputError, load_files, load_from_cluster
+
+        try:
+            objs = load_files(args.existing) if args.existing else []
+            if args.from_cluster:
+                objs += load_from_cluster(args.kubeconfig, args.context)
+        except RbacInputError as exc:
+            print(f"kaudit rbac: {exc}", file=sys.stderr)
+            return 2
+        source = ", ".join([*args.existing, *(["the cluster"] if args.from_cluster else [])])
+        rep = report.with_existing(rep, Existing.from_objects(objs), source)
     if args.format == "json":
         out = json.dumps(rep, indent=2) + "\n"
     elif args.format == "yaml" and args.rbac_command == "suggest":
-        out = (
-            rep["yaml"]
-            or f"# no denied (403) requests for {args.user} in {rep['range']['label']}: nothing to allow\n"
+        out = rep["yaml"] or (
+            f"# the {rep['requests']} denied request(s) of {args.user} in {rep['range']['label']} are all allowed "
+            "by the existing RBAC: nothing to add\n"
+            if rep.get("already_allowed")
+            else f"# no denied (403) requests for {args.user} in {rep['range']['label']}: nothing to allow\n"
         )
     else:
         out = report.explain_text(rep)

@@ -20,7 +20,9 @@ the last unacknowledged chunk is sent twice (same batch id; the worker deduplica
 
 --once imports the files to their end and exits (backfill; .gz files too), printing progress every 2 s.
 --format names the line shape: k8s (log backend JSON lines, default), aks (Event Hub / diagnostic records),
-eks (CloudWatch export)."""
+eks (CloudWatch export), gke (Cloud Logging entries with an AuditLog protoPayload, as a Log Router sink
+exports them to files or Pub/Sub; the entry's resource.labels.cluster_name names the cluster; stage and level
+are not in GKE entries: see pipeline/models/gke.py)."""
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -28,7 +30,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
     p.add_argument("paths", nargs="+", metavar="PATH", help="audit log files")
     p.add_argument("--cluster", required=True, help="cluster name the events belong to")
-    p.add_argument("--format", choices=("k8s", "aks", "eks"), default="k8s", help="line shape (default k8s)")
+    p.add_argument("--format", choices=("k8s", "aks", "eks", "gke"), default="k8s", help="line shape (default k8s)")
     p.add_argument("--once", action="store_true", help="import to the end of each file and exit (backfill)")
     p.add_argument("--from-start", action="store_true", help="ignore checkpoints: ship the files from byte 0")
     add_kafka_flag(p)

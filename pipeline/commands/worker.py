@@ -26,6 +26,11 @@ alerts, dead letters, group processing time, dedup keys and memory, rebuild time
 
   kaudit worker                                  # settings from KAUDIT_* variables
   kaudit worker --rules my-rules.yaml --check    # validate rules (and run their examples), then exit
+  kaudit worker --seed-memory 30d                # first-seen/sequence memory from the warehouse, then exit
+
+Rules with memory (first-seen terms, sequences) keep their state in k8s-audit-memory (compacted), rebuilt like
+the dedup state. --seed-memory reads the stored events of the last SINCE (30d, 12h) and writes the memory they
+imply (for a backfill, or a new rule), without alerting; start or restart the workers afterwards.
 """
 
 
@@ -49,6 +54,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--take", type=int, default=32, help="raw records processed per group before offsets are acknowledged (default 32)")
     p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port (KAUDIT_WORKER_METRICS_PORT; 0 = off)")
     p.add_argument("--check", action="store_true", help="load rules and filter, run every rule example, print a summary and exit")
+    p.add_argument("--seed-memory", metavar="SINCE", help="seed first-seen/sequence memory from the warehouse events of the last SINCE (e.g. 30d), then exit")
+    p.add_argument("--cluster", help="with --seed-memory: only this cluster")
 
 
 def check_rules(rules: list) -> list[str]:
@@ -58,23 +65,51 @@ def check_rules(rules: list) -> list[str]:
     import orjson
 
     from pipeline.agents.processor import Processor
-    from pipeline.agents.rules import RuleSet, example_event
+    from pipeline.agents.rules import RuleSet, example_runs
     from pipeline.agents.state import PartitionState
     from pipeline.config import Settings
 
     failures = []
     for rule in rules:
-        r = dataclasses.replace(rule, enabled=True)
+        r = dataclasses.replace(rule, enabled=True, inactive="")
         proc = Processor(Settings(), RuleSet([r]))
         for kind in ("fire", "quiet"):
             for i, ex in enumerate(rule.examples.get(kind, [])):
-                events = [example_event(ex, k) for k in range(max(r.threshold, 1))]
+                history, events = example_runs(r, ex)
+                st = PartitionState(0, 900)
+                if history:  # stated history: an earlier record, its alerts not counted
+                    proc.process(st, 0, b"check", orjson.dumps({"kind": "EventList", "items": history}), [])
                 body = orjson.dumps({"kind": "EventList", "items": events})
-                out = proc.process(PartitionState(0, 900), 0, b"check", body, [])
+                out = proc.process(st, 1, b"check", body, [])
                 n = sum(1 for a in out.alerts if a.record["rule_id"] == r.id)
                 if out.n_bad or n != (1 if kind == "fire" else 0):
                     failures.append(f"rule '{r.id}': {kind} example #{i + 1} gave {n} alert(s) ({out.n_bad} bad event(s))")
     return failures
+
+
+def seed(s: object, rules: object, since: str, cluster: str | None) -> int:
+    import re
+    import time
+
+    from pipeline.agents.seed import seed_memory
+    from pipeline.kafka.topics import ensure_topics
+
+    m = re.fullmatch(r"(\d+)([smhd])", since.strip())
+    if not m:
+        print(f"kaudit worker: --seed-memory needs a duration like 30d or 12h, got {since!r}", file=sys.stderr)
+        return 2
+    now_us = time.time_ns() // 1000
+    span_us = int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)] * 1_000_000
+    try:
+        ensure_topics(s, timeout=15)  # type: ignore[arg-type]
+        written = seed_memory(s, rules, now_us - span_us, now_us, cluster)  # type: ignore[arg-type]
+    except Exception as exc:  # noqa: BLE001 - a CLI message, not a traceback
+        print(f"kaudit worker: --seed-memory failed: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    total = sum(written.values())
+    print(f"seeded {total} memory entries over {len(written)} partition(s) from the last {since}"
+          + (f" of cluster {cluster}" if cluster else "") + "; start or restart the workers to use them")  # fmt: skip
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
@@ -102,14 +137,19 @@ def run(args: argparse.Namespace) -> int:
         return 2
     enabled = [r for r in rules if r.enabled]
     if args.check:
-        failures = check_rules(rules)
+        failures = check_rules(load_rules(s.rules_file, examples=True))  # caller lists: their example networks
         for f in failures:
             print(f"kaudit worker: {f}", file=sys.stderr)
+        for r in enabled:
+            if r.inactive:
+                print(f"kaudit worker: rule '{r.id}' is inactive: {r.inactive}", file=sys.stderr)
         print(
             f"{len(enabled)} rules enabled ({len(rules) - len(enabled)} off), "
             f"{len(noise.filters) if noise else 0} noise filters; examples: {'all pass' if not failures else f'{len(failures)} failed'}"
         )
         return 1 if failures else 0
+    if args.seed_memory:
+        return seed(s, RuleSet(rules), args.seed_memory, args.cluster)
     if s.window_seconds < 1 or s.raw_partitions < 1 or s.dedup_horizon_seconds < 1:
         print("kaudit worker: --window, --partitions and --horizon must be positive", file=sys.stderr)
         return 2
@@ -129,4 +169,7 @@ def run(args: argparse.Namespace) -> int:
         s.dedup_horizon_seconds, len(enabled), f" (+{s.rules_file})" if s.rules_file else "",
         f", filter {s.filter_file} ({len(noise.filters)} entries)" if noise else "",
     )  # fmt: skip
+    for r in enabled:
+        if r.inactive:
+            log.info("rule %s is inactive: %s", r.id, r.inactive)
     return Worker(s, RuleSet(rules), noise, worker_id=worker_id, take=args.take).run()

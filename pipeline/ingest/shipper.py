@@ -44,7 +44,7 @@ CHUNK_BYTES = 1024 * 1024
 CHUNK_LINES = 5000
 READ_BLOCK = 1024 * 1024
 MAX_DOC_BYTES = 16 * 1024 * 1024  # a multi-line document larger than this is given up (dead-letter)
-FORMATS = {"k8s": "jsonlines", "aks": "aks", "eks": "eks"}
+FORMATS = {"k8s": "jsonlines", "aks": "aks", "eks": "eks", "gke": "gke"}
 
 
 class ShipError(RuntimeError):

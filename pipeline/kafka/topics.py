@@ -24,6 +24,13 @@ def topic_specs(s: Settings) -> dict[str, tuple[int, dict[str, str]]]:
         s.topic(config.DEADLETTER): (1, big),
         s.topic(config.ALERTS): (1, {}),
         s.topic(config.ALERTS_JSON): (1, {}),
+        # rules with memory: compacted per key; records younger than a day are never compacted, so a replay
+        # always finds every record it needs (pipeline/agents/memory.py)
+        s.topic(config.MEMORY): (p, {
+            "cleanup.policy": "compact,delete",
+            "min.compaction.lag.ms": str(86_400_000),
+            "retention.ms": str(s.memory_retention_days * 86_400_000),
+        }),  # fmt: skip
     }
 
 

@@ -117,3 +117,5 @@ class NormalizedEvent(BaseModel):
     event_version: str = ""  # audit.k8s.io/v1, v1beta1, ...
     extra: str = ""  # unknown top-level fields as a JSON object text ("" when none)
     redacted: list[str] = []  # ids of the credential fields replaced by hashes (pipeline/redaction/model.py)
+    impersonation_constraint: str = ""  # 1.35+ authenticationMetadata.impersonationConstraint
+    authorization_verb: str = ""  # 403: the authorizer verb the Forbidden message names

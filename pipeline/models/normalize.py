@@ -45,6 +45,30 @@ def _str_list(value: Any) -> list[str]:
     return [str(value)]
 
 
+def forbidden_verb(message: str) -> str:
+    """The authorizer verb a Forbidden message names: ``User "<go-quoted name>" cannot <verb> ...`` (the form
+    k8s.io/apiserver writes, e.g. ``impersonate-on:user-info:list``); "" when the message has no such part. The
+    quoted name is skipped with its escapes, so a username cannot inject a verb."""
+    at = message.find('User "')
+    if at < 0:
+        return ""
+    i, n = at + 6, len(message)
+    while i < n:
+        ch = message[i]
+        if ch == "\\":
+            i += 2
+            continue
+        if ch == '"':
+            break
+        i += 1
+    else:
+        return ""
+    rest = message[i + 1 :]
+    if not rest.startswith(" cannot "):
+        return ""
+    return rest[8:].split(" ", 1)[0]
+
+
 _hash_value = hash_value  # the redaction model's hash (kept under its old name)
 
 
@@ -187,6 +211,9 @@ def normalize_event(
     reason = status.get("reason")
     message = status.get("message")
     version = get("apiVersion")
+    # Kubernetes 1.35+: authenticationMetadata.impersonationConstraint (also kept in `extra`, whole)
+    am = get("authenticationMetadata")
+    constraint = am.get("impersonationConstraint") if isinstance(am, dict) else None
     return {
         "cluster": cluster,
         "auditid": audit_id,
@@ -224,4 +251,6 @@ def normalize_event(
         "event_version": version if type(version) is str else _str(version),
         "extra": extra,
         "redacted": redacted,
+        "impersonation_constraint": constraint if type(constraint) is str else _str(constraint),
+        "authorization_verb": forbidden_verb(message if type(message) is str else _str(message)) if code == 403 else "",
     }

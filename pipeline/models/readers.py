@@ -1,5 +1,6 @@
 """Readers for every shape audit events arrive in: JSON lines, pretty-printed or concatenated JSON
-documents, EventList batches, AKS Event Hub exports, EKS CloudWatch exports, with or without a BOM.
+documents, EventList batches, AKS Event Hub exports, EKS CloudWatch exports, GKE Cloud Logging entries (Log
+Router exports to files, Pub/Sub messages; see ``pipeline.models.gke``), with or without a BOM.
 
 ``read_events`` yields raw event dicts (not yet normalized) with the line they started on, and
 ``ParseIssue`` for anything that is not an event, so callers can report file:line and go on.
@@ -31,6 +32,7 @@ class ParseIssue:
 class RawEvent:
     line: int
     event: dict[str, Any]
+    cluster: str = ""  # the cluster the entry itself names (GKE resource labels), "" = the record's
 
 
 def _iter_documents(text: str) -> Iterator[tuple[int, Any] | ParseIssue]:
@@ -110,6 +112,24 @@ def unwrap(doc: Any, line: int) -> Iterator[RawEvent | ParseIssue]:
     if "auditID" in doc or "stage" in doc:
         yield RawEvent(line, doc)
         return
+    if "protoPayload" in doc:  # GKE: a Cloud Logging LogEntry with an AuditLog
+        from pipeline.models.gke import GkeError, entry_to_event
+
+        try:
+            ev, cluster = entry_to_event(doc)
+        except GkeError as exc:
+            yield ParseIssue(line, f"GKE log entry: {exc}", orjson.dumps(doc).decode()[:2000])
+            return
+        yield RawEvent(line, ev, cluster)
+        return
+    pubsub = _pubsub_data(doc)
+    if pubsub is not None:  # a Pub/Sub message (push envelope, pulled message or a list of them)
+        for item in pubsub:
+            if isinstance(item, ParseIssue):
+                yield ParseIssue(line, item.reason, item.text)
+            else:
+                yield from unwrap(item, line)
+        return
     items = doc.get("items")
     if isinstance(items, list) and (doc.get("kind") in (None, "EventList")):
         for item in items:
@@ -153,6 +173,27 @@ def unwrap(doc: Any, line: int) -> Iterator[RawEvent | ParseIssue]:
         yield from unwrap(inner, line)
         return
     yield ParseIssue(line, "JSON object is not an audit event (no auditID/stage, items or records)", str(doc)[:200])
+
+
+def _pubsub_data(doc: dict[str, Any]) -> list[Any] | None:
+    """The decoded ``data`` of a Pub/Sub message: a push body ``{"message": {"data": ...}, "subscription": ...}``,
+    a pulled ``{"receivedMessages": [{"message": ...}]}`` or a bare message ``{"data": ..., "messageId": ...}``;
+    None when the document is none of these."""
+    if isinstance(doc.get("receivedMessages"), list):
+        msgs = [m.get("message") if isinstance(m, dict) else None for m in doc["receivedMessages"]]
+    elif isinstance(doc.get("message"), dict) and "data" in doc["message"] and "subscription" in doc:
+        msgs = [doc["message"]]
+    elif isinstance(doc.get("data"), str) and "messageId" in doc:
+        msgs = [doc]
+    else:
+        return None
+    out: list[Any] = []
+    for m in msgs:
+        try:
+            out.append(orjson.loads(base64.b64decode(m["data"], validate=True)))
+        except Exception as exc:  # noqa: BLE001 - any decode failure is a bad message
+            out.append(ParseIssue(0, f"Pub/Sub message data is not base64 JSON: {type(exc).__name__}", str(m)[:200]))
+    return out
 
 
 def decode_text(data: bytes) -> str:

@@ -2,12 +2,19 @@
 
 RBAC is evaluated for the effective user: the impersonated user when the request impersonated someone,
 else the authenticated user. One request is one ``auditid`` (a request logged at several stages counts once).
+
+A denied impersonation is a check on other attributes than the request's: ``impersonate`` (legacy) or
+``impersonate:<mode>`` on the impersonated identity (users/groups/serviceaccounts/nodes ... with its name), or
+``impersonate-on:<mode>:<verb>`` on the request's resource (Kubernetes 1.35+ constrained impersonation). The
+Forbidden message names exactly those attributes (``User "x" cannot <verb> resource "<r>" in API group "<g>"
+...``), so such denials are read from it: what ``suggest`` must allow is the impersonation, not the request.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from pipeline.web.timerange import TimeRange
@@ -25,15 +32,18 @@ SELECT verb, objectref_apigroup AS apigroup, objectref_resource AS resource,
        toUnixTimestamp64Micro(max(request_received_ts)) AS last_us,
        anyLast(decision_reason) AS reason,
        anyLast(responsestatus_message) AS message,
-       groupUniqArray(5)(cluster) AS clusters
+       groupUniqArray(5)(cluster) AS clusters,
+       groupUniqArrayArray(64)(if(impersonated_username != '', impersonated_groups, usergroups)) AS user_groups,
+       authorization_verb AS authz_verb,
+       if(startsWith(authorization_verb, 'impersonate'), responsestatus_message, '') AS impersonation_message
 FROM audit_events
 WHERE responsestatus_code = {code:UInt16}
   AND if(impersonated_username != '', impersonated_username, username) = {user:String}
   AND request_received_ts >= fromUnixTimestamp64Micro({t0:Int64}, 'UTC')
   AND request_received_ts < fromUnixTimestamp64Micro({t1:Int64}, 'UTC')
   {cluster_pred}
-GROUP BY verb, apigroup, resource, subresource, namespace, name, path
-ORDER BY requests DESC, verb, apigroup, resource, subresource, namespace, name, path
+GROUP BY verb, apigroup, resource, subresource, namespace, name, path, authz_verb, impersonation_message
+ORDER BY requests DESC, verb, apigroup, resource, subresource, namespace, name, path, authz_verb, impersonation_message
 LIMIT 10000
 """
 
@@ -55,6 +65,8 @@ class Denial:
     reason: str = ""
     message: str = ""
     clusters: tuple[str, ...] = ()
+    authz_verb: str = ""  # the verb the Forbidden message names (audit_events.authorization_verb)
+    user_groups: tuple[str, ...] = ()  # the groups the events recorded for the user (for --existing)
 
     @property
     def non_resource(self) -> bool:
@@ -63,6 +75,37 @@ class Denial:
     @property
     def rbac_resource(self) -> str:
         return f"{self.resource}/{self.subresource}" if self.subresource else self.resource
+
+
+# the message of k8s.io/apiserver's ForbiddenStatusError (responsewriters.forbiddenMessage inside NewForbidden)
+_FORBIDDEN = re.compile(
+    r'^(?:\S+ (?:"(?P<name>(?:[^"\\]|\\.)*)" )?is forbidden: |forbidden: )User "(?:[^"\\]|\\.)*" cannot (?P<verb>\S+) '
+    r'(?:resource "(?P<res>[^"]*)" in API group "(?P<group>[^"]*)"(?: in the namespace "(?P<ns>[^"]*)"| at the cluster scope)'
+    r'|path "(?P<path>[^"]*)")'
+)
+
+
+def forbidden_attributes(message: str) -> dict[str, str] | None:
+    """The authorizer attributes a Forbidden message names: verb, resource, subresource, apigroup, namespace,
+    name, path; None if the message is not in that form."""
+    m = _FORBIDDEN.match(message or "")
+    if m is None:
+        return None
+    res, _, sub = (m.group("res") or "").partition("/")
+    name = (m.group("name") or "").replace('\\"', '"').replace("\\\\", "\\")
+    return {"verb": m.group("verb"), "resource": res, "subresource": sub, "apigroup": m.group("group") or "",
+            "namespace": m.group("ns") or "", "name": name, "path": m.group("path") or ""}  # fmt: skip
+
+
+def authorizer_view(d: Denial) -> Denial:
+    """A denied impersonation as the check that failed (see the module docstring); other denials unchanged."""
+    if not d.authz_verb.startswith("impersonate"):
+        return d
+    a = forbidden_attributes(d.message)
+    if a is None or a["verb"] != d.authz_verb:
+        return d
+    return replace(d, verb=a["verb"], apigroup=a["apigroup"], resource=a["resource"], subresource=a["subresource"],
+                   namespace=a["namespace"], name=a["name"], path=a["path"])  # fmt: skip
 
 
 def denials_query(
@@ -89,7 +132,7 @@ def denials_from_rows(cols: list[str], rows: list[list[Any]]) -> list[Denial]:
     out = []
     for r in rows:
         d = dict(zip(cols, r, strict=False))
-        out.append(
+        out.append(authorizer_view(
             Denial(
                 verb=d["verb"],
                 apigroup=d["apigroup"],
@@ -104,8 +147,10 @@ def denials_from_rows(cols: list[str], rows: list[list[Any]]) -> list[Denial]:
                 reason=d["reason"] or "",
                 message=d["message"] or "",
                 clusters=tuple(sorted(d["clusters"] or ())),
+                authz_verb=d.get("authz_verb") or "",
+                user_groups=tuple(sorted(d.get("user_groups") or ())),
             )
-        )
+        ))
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
@@ -44,11 +45,46 @@ def build(user: str, tr: TimeRange, clusters: list[str], denials: list[Denial]) 
         "requests": sum(d.requests for d in denials),
         "groups": [g.as_dict() for g in groups],
         "yaml": to_yaml(suggest(denials, user), header) if denials else "",
+        # the denials themselves, for `rbac suggest --existing` on the client side
+        "denials": [dataclasses.asdict(d) for d in denials],
         "query": (
             f"responsestatus_code=403 and (impersonated_username={_q(user)} or "
             f"(impersonated_username is empty and username={_q(user)}))"
         ),
     }
+
+
+def denials_of(rep: dict[str, Any]) -> list[Denial]:
+    """The Denial objects of a report built by ``build`` (also one received from the API)."""
+    fields = {f.name for f in dataclasses.fields(Denial)}
+    return [Denial(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
+            for d in rep.get("denials") or []]  # fmt: skip
+
+
+def with_existing(rep: dict[str, Any], existing: Any, source: str) -> dict[str, Any]:
+    """The report with its suggestion cut to what ``existing`` (pipeline.rbac.existing.Existing) lacks."""
+    from pipeline.rbac.existing import missing
+
+    user = rep["user"]
+    denials = denials_of(rep)
+    groups = sorted({g for d in denials for g in d.user_groups})
+    todo, covered = missing(denials, existing, user, groups)
+    lines = [
+        f"kaudit rbac suggest for {user} ({rep['range']['label']}) against the RBAC in {source}:",
+        f"{sum(d.requests for d in todo)} denied request(s) need new rules; "
+        f"{sum(d.requests for d, _ in covered)} are allowed by what exists now:",
+    ]
+    for d, by in covered[:20]:
+        what = d.path or (d.rbac_resource + (f" {d.name}" if d.name else ""))
+        lines.append(f"  {d.verb} {what}{' in ' + d.namespace if d.namespace else ''} <- {by}")
+    if len(covered) > 20:
+        lines.append(f"  ... and {len(covered) - 20} more")
+    lines.append("Review before applying: kubectl apply --dry-run=client -f <file>")
+    out = dict(rep)
+    out["yaml"] = to_yaml(suggest(todo, user), "\n".join(lines)) if todo else ""
+    out["already_allowed"] = [{"denial": dataclasses.asdict(d), "by": by} for d, by in covered]
+    out["missing_requests"] = sum(d.requests for d in todo)
+    return out
 
 
 def _q(v: str) -> str:

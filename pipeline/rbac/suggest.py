@@ -50,7 +50,8 @@ def _resource_rules(denials: Iterable[Denial]) -> list[dict[str, Any]]:
     for d in denials:
         seen[(d.apigroup, d.rbac_resource, d.verb)].append(d)
     for (group, res, verb), ds in seen.items():
-        named = verb not in UNNAMED_VERBS and all(d.name for d in ds)
+        # impersonate-on:<mode>:<verb> is restricted by name like <verb> is
+        named = verb.rsplit(":", 1)[-1] not in UNNAMED_VERBS and all(d.name for d in ds)
         by_res[(group, res)][verb] = {d.name for d in ds} if named else None
     # (group, resource, names) -> verbs
     verbs_of: dict[tuple[str, str, frozenset[str] | None], set[str]] = defaultdict(set)

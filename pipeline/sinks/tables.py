@@ -16,6 +16,7 @@ Avro container files that it decodes itself, split into files that several threa
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -262,11 +263,27 @@ class ContainerWriter(ColumnWriter):
         # chDB decodes Avro at ~3-5 us/row on one thread, about 2/3 of an insert: split the container into
         # this many files and let that many threads decode them (still one block and one token).
         self.read_threads = max(1, read_threads) if embedded and not _has_glob(str(tmp_dir)) else 1
-        top = {f["name"] for f in codec(self.stem).schema["fields"]}
-        cols = ", ".join(self.columns)
-        sel = ", ".join(c if c in top else f"r.`{c}`" for c in self.columns)
-        self._insert_head = f"INSERT INTO {self.table} ({cols}) {{settings}}SELECT {sel} FROM "
         self._tail = f" ARRAY JOIN `{self.array}` AS r" if self.array else ""
+        self._heads: dict[str, str] = {}
+        self._insert_head = self._head_for("")
+
+    def _head_for(self, fp: str) -> str:
+        """``INSERT INTO t (cols) {settings}SELECT ... FROM `` for containers of writer schema ``fp``: a column is
+        read from the row (``r.col``) when the row has it, else from the record, and left to its default when
+        that writer schema predates it (records written by an older worker stay insertable)."""
+        head = self._heads.get(fp)
+        if head is None:
+            schema = _writer_schema(fp, self.stem)
+            top = {f["name"] for f in schema["fields"]}
+            row: set[str] = set()
+            for f in schema["fields"]:
+                t = f["type"]
+                if f["name"] == self.array and isinstance(t, dict) and isinstance(t.get("items"), dict):
+                    row = {x["name"] for x in t["items"]["fields"]}
+            picked = [(c, f"r.`{c}`" if c in row else c) for c in self.columns if c in row or c in top]
+            cols = ", ".join(c for c, _ in picked)
+            head = self._heads[fp] = f"INSERT INTO {self.table} ({cols}) {{settings}}SELECT {', '.join(x for _, x in picked)} FROM "
+        return head
 
     def decoded_rows(self, it: Item) -> list[dict[str, Any]]:
         if not it.rows:
@@ -303,11 +320,11 @@ class ContainerWriter(ColumnWriter):
             threads = self.read_threads if rows >= PARALLEL_READ_ROWS else 1
             files = [avro_ocf.container_chunks([it.value for it in part], fp, self.stem)
                      for part in split_rows(group, threads)]  # fmt: skip
-            self.insert_container(files, dedup_token(self.table, map(token_part, group)))
+            self.insert_container(files, dedup_token(self.table, map(token_part, group)), fp)
             n += rows
         return n
 
-    def insert_container(self, data: bytes | list[bytes] | list[list[bytes]], token: str) -> None:
+    def insert_container(self, data: bytes | list[bytes] | list[list[bytes]], token: str, fp: str = "") -> None:
         """Insert Avro containers (one, or several read in parallel) of the stem's records with one token. A
         container is bytes, or the list of its pieces (``avro_ocf.container_chunks``).
 
@@ -339,7 +356,7 @@ class ContainerWriter(ColumnWriter):
                 else:
                     pattern = str(paths[0])
                 # settings inline: per-call settings cost chDB a snapshot query plus a SET and a reset each
-                head = self._insert_head.format(settings=_settings_clause(settings))
+                head = self._head_for(fp).format(settings=_settings_clause(settings))
                 self.client.command(f"{head}file({_sql_string(pattern)}, 'Avro'){self._tail}")
             finally:
                 for path in paths:
@@ -348,7 +365,7 @@ class ContainerWriter(ColumnWriter):
             if len(files) != 1:
                 raise ValueError("a server insert takes one container")
             self.client.command(
-                f"{self._insert_head.format(settings='')}input({_structure_literal(self.stem)}){self._tail} FORMAT Avro",
+                f"{self._head_for(fp).format(settings='')}input({_structure_literal(self.stem, fp)}){self._tail} FORMAT Avro",
                 data=b"".join(files[0]), settings=settings,
             )  # fmt: skip
 
@@ -417,8 +434,14 @@ def _has_glob(path: str) -> bool:
 
 
 @cache
-def _structure_literal(stem: str = "event_batch") -> str:
-    """ClickHouse structure of a record type for input(): derived from the Avro schema."""
+def _writer_schema(fp: str, stem: str) -> dict[str, Any]:
+    """The writer schema ``fp`` of the stem's record ("" = current) as plain JSON."""
+    return json.loads(avro_ocf._schema_json(fp, stem))
+
+
+@cache
+def _structure_literal(stem: str = "event_batch", fp: str = "") -> str:
+    """ClickHouse structure of a record type for input(): derived from the (writer's) Avro schema."""
 
     def ch(t: Any) -> str:
         if isinstance(t, dict):
@@ -435,7 +458,7 @@ def _structure_literal(stem: str = "event_batch") -> str:
         return {"string": "String", "int": "Int32", "long": "Int64", "boolean": "Bool", "double": "Float64",
                 "float": "Float32"}[t]  # fmt: skip
 
-    schema = avro_ocf._strip_fastavro_keys(codec(stem).schema)
+    schema = _writer_schema(fp, stem)
     return _sql_string(", ".join(f"{f['name']} {ch(f['type'])}" for f in schema["fields"]))
 
 

@@ -52,7 +52,9 @@ EVENT_COLUMNS = """
     event_version String,
     extra String CODEC(ZSTD(1)),
     redacted Array(String),
-    source_id String CODEC(ZSTD(1))
+    source_id String CODEC(ZSTD(1)),
+    impersonation_constraint LowCardinality(String),
+    authorization_verb LowCardinality(String)
 """
 
 # LowCardinality only where queries group and filter (cluster, stage, verb, user, user agent, object kind and
@@ -81,6 +83,8 @@ def event_columns_before_v2(later_columns: bool = False) -> str:
     lc = {"String": "LowCardinality(String)", "Array(String)": "Array(LowCardinality(String))",
           "Map(String, String)": "Map(LowCardinality(String), String)"}  # fmt: skip
     cols = EVENT_COLUMNS if later_columns else EVENT_COLUMNS.replace("\n    redacted Array(String),", "")  # v3
+    if not later_columns:  # v17
+        cols = cols.replace(",\n    impersonation_constraint LowCardinality(String),\n    authorization_verb LowCardinality(String)", "")
     for name, typ in PLAIN_STRING_COLUMNS.items():
         cols = cols.replace(f"\n    {name} {typ},", f"\n    {name} {lc[typ]},")
     return cols
@@ -256,6 +260,15 @@ GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
             5,
             "saved searches and query alerts (pipeline.searches)",
             [SAVED_SEARCHES_DDL],
+        ),
+        (
+            6,
+            "audit_events: Kubernetes 1.35+ impersonation_constraint and the Forbidden message's authorization_verb",
+            [
+                "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS impersonation_constraint LowCardinality(String) "
+                "AFTER source_id, ADD COLUMN IF NOT EXISTS authorization_verb LowCardinality(String) "
+                "AFTER impersonation_constraint"
+            ],
         ),
     ]
 

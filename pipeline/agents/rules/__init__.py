@@ -12,15 +12,28 @@ A rule file is ``rules: [...]``; each rule:
     tags: [mitre:T1552]
     enabled: true                    # `- {id: X, enabled: false}` switches a default rule off
     examples: {fire: [<audit event>...], quiet: [<audit event>...]}   # checked by the tests
+    first_seen: {terms: [username], lookback_days: 30, learning_days: 7}    # optional: see pipeline.agents.memory
+    sequence: {after: {match: {...}, key: request_subjects}, key: username, window_seconds: 3600}   # optional
 
 Event rules alert once per (rule, cluster, auditID); threshold rules once per (rule, cluster, group, window)
-when the count of matching events reaches ``count`` (event time, tumbling windows).
+when the count of matching events reaches ``count`` (event time, tumbling windows); first-seen rules once per
+(rule, cluster, auditID) for an event whose terms are new; sequence rules once per A (its first B).
+
+An example is a partial event, or ``{history: [events], event: {...}}``: the history goes through the same
+processor first (its alerts are not counted), then the event must (fire) or must not (quiet) alert. Any example
+event may carry ``ago: 8d`` (s, m, h, d) to move its timestamps back from the example time.
+
+A file may name caller lists, ``lists: {tor-exits: tor-exits.txt}`` (paths relative to the file; see
+``pipeline.agents.callers``), used as ``sourceip: {in_list: tor-exits}``. A user file's list replaces a default
+list of the same name. A rule that uses an empty list is inactive (``kaudit worker --check`` says which).
 """
 
 from __future__ import annotations
 
+import calendar
 import hashlib
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,10 +41,13 @@ from typing import Any
 
 import yaml
 
+from pipeline.agents import memory as M
+from pipeline.agents.callers import CidrList, ListError, load_list, parse_list
 from pipeline.agents.conditions import (
     LIST_FIELDS,
     ConditionError,
     EventView,
+    Lists,
     Predicate,
     _int_texts,
     accessor,
@@ -44,7 +60,10 @@ DEFAULT_RULES = Path(__file__).with_name("default.yaml")
 SEVERITIES = ("info", "low", "medium", "high", "critical")
 DEFAULT_STAGES = ("ResponseComplete", "Panic")
 ALL_STAGES = ("RequestReceived", "ResponseStarted", "ResponseComplete", "Panic")
-RULE_KEYS = {"id", "title", "severity", "description", "stages", "match", "threshold", "tags", "enabled", "examples"}
+RULE_KEYS = {
+    "id", "title", "severity", "description", "stages", "match", "threshold", "tags", "enabled", "examples",
+    "first_seen", "sequence",
+}  # fmt: skip
 _ID = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
 
@@ -74,6 +93,13 @@ class Rule:
     subresources: frozenset[str] | None = None  # index hint: objectref_subresource values
     codes: frozenset[int] | None = None  # index hint: responsestatus_code values
     guard: Guard | None = None  # memoized necessary condition on low-cardinality fields
+    first_seen: M.FirstSeen | None = None
+    sequence: M.Sequence | None = None
+    kind: str = "event"  # event | threshold | first_seen | sequence | after (a sequence's A, internal)
+    parent: str = ""  # for kind "after": the sequence rule's id
+    lists_used: tuple[str, ...] = ()
+    lists: Lists | None = field(default=None, repr=False)  # the caller lists the rule was compiled with
+    inactive: str = ""  # why an enabled rule does not run (an empty caller list)
 
     def group_key(self, view: EventView) -> str:
         parts = []
@@ -91,7 +117,7 @@ GUARD_FIELDS = frozenset(
     {
         "username", "usergroups", "impersonated_username", "impersonated_groups", "verb", "stage", "level",
         "objectref_resource", "objectref_subresource", "objectref_namespace", "objectref_apigroup",
-        "responsestatus_code", "decision", "useragent", "sourceip",
+        "responsestatus_code", "decision", "useragent", "sourceip", "impersonation_constraint", "authorization_verb",
     }
 )  # fmt: skip
 GUARD_MEMO_MAX = 100_000
@@ -140,13 +166,13 @@ def key_function(fields: tuple[str, ...]) -> Callable[[EventView, Any], tuple]:
     return eval(f"lambda v, ev: ({', '.join(parts)},)")  # noqa: S307 - field names from a fixed set
 
 
-def make_guard(match: Any) -> Guard | None:
+def make_guard(match: Any, lists: Lists | None = None) -> Guard | None:
     if not isinstance(match, dict):
         return None
     parts = {k: v for k, v in match.items() if (f := fields_of({k: v})) and f <= GUARD_FIELDS}
     if not parts:
         return None
-    return Guard(compile_condition(parts, "match"), tuple(sorted(fields_of(parts))), len(parts) == len(match))
+    return Guard(compile_condition(parts, "match", lists), tuple(sorted(fields_of(parts))), len(parts) == len(match))
 
 
 def alert_id(*parts: object) -> str:
@@ -154,7 +180,22 @@ def alert_id(*parts: object) -> str:
     return hashlib.sha1("|".join(str(p) for p in parts).encode()).hexdigest()
 
 
-def _parse_rule(raw: Any, where: str) -> Rule:
+def _lists_in(cond: Any) -> set[str]:
+    """Names used by in_list / not_in_list anywhere in a condition."""
+    out: set[str] = set()
+    if isinstance(cond, dict):
+        for k, v in cond.items():
+            if k in ("in_list", "not_in_list") and isinstance(v, str):
+                out.add(v)
+            elif isinstance(v, dict | list):
+                out |= _lists_in(v)
+    elif isinstance(cond, list):
+        for c in cond:
+            out |= _lists_in(c)
+    return out
+
+
+def _parse_rule(raw: Any, where: str, lists: Lists | None = None) -> Rule:
     if not isinstance(raw, dict):
         raise RuleError(f"{where}: a rule must be a mapping, got {type(raw).__name__}")
     rid = raw.get("id")
@@ -181,9 +222,21 @@ def _parse_rule(raw: Any, where: str) -> Rule:
     if not isinstance(stages_raw, list) or not stages_raw or any(s not in ALL_STAGES for s in stages_raw):
         raise RuleError(f"{at}: field 'stages': use a list of {', '.join(ALL_STAGES)} or \"any\", got {stages_raw!r}")
     try:
-        match = compile_condition(raw["match"], "match")
+        match = compile_condition(raw["match"], "match", lists)
     except ConditionError as exc:
         raise RuleError(f"{at}: field '{exc.where}': {exc.message}") from None
+    first_seen = sequence = None
+    try:
+        if raw.get("first_seen") is not None:
+            first_seen = M.parse_first_seen(raw["first_seen"], "first_seen")
+        if raw.get("sequence") is not None:
+            sequence = M.parse_sequence(raw["sequence"], "sequence", lambda c, w: compile_condition(c, w, lists))
+    except M.MemoryError_ as exc:
+        raise RuleError(f"{at}: field {exc}") from None
+    except ConditionError as exc:
+        raise RuleError(f"{at}: field '{exc.where}': {exc.message}") from None
+    if sum(x is not None for x in (first_seen, sequence, raw.get("threshold"))) > 1:
+        raise RuleError(f"{at}: a rule has at most one of threshold, first_seen, sequence")
     threshold, by, by_get, window = 0, (), (), None
     if raw.get("threshold") is not None:
         th = raw["threshold"]
@@ -211,9 +264,14 @@ def _parse_rule(raw: Any, where: str) -> Rule:
         raise RuleError(f"{at}: field 'enabled': needs true or false")
     examples = raw.get("examples") or {}
     if not isinstance(examples, dict) or set(examples) - {"fire", "quiet"} or not all(
-        isinstance(v, list) for v in examples.values()
+        isinstance(v, list) and all(isinstance(e, dict) for e in v) for v in examples.values()
     ):
         raise RuleError(f"{at}: field 'examples': needs {{fire: [events], quiet: [events]}}")
+    for kind_, exs in examples.items():
+        for i, ex in enumerate(exs):
+            if "history" in ex and (set(ex) - {"history", "event"} or not isinstance(ex.get("history"), list)
+                                    or not isinstance(ex.get("event"), dict)):  # fmt: skip
+                raise RuleError(f"{at}: field 'examples.{kind_}[{i}]': a history example is {{history: [events], event: {{...}}}}")
     return Rule(
         id=rid,
         title=title.strip(),
@@ -234,8 +292,27 @@ def _parse_rule(raw: Any, where: str) -> Rule:
         verbs=equality_values(raw["match"], "verb"),
         subresources=equality_values(raw["match"], "objectref_subresource"),
         codes=_code_hint(raw["match"]),
-        guard=make_guard(raw["match"]),
+        guard=make_guard(raw["match"], lists),
+        first_seen=first_seen,
+        sequence=sequence,
+        kind="threshold" if threshold else "first_seen" if first_seen else "sequence" if sequence else "event",
+        lists=lists if lists is not None else {},
+        lists_used=tuple(sorted(_lists_in(raw["match"]) | _lists_in((raw.get("sequence") or {}).get("after")))),
     )
+
+
+def after_rule(rule: Rule) -> Rule:
+    """The internal rule that feeds a sequence its A events (indexed like any rule)."""
+    seq = rule.sequence
+    assert seq is not None and rule.lists is not None
+    spec = seq.after_spec
+    return Rule(
+        id=f"{rule.id}#after", title=rule.title, severity=rule.severity, description="", stages=rule.stages,
+        match=seq.after, match_spec=spec, tags=rule.tags, enabled=rule.enabled, source=rule.source,
+        resources=equality_values(spec, "objectref_resource"), verbs=equality_values(spec, "verb"),
+        subresources=equality_values(spec, "objectref_subresource"), codes=_code_hint(spec), guard=make_guard(spec, rule.lists),
+        sequence=seq, kind="after", parent=rule.id, lists_used=rule.lists_used, inactive=rule.inactive,
+    )  # fmt: skip
 
 
 def _code_hint(match: Any) -> frozenset[int] | None:
@@ -247,9 +324,7 @@ def _code_hint(match: Any) -> frozenset[int] | None:
     return ints if len(ints) == len(texts) else None
 
 
-def load_rule_file(path: Path | str, *, allow_disable_only: bool = False) -> tuple[list[Rule], set[str]]:
-    """(rules, ids switched off) from one YAML file; RuleError names the file, rule and field."""
-    path = Path(path)
+def _read_doc(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(path.read_text())
     except OSError as exc:
@@ -260,6 +335,51 @@ def load_rule_file(path: Path | str, *, allow_disable_only: bool = False) -> tup
         doc = {"rules": doc}
     if not isinstance(doc, dict) or not isinstance(doc.get("rules"), list):
         raise RuleError(f"rules file {path}: needs a top-level 'rules:' list")
+    if set(doc) - {"rules", "lists"}:
+        raise RuleError(f"rules file {path}: unknown top-level key(s) {', '.join(sorted(map(str, set(doc) - {'rules', 'lists'})))}; allowed: rules, lists")
+    return doc
+
+
+def file_lists(path: Path | str, examples: bool = False) -> dict[str, CidrList]:
+    """The caller lists a rules file names, loaded: ``lists: {name: file}`` or ``{name: {file: f, examples:
+    [cidrs]}}``; with ``examples``, the example networks stand in for the file (to check rule examples
+    against lists that ship empty)."""
+    path = Path(path)
+    doc = _read_doc(path)
+    spec = doc.get("lists") or {}
+    bad = RuleError(f"rules file {path}: field 'lists': needs {{name: file}} or {{name: {{file: f, examples: [cidrs]}}}} "
+                    "(paths relative to the rules file)")  # fmt: skip
+    if not isinstance(spec, dict):
+        raise bad
+    out: dict[str, CidrList] = {}
+    for name, entry in spec.items():
+        if isinstance(entry, str):
+            entry = {"file": entry}
+        if not isinstance(name, str) or not isinstance(entry, dict) or set(entry) - {"file", "examples"} or not isinstance(entry.get("file"), str):
+            raise bad
+        try:
+            if examples and entry.get("examples") is not None:
+                ex = entry["examples"]
+                if not isinstance(ex, list) or not all(isinstance(x, str) for x in ex):
+                    raise bad
+                out[name] = parse_list(name, "\n".join(ex), f"{path} lists.{name}.examples")
+            else:
+                rel = entry["file"]
+                out[name] = load_list(name, (path.parent / rel) if not Path(rel).is_absolute() else Path(rel))
+        except ListError as exc:
+            raise RuleError(f"rules file {path}: {exc}") from None
+    return out
+
+
+def load_rule_file(
+    path: Path | str, *, allow_disable_only: bool = False, lists: Lists | None = None
+) -> tuple[list[Rule], set[str]]:
+    """(rules, ids switched off) from one YAML file; RuleError names the file, rule and field. ``lists``: the
+    caller lists its rules may use (default: the file's own)."""
+    path = Path(path)
+    doc = _read_doc(path)
+    if lists is None:
+        lists = file_lists(path)
     rules: list[Rule] = []
     disabled: set[str] = set()
     seen: set[str] = set()
@@ -268,7 +388,10 @@ def load_rule_file(path: Path | str, *, allow_disable_only: bool = False) -> tup
         if allow_disable_only and isinstance(raw, dict) and set(raw) <= {"id", "enabled"} and raw.get("enabled") is False:
             disabled.add(str(raw.get("id")))
             continue
-        rule = _parse_rule(raw, where)
+        rule = _parse_rule(raw, where, lists)
+        for name in rule.lists_used:
+            if name in lists and len(lists[name]) == 0:
+                rule.inactive = f"caller list '{name}' is empty ({getattr(lists[name], 'path', '')})"
         if rule.id in seen:
             raise RuleError(f"{where} (rule '{rule.id}'): field 'id': duplicate id in this file")
         seen.add(rule.id)
@@ -276,14 +399,20 @@ def load_rule_file(path: Path | str, *, allow_disable_only: bool = False) -> tup
     return rules, disabled
 
 
-def load_rules(user_file: Path | str | None = None, *, include_default: bool = True) -> list[Rule]:
-    """The default set, then the user's file: same id replaces, ``{id: X, enabled: false}`` switches off."""
+def load_rules(
+    user_file: Path | str | None = None, *, include_default: bool = True, examples: bool = False
+) -> list[Rule]:
+    """The default set, then the user's file: same id replaces, ``{id: X, enabled: false}`` switches off.
+    ``examples``: caller lists hold their example networks (for checking rule examples)."""
     rules: dict[str, Rule] = {}
+    lists: dict[str, CidrList] = file_lists(DEFAULT_RULES, examples) if include_default else {}
+    if user_file:
+        lists.update(file_lists(user_file, examples))
     if include_default:
-        for r in load_rule_file(DEFAULT_RULES)[0]:
+        for r in load_rule_file(DEFAULT_RULES, lists=lists)[0]:
             rules[r.id] = r
     if user_file:
-        user, disabled = load_rule_file(user_file, allow_disable_only=True)
+        user, disabled = load_rule_file(user_file, allow_disable_only=True, lists=lists)
         for rid in disabled:
             if rid not in rules:
                 raise RuleError(f"rules file {user_file}: rule '{rid}': field 'id': no such rule to switch off")
@@ -343,7 +472,13 @@ class RuleSet:
     their memoized guards: an event is tested only against the rules it can still match."""
 
     def __init__(self, rules: list[Rule]) -> None:
-        self.rules = [r for r in rules if r.enabled]
+        self.rules = []
+        for r in rules:
+            if r.enabled and not r.inactive:
+                self.rules.append(r)
+                if r.sequence is not None and r.kind == "sequence":
+                    self.rules.append(after_rule(r))  # after B: an event that is both is checked as B first
+        self.has_memory = any(r.kind in ("first_seen", "sequence", "after") for r in self.rules)
         self._slots: dict[tuple[str, str, str, str, int], _Slot] = {}
         self._by_hash: dict[bytes, _Slot] = {}
 
@@ -409,5 +544,32 @@ def example_event(partial: dict[str, Any], n: int = 0) -> dict[str, Any]:
         "stageTimestamp": EXAMPLE_TS,
         "annotations": {"authorization.k8s.io/decision": "allow", "authorization.k8s.io/reason": ""},
     }
+    partial = dict(partial)
+    ago = partial.pop("ago", None)
     ev.update(partial)
+    if ago is not None:
+        t = _example_time(EXAMPLE_TS) - _seconds(ago)
+        text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t)) + ".000000Z"
+        ev["requestReceivedTimestamp"] = ev["stageTimestamp"] = text
     return ev
+
+
+def _example_time(text: str) -> int:
+    return calendar.timegm(time.strptime(text[:19], "%Y-%m-%dT%H:%M:%S"))
+
+
+def _seconds(ago: Any) -> int:
+    if isinstance(ago, int | float) and not isinstance(ago, bool):
+        return int(ago)
+    m = re.fullmatch(r"(\d+)([smhd])", str(ago).strip())
+    if not m:
+        raise RuleError(f"example: 'ago' needs a number of seconds or 30s / 5m / 2h / 8d, got {ago!r}")
+    return int(m.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[m.group(2)]
+
+
+def example_runs(rule: Rule, example: dict[str, Any]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(history events, checked events) of one example: a threshold rule's event is sent ``count`` times."""
+    history = example.get("history") if "history" in example else []
+    event = example["event"] if "history" in example else example
+    hist = [example_event(h, 900_000 + k) for k, h in enumerate(history or [])]
+    return hist, [example_event(event, k) for k in range(max(rule.threshold, 1))]

@@ -14,14 +14,14 @@ const DECISION: &str = "authorization.k8s.io/decision";
 const REASON: &str = "authorization.k8s.io/reason";
 
 /// Field names in schema order (schemas/audit_event.avsc == normalize_event's keys).
-pub const FIELDS: [&str; 35] = [
+pub const FIELDS: [&str; 36] = [
     "cluster", "auditid", "stage", "level", "verb", "request_uri", "username", "useruid", "usergroups",
     "user_extra", "impersonated_username", "impersonated_groups", "sourceips", "useragent",
     "objectref_resource", "objectref_namespace", "objectref_name", "objectref_apigroup", "objectref_apiversion",
     "objectref_subresource", "objectref_uid", "responsestatus_code", "responsestatus_status",
     "responsestatus_reason", "responsestatus_message", "decision", "decision_reason", "annotations",
     "request_received_ts", "stage_ts", "request_object", "response_object", "objects_truncated",
-    "event_version", "extra",
+    "event_version", "extra", "event_bytes",
 ];
 
 #[derive(Clone, Copy)]
@@ -33,6 +33,7 @@ enum Kind {
     Received,
     StageTs,
     Truncated,
+    Size,
 }
 
 fn kind(i: usize) -> Kind {
@@ -43,6 +44,7 @@ fn kind(i: usize) -> Kind {
         28 => Kind::Received,
         29 => Kind::StageTs,
         32 => Kind::Truncated,
+        35 => Kind::Size,
         _ => Kind::Str,
     }
 }
@@ -56,7 +58,7 @@ fn index_of(name: &str) -> Option<usize> {
 
 struct W {
     out: Vec<u8>,
-    pos: [(u32, u32); 35],
+    pos: [(u32, u32); 36],
     field: usize,
 }
 
@@ -126,10 +128,20 @@ impl W {
 
 pub struct Built {
     blob: Vec<u8>,
-    pos: [(u32, u32); 35],
+    pos: [(u32, u32); 36],
     code: i64,
     received: i64,
     stage_ts: i64,
+    size: i64,
+}
+
+impl Built {
+    /// The last field, `event_bytes` (known once the record's text is measured: `sizes`), ends the Avro bytes.
+    pub fn push_size(&mut self, n: usize) {
+        self.pos[35] = (self.blob.len() as u32, 0);
+        self.size = n as i64;
+        w_long(&mut self.blob, n as i64);
+    }
 }
 
 fn s<'a>(v: &'a Option<BStr>) -> &'a str {
@@ -198,7 +210,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     let extra = extra_text(&p.unknown)?;
     let ann = |key: &str| annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.0.as_ref()).unwrap_or("");
 
-    let mut w = W { out: Vec::with_capacity(1024 + req_text.len() + resp_text.len()), pos: [(0, 0); 35], field: 0 };
+    let mut w = W { out: Vec::with_capacity(1024 + req_text.len() + resp_text.len()), pos: [(0, 0); 36], field: 0 };
     w.str(cluster);
     w.str(auditid);
     w.str(stage);
@@ -235,7 +247,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     w.boolean(false); // objects_truncated: truncation takes the Python path
     w.str(s(&p.api_version));
     w.str(&extra);
-    Ok(Built { blob: w.out, pos: w.pos, code, received, stage_ts })
+    Ok(Built { blob: w.out, pos: w.pos, code, received, stage_ts, size: 0 })
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -311,12 +323,13 @@ impl FieldSet {
 #[pyclass(module = "kaudit_native", frozen)]
 pub struct Event {
     blob: Py<PyBytes>,
-    pos: [(u32, u32); 35],
+    pos: [(u32, u32); 36],
     code: i64,
     received: i64,
     stage_ts: i64,
+    size: i64,
     cluster: Py<PyString>,
-    cache: [std::sync::OnceLock<PyObject>; 35], // each field's Python value, built on first read
+    cache: [std::sync::OnceLock<PyObject>; 36], // each field's Python value, built on first read
 }
 
 fn read_long(b: &[u8], at: &mut usize) -> i64 {
@@ -348,6 +361,7 @@ impl Event {
             code: b.code,
             received: b.received,
             stage_ts: b.stage_ts,
+            size: b.size,
             cluster,
             cache: std::array::from_fn(|_| std::sync::OnceLock::new()),
         })
@@ -391,6 +405,7 @@ impl Event {
             Kind::Received => h.int(self.received),
             Kind::StageTs => h.int(self.stage_ts),
             Kind::Truncated => h.int(0),
+            Kind::Size => h.int(self.size),
         }
     }
 
@@ -452,6 +467,7 @@ impl Event {
             Kind::Received => self.received.into_py(py),
             Kind::StageTs => self.stage_ts.into_py(py),
             Kind::Truncated => false.into_py(py),
+            Kind::Size => self.size.into_py(py),
         }
     }
 }

@@ -12,6 +12,7 @@ mod event;
 mod objects;
 mod parse;
 mod seen;
+mod sizes;
 mod timestamps;
 
 use event::{build, Event};
@@ -48,6 +49,7 @@ fn events(value: &[u8], ctx: &Ctx) -> R<()> {
 }
 
 fn document(text: &str, ctx: &Ctx) -> R<()> {
+    let first = ctx.out.borrow().len();
     let mut de = serde_json::Deserializer::from_str(text);
     let doc = PSeed(Some(ctx)).deserialize(&mut de).map_err(|_| Fallback)?;
     de.end().map_err(|_| Fallback)?;
@@ -55,7 +57,8 @@ fn document(text: &str, ctx: &Ctx) -> R<()> {
         if doc.items.is_some() || doc.has_items {
             return Err(Fallback); // an event with an `items` field: Python keeps it in `extra`
         }
-        let built = build(&doc, ctx.cluster, ctx.cap, ctx.redact)?;
+        let mut built = build(&doc, ctx.cluster, ctx.cap, ctx.redact)?;
+        built.push_size(sizes::sizes(text)?.total);
         ctx.out.borrow_mut().push(built);
         return Ok(());
     }
@@ -64,7 +67,18 @@ fn document(text: &str, ctx: &Ctx) -> R<()> {
         Some(k) => k.0 == "EventList",
     };
     match doc.items {
-        Some(_) if kind_ok => Ok(()),
+        Some(_) if kind_ok => {
+            // each item's serialized size, from the text (the typed parse above does not keep spans)
+            let items = sizes::sizes(text)?.items.ok_or(Fallback)?;
+            let mut out = ctx.out.borrow_mut();
+            if items.len() != out.len() - first {
+                return Err(Fallback);
+            }
+            for (b, n) in out[first..].iter_mut().zip(items) {
+                b.push_size(n);
+            }
+            Ok(())
+        }
         _ => Err(Fallback),
     }
 }

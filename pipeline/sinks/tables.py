@@ -28,7 +28,7 @@ from typing import Any
 
 from clickhouse_connect.driver.client import Client
 
-from pipeline.models.avro import codec
+from pipeline.models.avro import _known_by_fp, codec
 from pipeline.sinks import avro_ocf
 from pipeline.sinks.metrics import M
 from pipeline.warehouse.migrations import EVENT_INSERT_COLUMNS
@@ -262,11 +262,28 @@ class ContainerWriter(ColumnWriter):
         # chDB decodes Avro at ~3-5 us/row on one thread, about 2/3 of an insert: split the container into
         # this many files and let that many threads decode them (still one block and one token).
         self.read_threads = max(1, read_threads) if embedded and not _has_glob(str(tmp_dir)) else 1
-        top = {f["name"] for f in codec(self.stem).schema["fields"]}
-        cols = ", ".join(self.columns)
-        sel = ", ".join(c if c in top else f"r.`{c}`" for c in self.columns)
-        self._insert_head = f"INSERT INTO {self.table} ({cols}) {{settings}}SELECT {sel} FROM "
+        self._insert_head = self._head_for(codec(self.stem).schema)
+        self._heads: dict[str, str] = {}
         self._tail = f" ARRAY JOIN `{self.array}` AS r" if self.array else ""
+
+    def _head_for(self, schema: dict[str, Any]) -> str:
+        """INSERT ... SELECT of the columns this writer schema has (an older version lacks fields added since:
+        ClickHouse fills their defaults)."""
+        top = {f["name"] for f in schema["fields"]}
+        inner: set[str] = set()
+        for f in schema["fields"]:
+            if f["name"] == self.array and isinstance(f["type"], dict) and isinstance(f["type"].get("items"), dict):
+                inner = {g["name"] for g in f["type"]["items"]["fields"]}
+        have = [c for c in self.columns if c in top or not self.array or c in inner]
+        sel = ", ".join(c if c in top else f"r.`{c}`" for c in have)
+        return f"INSERT INTO {self.table} ({', '.join(have)}) {{settings}}SELECT {sel} FROM "
+
+    def head(self, fp: str) -> str:
+        if fp in ("", codec(self.stem).fp):
+            return self._insert_head
+        if fp not in self._heads:
+            self._heads[fp] = self._head_for(_known_by_fp().get(fp) or codec(self.stem).schema)
+        return self._heads[fp]
 
     def decoded_rows(self, it: Item) -> list[dict[str, Any]]:
         if not it.rows:
@@ -298,11 +315,11 @@ class ContainerWriter(ColumnWriter):
             threads = self.read_threads if rows >= PARALLEL_READ_ROWS else 1
             files = [avro_ocf.container_chunks([it.value for it in part], fp, self.stem)
                      for part in split_rows(group, threads)]  # fmt: skip
-            self.insert_container(files, dedup_token(self.table, map(token_part, group)))
+            self.insert_container(files, dedup_token(self.table, map(token_part, group)), fp)
             n += rows
         return n
 
-    def insert_container(self, data: bytes | list[bytes] | list[list[bytes]], token: str) -> None:
+    def insert_container(self, data: bytes | list[bytes] | list[list[bytes]], token: str, fp: str = "") -> None:
         """Insert Avro containers (one, or several read in parallel) of the stem's records with one token. A
         container is bytes, or the list of its pieces (``avro_ocf.container_chunks``).
 
@@ -334,7 +351,7 @@ class ContainerWriter(ColumnWriter):
                 else:
                     pattern = str(paths[0])
                 # settings inline: per-call settings cost chDB a snapshot query plus a SET and a reset each
-                head = self._insert_head.format(settings=_settings_clause(settings))
+                head = self.head(fp).format(settings=_settings_clause(settings))
                 self.client.command(f"{head}file({_sql_string(pattern)}, 'Avro'){self._tail}")
             finally:
                 for path in paths:
@@ -343,7 +360,7 @@ class ContainerWriter(ColumnWriter):
             if len(files) != 1:
                 raise ValueError("a server insert takes one container")
             self.client.command(
-                f"{self._insert_head.format(settings='')}input({_structure_literal(self.stem)}){self._tail} FORMAT Avro",
+                f"{self.head(fp).format(settings='')}input({_structure_literal(self.stem, fp)}){self._tail} FORMAT Avro",
                 data=b"".join(files[0]), settings=settings,
             )  # fmt: skip
 
@@ -412,7 +429,7 @@ def _has_glob(path: str) -> bool:
 
 
 @cache
-def _structure_literal(stem: str = "event_batch") -> str:
+def _structure_literal(stem: str = "event_batch", fp: str = "") -> str:
     """ClickHouse structure of a record type for input(): derived from the Avro schema."""
 
     def ch(t: Any) -> str:
@@ -430,7 +447,8 @@ def _structure_literal(stem: str = "event_batch") -> str:
         return {"string": "String", "int": "Int32", "long": "Int64", "boolean": "Bool", "double": "Float64",
                 "float": "Float32"}[t]  # fmt: skip
 
-    schema = avro_ocf._strip_fastavro_keys(codec(stem).schema)
+    known = _known_by_fp() if fp and fp != codec(stem).fp else {}
+    schema = avro_ocf._strip_fastavro_keys(known.get(fp) or codec(stem).schema)
     return _sql_string(", ".join(f"{f['name']} {ch(f['type'])}" for f in schema["fields"]))
 
 

@@ -8,10 +8,12 @@ KAUDIT := $(VENV)/bin/kaudit
 export KAUDIT_VAR ?= $(CURDIR)/var
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: help install up down demo demo-stop test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e bench-normalize clean
+.PHONY: help install up down demo demo-live demo-stop k8s-build k8s-up k8s-down test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e bench-normalize clean
 
 help:
 	@echo "make demo    start Kafka, bridge, worker and sink; replay the sample audit logs; show results"
+	@echo "make demo-live   the same fed by a real local kube-apiserver (built once, 8-10 min); a scripted story, then yours"
+	@echo "make k8s-build/k8s-up/k8s-down   build, start, stop the local control plane alone (infra/control-plane/)"
 	@echo "make test    install everything into .venv, start what the tests need, run the suite"
 	@echo "make up/down start/stop the local Kafka broker (infra/kafka/kafka.sh)"
 	@echo "make bench   print throughput/latency numbers (bridge, worker, sink, normalize)"
@@ -45,11 +47,25 @@ down:
 demo: install
 	bash infra/demo.sh
 
+demo-live: install
+	bash infra/control-plane/build.sh
+	bash infra/demo.sh live
+
 demo-stop:
 	bash infra/demo.sh stop
 
+k8s-build:
+	bash infra/control-plane/build.sh
+
+k8s-up: k8s-build
+	bash infra/control-plane/control-plane.sh up
+
+k8s-down:
+	bash infra/control-plane/control-plane.sh down
+
 test: install
 	bash infra/test-deps.sh
+	bash infra/control-plane/build.sh
 	$(VENV)/bin/ruff check pipeline tests
 	$(VENV)/bin/pytest -q -p no:cacheprovider
 

@@ -1,4 +1,6 @@
 """`make demo`: the whole pipeline on the sample audit logs, started from scratch each run.
+`make demo-live`: the same pipeline fed by a real local kube-apiserver (infra/control-plane/), a scripted story
+(who deleted what; a ServiceAccount's 403s on `list pods`, explained, fixed by `kaudit rbac suggest`), then yours.
 
 Starts Kafka (infra/kafka/kafka.sh), the sink (owner of the embedded warehouse, also serving the query API and
 dashboard), a worker and the bridge; replays every sample folder through the webhook as its own cluster with
@@ -10,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -20,7 +24,9 @@ from pathlib import Path
 
 import orjson
 
+from pipeline import devcluster
 from pipeline.config import REPO_ROOT, get_settings
+from pipeline.devcluster import LocalCluster, scenario
 from pipeline.models.readers import RawEvent, read_events
 from pipeline.samples import SAMPLES
 
@@ -73,14 +79,17 @@ def start(name: str, args: list[str]) -> subprocess.Popen:
     return proc
 
 
-def wait_http(url: str, what: str, procs: dict[str, subprocess.Popen], timeout: float = 90) -> None:
+def wait_http(
+    url: str, what: str, procs: dict[str, subprocess.Popen], timeout: float = 90, ca: Path | None = None
+) -> None:
+    ctx = ssl.create_default_context(cafile=str(ca)) if ca else None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for name, p in procs.items():
             if p.poll() is not None:
                 raise SystemExit(f"demo: {name} exited with {p.returncode}; see {demo_dir() / f'{name}.log'}")
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
+            with urllib.request.urlopen(url, timeout=2, context=ctx) as r:
                 if r.status == 200:
                     return
         except OSError:
@@ -166,7 +175,7 @@ def run_demo() -> int:
         f"""
 The pipeline keeps running:
   bridge     http://{s.bridge_host}:{s.bridge_port}/audit/<cluster>   (POST audit EventLists; /metrics)
-  dashboard  http://{s.api_host}:{s.api_port}/
+  dashboard  http://{s.api_host}:{s.api_port}/#/dashboard?since=all   (the samples are from 2017-2023: "all" shows them)
   query      .venv/bin/kaudit query --since 30d 'verb="delete" groupby objectref_resource,username'
   sql        .venv/bin/kaudit sql 'SELECT cluster, count() FROM audit_events GROUP BY cluster'
   alerts     topic k8s-audit-alerts-json on 127.0.0.1:9092
@@ -176,14 +185,120 @@ Stop everything with: make demo-stop"""
     return 0 if have >= want else 1
 
 
+def live_cluster() -> LocalCluster:
+    s = get_settings()
+    return LocalCluster(state=s.var / "k8s-demo", cluster="local", bridge_url=f"https://127.0.0.1:{s.bridge_port}")
+
+
+def kaudit_show(*args: str) -> str:
+    """Run a kaudit command, echo it and its output (the demo's narration)."""
+    print("$ kaudit " + " ".join(shlex.quote(a) for a in args), flush=True)
+    out = subprocess.run(KAUDIT + list(args), capture_output=True, text=True)
+    print((out.stdout + out.stderr).rstrip() + "\n", flush=True)
+    return out.stdout
+
+
+def wait_rows(sql: str, want: int, what: str, timeout: float = 60) -> int:
+    deadline = time.monotonic() + timeout
+    n = 0
+    while time.monotonic() < deadline:
+        n = int(api_sql(sql)[0][0])
+        if n >= want:
+            return n
+        time.sleep(0.5)
+    say(f"still waiting for {what} after {timeout:.0f} s ({n} of {want}); continuing")
+    return n
+
+
+def run_live() -> int:
+    s = get_settings()
+    started = time.monotonic()
+    if not devcluster.built():
+        say("building kube-apiserver, kubectl and etcd once (8-10 minutes; cached for every clone)")
+        devcluster.build()
+    kc = live_cluster()
+    stop_components()
+    kc.down()
+    kafka("down")
+    for sub in ("kafka/data", "chdb", "shipper", "k8s-demo"):
+        shutil.rmtree(s.var / sub, ignore_errors=True)
+    for f in demo_dir().glob("*.log"):
+        f.unlink()
+    kafka("up")
+    kc.prepare()
+    procs = {
+        "sink": start("sink", []),
+        "worker": start("worker", []),
+        "bridge": start("bridge", ["--tls-cert", str(kc.bridge_cert), "--tls-key", str(kc.bridge_key),
+                                   "--tokens-file", str(kc.bridge_tokens_file)]),
+    }  # fmt: skip
+    wait_http(f"https://127.0.0.1:{s.bridge_port}/readyz", "bridge", procs, ca=kc.ca)
+    wait_http(f"http://{s.api_host}:{s.api_port}/api/health", "query API", procs)
+    say("starting etcd + kube-apiserver (webhook -> bridge over HTTPS with the cluster's token; log backend too)")
+    kc.up()
+    (demo_dir() / "k8s-demo.state").write_text(str(kc.state))
+    since = "--since=1h"
+
+    print("\n=== 1. Who deleted what ===\n")
+    say("admin lets the developers group (alice, bob) edit namespace shop; alice deploys, bob deletes")
+    kc.kubectl("create", "namespace", "shop")
+    kc.kubectl("-n", "shop", "create", "serviceaccount", "default")
+    kc.kubectl("-n", "shop", "create", "rolebinding", "developers-edit", "--clusterrole", "edit", "--group", "developers")
+    kc.kubectl("-n", "shop", "create", "deployment", "web", "--image", "nginx:1.27", user="alice")
+    kc.kubectl("-n", "shop", "create", "configmap", "web-settings", "--from-literal", "color=blue", user="alice")
+    kc.kubectl("-n", "shop", "delete", "deployment", "web", user="bob")
+    kc.kubectl("-n", "shop", "delete", "configmap", "web-settings", user="bob")
+    wait_rows("SELECT count() FROM audit_events WHERE verb = 'delete' AND username = 'bob'", 2, "bob's deletes")
+    kaudit_show("query", since, 'logtype="Kubernetes Audit Logs" and verb="delete" groupby objectref_resource,username')
+
+    print("\n=== 2. A ServiceAccount gets 403 on list pods: see why, fix it, watch the 403s stop ===\n")
+    token = scenario.sa_token(kc, "demo")
+    denied = scenario.demo_denials(kc, token, times=3)
+    say(f"system:serviceaccount:default:demo listed pods 3 times: {denied} answered 403")
+    demo_user = scenario.DEMO_SA
+    wait_rows(f"SELECT count() FROM audit_events WHERE username = '{demo_user}' AND responsestatus_code = 403",
+              denied, "the 403s")  # fmt: skip
+    kaudit_show("query", since, 'logtype="Kubernetes Audit Logs" and responsestatus_code=403 and verb="list" groupby username')
+    kaudit_show("rbac", "explain", "--user", demo_user, since)
+    role = demo_dir() / "demo-rbac.yaml"
+    kaudit_show("rbac", "suggest", "--user", demo_user, since, "-o", str(role))
+    print(role.read_text())
+    say(f"applying it: kubectl apply -f {role}")
+    kc.kubectl("apply", "-f", str(role))
+    allowed = 3 - scenario.demo_denials(kc, token, times=3)
+    say(f"listed pods 3 more times: {allowed} allowed")
+    wait_rows(f"SELECT count() FROM audit_events WHERE username = '{demo_user}' AND responsestatus_code = 200 "
+              "AND verb = 'list'", allowed, "the allowed lists")  # fmt: skip
+    kaudit_show("query", since, f'username="{demo_user}" and verb="list" groupby responsestatus_code')
+
+    print(
+        f"""
+Everything keeps running ({time.monotonic() - started:.0f} s so far). Try it yourself:
+  export KUBECONFIG={kc.kubeconfig("admin")}   # also alice, bob, carol: {kc.kubeconfig("alice").parent}/
+  export PATH={devcluster.bin_dir()}:$PATH
+  kubectl create namespace mine && kubectl -n mine create configmap hello --from-literal=a=b && kubectl delete namespace mine
+Your actions appear within seconds in the dashboard (refreshing every 10 s):
+  dashboard  http://{s.api_host}:{s.api_port}/#/dashboard?since=15m&refresh=10
+  query      .venv/bin/kaudit query --since 15m 'username="admin" groupby verb,objectref_resource'
+  API server {kc.server} (audit log {kc.audit_log}); logs {demo_dir()}/*.log, {kc.state}/*.log
+Stop everything with: make demo-stop"""
+    )
+    return 0 if denied == 3 and allowed == 3 else 1
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("action", nargs="?", default="run", choices=["run", "stop"])
+    ap.add_argument("action", nargs="?", default="run", choices=["run", "live", "stop"])
     args = ap.parse_args()
     if args.action == "stop":
         stop_components()
+        if (demo_dir() / "k8s-demo.state").exists():
+            live_cluster().down()
+            (demo_dir() / "k8s-demo.state").unlink()
         kafka("down")
         return 0
+    if args.action == "live":
+        return run_live()
     return run_demo()
 
 

@@ -21,6 +21,10 @@ if [ -x "$bin/kube-apiserver" ] && [ -x "$bin/kubectl" ] && [ -x "$bin/etcd" ]; 
 fi
 command -v go >/dev/null || { log "Go is required to build kube-apiserver, kubectl and etcd (install Go 1.26+: https://go.dev/doc/install; Debian: apt-get install golang)"; exit 2; }
 
+have_go="$(go env GOVERSION 2>/dev/null | sed 's/^go//')"
+if [ "$(printf '%s\n' "1.26" "$have_go" | sort -V | head -1)" != "1.26" ]; then
+  log "kube-apiserver $KUBERNETES_VERSION needs Go 1.26 or newer; this machine has go $have_go"; exit 2
+fi
 mkdir -p "$out/src" "$bin"
 # one build at a time per cache folder (two clones testing at once share it)
 exec 9>"$out/.build.lock"
@@ -70,9 +74,18 @@ for p in $vpkg $cpkg; do
 done
 
 build() {  # name package step
-  local t0; t0=$(date +%s)
-  log "step $3/4: compiling $1 (progress: the go tool prints nothing until done; see 'top' for the compiler)"
-  (cd "$out/src" && go build -trimpath -ldflags "$ldflags" -o "$bin/$1.tmp" "$2")
+  local t0 n=0 line; t0=$(date +%s); rm -f "$out/build-$1.log"
+  log "step $3/4: compiling $1 (a progress line every 250 packages; full output in $out/build-$1.log)"
+  # -v names each package as it is compiled: the only progress the go tool gives
+  if ! (cd "$out/src" && go build -v -trimpath -ldflags "$ldflags" -o "$bin/$1.tmp" "$2" 2>&1) |
+      while IFS= read -r line; do
+        echo "$line" >> "$out/build-$1.log"
+        n=$((n + 1))
+        [ $((n % 250)) -eq 0 ] && log "  $1: $n packages compiled ($(( $(date +%s) - t0 )) s)"
+      done; then
+    log "compiling $1 failed; last lines of $out/build-$1.log:"; tail -n 30 "$out/build-$1.log" >&2; exit 2
+  fi
+  [ -x "$bin/$1.tmp" ] || { log "compiling $1 failed; see $out/build-$1.log"; tail -n 30 "$out/build-$1.log" >&2; exit 2; }
   mv "$bin/$1.tmp" "$bin/$1"
   log "  $1 built in $(( $(date +%s) - t0 )) s"
 }

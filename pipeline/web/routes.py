@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -141,13 +142,33 @@ async def widgets_handler(req: web.Request) -> web.Response:
     results = await asyncio.gather(*(_widget(wh, n, spec, shape, tr) for n, (spec, shape) in specs.items()))
     body = dict(zip(specs, results, strict=True))
     body["actions"]["highlight"] = list(W.HIGHLIGHT_VERBS)
-    return _json(
-        {
-            "range": {"from_us": tr.from_us, "to_us": tr.to_us, "label": tr.label, "step_s": tr.step_s},
-            "clusters": clusters,
-            "widgets": body,
-        }
+    out = {
+        "range": {"from_us": tr.from_us, "to_us": tr.to_us, "label": tr.label, "step_s": tr.step_s},
+        "clusters": clusters,
+        "widgets": body,
+    }
+    if not body["actions"].get("error") and not sum(body["actions"].get("totals", {}).values()):
+        out["elsewhere"] = await _extent(wh, clusters)
+    return _json(out)
+
+
+async def _extent(wh: WarehouseLike, clusters: list[str]) -> dict[str, Any] | None:
+    """Where the stored events are when the chosen range is empty (old samples, a wrong clock, a future
+    backfill): the dashboard says so and offers that range instead of an empty page."""
+    w = W.base_where(TimeRange(0, 2**62, "all"), clusters, W.T_ROLLUP)
+    _, rows = await aquery(
+        wh,
+        f"SELECT toUnixTimestamp(min(minute)), toUnixTimestamp(max(minute)), sum(events) FROM events_1m WHERE {w.sql_text()}",
+        w.params,
     )
+    if not rows or not rows[0][2]:
+        return None
+    first, last, n = int(rows[0][0]), int(rows[0][1]) + 60, int(rows[0][2])
+    return {"from": _iso(first), "to": _iso(last), "events": n}
+
+
+def _iso(epoch_s: int) -> str:
+    return datetime.fromtimestamp(epoch_s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _int_param(req: web.Request, name: str, default: int, lo: int, hi: int) -> int:

@@ -179,6 +179,12 @@ async function viewDashboard(params, main) {
   const stepS = data.range.step_s;
   const grid = el("div", { class: "grid" });
   main.replaceChildren(grid);
+  if (data.elsewhere) {  // the range is empty but events are stored: say where, offer that range
+    const e = data.elsewhere;
+    main.prepend(el("div", { class: "notice", dataset: { notice: "elsewhere" } },
+      el("span", { text: `No events in this range. ${fmtInt(e.events)} stored events lie between ${e.from} and ${e.to}. ` }),
+      el("button", { text: "show that range", onclick: () => setGlobal({ since: "", from: e.from, to: e.to }) })));
+  }
 
   // Actions: events per verb over time; mutating verbs highlighted
   const verbColor = (k, i) => VERB_COLORS[k] || QUIET[i % QUIET.length];

@@ -72,7 +72,7 @@ class Scope:
             f["impersonated_groups"] = [[]]
         if self.path:
             f["request_path"] = [self.path]
-        return f
+        return {k: v for k, v in f.items() if v}  # nothing observed: unknown
 
 
 def _and(values: Iterable[bool | None]) -> bool | None:

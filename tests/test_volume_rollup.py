@@ -165,3 +165,21 @@ def test_cli_json_output(warehouse, capsys, monkeypatch):
     assert cli.main(["volume", "--by", "nope"]) == 2
     assert "use any of" in capsys.readouterr().err
     assert real is not None
+
+
+def test_exact_window_reads_the_same_groups_from_audit_events(warehouse):
+    client, _, _ = warehouse
+    insert(client, [ev(1, "u", "get", "pods", t=HOUR + 10), ev(2, "u", "get", "pods", t=HOUR + 100),
+                    ev(3, "v", "list", "pods", t=HOUR + 200)])  # fmt: skip
+    run = runner(client)
+    hourly = report(run, Window(HOUR, HOUR + 3600), ["user"])
+    exact_all = report(run, Window(HOUR, HOUR + 3600, exact=True), ["user"])
+    assert hourly.totals == exact_all.totals and [g.key for g in hourly.top] == [g.key for g in exact_all.top]
+    part = report(run, Window(HOUR + 50, HOUR + 150, exact=True), ["user"])
+    assert part.totals.events == 1 and part.top[0].key == {"user": "u"}
+    from pipeline.volume import window_from_args
+
+    w = window_from_args("7d", "2026-01-01T00:00:50Z", str(HOUR + 150), ["c1,c2"])
+    assert (w.from_s, w.to_s, w.clusters, w.exact) == (HOUR + 50, HOUR + 150, ("c1", "c2"), True)
+    with pytest.raises(VolumeError, match="after"):
+        window_from_args("7d", str(HOUR), str(HOUR), [])

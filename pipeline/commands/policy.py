@@ -34,6 +34,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s = sub.add_parser("suggest", help="write a policy that cuts the measured volume", description=DESCRIPTION,
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     s.add_argument("--since", default="7d", help="measured window: 24h, 7d, 2w (default 7d)")
+    s.add_argument("--from", dest="from_", metavar="TIME", help="exact window from this time (ISO or epoch seconds; "
+                   "reads audit_events instead of the hourly rollup)")
+    s.add_argument("--to", metavar="TIME", help="end of the exact window (default now)")
     s.add_argument("--cluster", action="append", default=[], help="only this cluster's traffic (repeat or a,b)")
     s.add_argument("--current", type=Path, help="the API server's current policy: new rules go before its rules "
                    "(default: kaudit's recommended infra/kubernetes/audit-policy.yaml)")  # fmt: skip
@@ -64,13 +67,13 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.agents.rules import RuleError, load_rules
     from pipeline.policy import PolicyError, suggest, summary
     from pipeline.query.execute import ExecError
-    from pipeline.volume import VolumeError, Window, parse_since
+    from pipeline.volume import VolumeError, window_from_args
     from pipeline.volume.source import warehouse_runner
 
     s = settings_from(args, clickhouse_dsn="clickhouse", api_url="api", rules_file="rules_file")
     try:
         target = parse_target(args.target)
-        w = Window.since(parse_since(args.since), [c for x in args.cluster for c in x.split(",") if c])
+        w = window_from_args(args.since, args.from_, args.to, args.cluster)
         rules = load_rules(s.rules_file)
         with warehouse_runner(s) as q:
             sug = suggest(q, w, rules, target=target, measure=args.measure, current=args.current)

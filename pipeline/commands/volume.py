@@ -32,6 +32,9 @@ code, path (non-resource paths such as /livez; only for requests that succeeded)
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--since", default="7d", help="window: 30m, 24h, 7d, 2w (default 7d; the rollup is hourly)")
+    p.add_argument("--from", dest="from_", metavar="TIME", help="exact window from this time (ISO or epoch seconds; "
+                   "reads audit_events instead of the hourly rollup)")
+    p.add_argument("--to", metavar="TIME", help="end of the exact window (default now)")
     p.add_argument("--cluster", action="append", default=[], help="only this cluster (repeat or a,b)")
     p.add_argument("--by", default="user,verb,resource", help="group the top list by these (default user,verb,resource)")
     p.add_argument("--top", type=int, default=20, help="how many top contributors (default 20)")
@@ -42,13 +45,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from pipeline.query.execute import ExecError
-    from pipeline.volume import VolumeError, Window, parse_by, parse_since, report
+    from pipeline.volume import VolumeError, parse_by, report, window_from_args
     from pipeline.volume.source import warehouse_runner
     from pipeline.volume.text import render
 
     s = settings_from(args, clickhouse_dsn="clickhouse", api_url="api")
     try:
-        w = Window.since(parse_since(args.since), [c for x in args.cluster for c in x.split(",") if c])
+        w = window_from_args(args.since, args.from_, args.to, args.cluster)
         by = parse_by(args.by)
         with warehouse_runner(s) as q:
             rep = report(q, w, by, max(1, args.top))

@@ -115,7 +115,7 @@ def evidence(run: Run, w: Window) -> list[Row]:
         "SELECT username, verb, objectref_apigroup, objectref_resource, objectref_subresource, request_path, stage, "
         "level, groupUniqArray(responsestatus_code), max(impersonated), groupUniqArray(usergroups), "
         "groupUniqArray(100)(useragent), sum(events), sum(bytes), sum(object_bytes) "
-        f"FROM volume_1h WHERE {where} GROUP BY ALL",
+        f"FROM {w.source()} WHERE {where} GROUP BY ALL",
         params,
     )
     return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], {int(c) for c in r[8]}, bool(r[9]),

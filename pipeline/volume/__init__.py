@@ -69,6 +69,33 @@ def parse_since(text: str) -> int:
     return int(m.group(1)) * UNIT_S[m.group(2)]
 
 
+def parse_time(text: str) -> int:
+    """An ISO 8601 time ('2026-12-01T23:10:00Z', UTC when no offset) or epoch seconds -> epoch seconds."""
+    from datetime import UTC, datetime
+
+    t = (text or "").strip()
+    if t.isdigit():
+        return int(t)
+    try:
+        dt = datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise VolumeError(f"--from/--to want an ISO time like 2026-12-01T23:10:00Z or epoch seconds, got {text!r}") from None
+    return int((dt if dt.tzinfo else dt.replace(tzinfo=UTC)).timestamp())
+
+
+def window_from_args(since: str, from_: str | None, to: str | None, clusters: Sequence[str]) -> Window:
+    """--since (hours of the rollup), or --from [--to] (exact seconds, read from audit_events)."""
+    cl = [c for x in clusters for c in x.split(",") if c]
+    if from_ is None:
+        if to is not None:
+            raise VolumeError("--to needs --from")
+        return Window.since(parse_since(since), cl)
+    t0, t1 = parse_time(from_), parse_time(to) if to else int(time.time()) + 1
+    if t1 <= t0:
+        raise VolumeError("--to must be after --from")
+    return Window(t0, t1, tuple(cl), exact=True)
+
+
 def parse_by(text: str | Sequence[str]) -> list[str]:
     names = [n.strip().lower() for n in (text.split(",") if isinstance(text, str) else text) if n.strip()]
     out = []
@@ -85,20 +112,34 @@ def parse_by(text: str | Sequence[str]) -> list[str]:
 
 @dataclass
 class Window:
-    """The hours a report covers: [from_s, to_s) aligned to the rollup's hours, and the clusters (all if empty)."""
+    """The time a report covers, [from_s, to_s), and the clusters (all if empty). Normally whole hours of the
+    rollup; ``exact`` reads the same groups from audit_events for exactly these seconds instead (a scan: for
+    short windows such as an incident or a test run)."""
 
     from_s: int
     to_s: int
     clusters: tuple[str, ...] = ()
+    exact: bool = False
 
     @classmethod
     def since(cls, seconds: int, clusters: Sequence[str] = (), now: float | None = None) -> Window:
         now = int(now if now is not None else time.time())
         return cls((now - seconds) // 3600 * 3600, (now // 3600 + 1) * 3600, tuple(clusters))
 
+    def source(self) -> str:
+        """The FROM of the volume queries: the rollup, or its groups computed from audit_events for the range."""
+        if not self.exact:
+            return "volume_1h"
+        from pipeline.warehouse.migrations import VOLUME_SELECT
+
+        return (f"({VOLUME_SELECT} WHERE request_received_ts >= fromUnixTimestamp64Micro({{t0us:Int64}}, 'UTC') "
+                "AND request_received_ts < fromUnixTimestamp64Micro({t1us:Int64}, 'UTC') GROUP BY ALL)")  # fmt: skip
+
     def where(self) -> tuple[str, dict[str, Any]]:
         sql = "hour >= toDateTime({t0:UInt32}, 'UTC') AND hour < toDateTime({t1:UInt32}, 'UTC')"
-        params: dict[str, Any] = {"t0": self.from_s, "t1": self.to_s}
+        params: dict[str, Any] = {"t0": self.from_s // 3600 * 3600, "t1": self.to_s}
+        if self.exact:
+            params.update(t0us=self.from_s * 1_000_000, t1us=self.to_s * 1_000_000)
         if self.clusters:
             sql += " AND cluster IN {clusters:Array(String)}"
             params["clusters"] = list(self.clusters)
@@ -173,7 +214,7 @@ class Report:
 
 def totals(run: Run, w: Window) -> Totals:
     where, params = w.where()
-    rows = run(f"SELECT sum(events), sum(bytes), sum(object_bytes) FROM volume_1h WHERE {where}", params)
+    rows = run(f"SELECT sum(events), sum(bytes), sum(object_bytes) FROM {w.source()} WHERE {where}", params)
     e, b, o = rows[0] if rows else (0, 0, 0)
     return Totals(int(e or 0), int(b or 0), int(o or 0))
 
@@ -209,7 +250,7 @@ def groups(run: Run, w: Window, by: Sequence[str], limit: int = 20, extra_where:
     sel = ", ".join(f"{c} AS {b}" for c, b in zip(cols, by, strict=True))
     rows = run(
         f"SELECT {sel}, sum(events) AS e, sum(bytes) AS b, sum(object_bytes) AS o, uniqExact(username) AS u "
-        f"FROM volume_1h WHERE {where} GROUP BY {', '.join(by)} ORDER BY e DESC, b DESC LIMIT {int(limit)}",
+        f"FROM {w.source()} WHERE {where} GROUP BY {', '.join(by)} ORDER BY e DESC, b DESC LIMIT {int(limit)}",
         params,
     )
     n = len(by)
@@ -222,7 +263,7 @@ def categories(run: Run, w: Window) -> list[Group]:
     case = "multiIf(" + ", ".join(f"{cond}, {i}" for i, (_, _, cond) in enumerate(CATEGORIES[:-1])) + f", {len(CATEGORIES) - 1})"
     rows = run(
         f"SELECT {case} AS c, sum(events), sum(bytes), sum(object_bytes), uniqExact(username) "
-        f"FROM volume_1h WHERE {where} GROUP BY c ORDER BY 2 DESC",
+        f"FROM {w.source()} WHERE {where} GROUP BY c ORDER BY 2 DESC",
         params,
     )
     out = []
@@ -235,7 +276,7 @@ def categories(run: Run, w: Window) -> list[Group]:
 def series(run: Run, w: Window) -> list[tuple[int, int, int]]:
     where, params = w.where()
     rows = run(
-        f"SELECT toUnixTimestamp(hour) AS h, sum(events), sum(bytes) FROM volume_1h WHERE {where} GROUP BY h ORDER BY h",
+        f"SELECT toUnixTimestamp(hour) AS h, sum(events), sum(bytes) FROM {w.source()} WHERE {where} GROUP BY h ORDER BY h",
         params,
     )
     return [(int(h), int(e), int(b)) for h, e, b in rows]

@@ -161,3 +161,24 @@ def test_query_box(page, app_url):
     assert page.locator("#query-count").get_attribute("data-rows") != "0"
     cells = page.locator("[data-table=query] tbody td").all_inner_texts()
     assert "system:admin" in cells
+
+
+def test_volume_page(page, app_url, loaded):  # noqa: F811
+    """The Volume page (static/volume.js): reached from the nav, its totals are the events', the suggestion shows."""
+    page.goto(f"{app_url}/#/dashboard?since=all")
+    page.click("nav a[data-nav=volume]")
+    page.wait_for_selector("#volume-total")
+    page.goto(f"{app_url}/#/volume?since=all")
+    page.wait_for_selector(f"#volume-total[data-events='{len(loaded.events)}']")
+    total = page.locator("#volume-total")
+    assert int(total.get_attribute("data-events")) == len(loaded.events)
+    assert int(total.get_attribute("data-bytes")) == sum(e["event_bytes"] for e in loaded.events)
+    assert "of events" in page.locator("#volume-headline").inner_text()
+    rows = page.locator("[data-table=volume-top] tr")
+    assert rows.count() == 21  # header + top 20
+    page.select_option("#volume-by", "user")
+    page.wait_for_function("document.querySelector('[data-table=volume-top] th').textContent === 'user'")
+    page.click("#volume-suggest")
+    page.wait_for_selector("#volume-policy:not([hidden])")
+    assert "kind: Policy" in page.locator("#volume-policy").inner_text()
+    shot(page, "volume")

@@ -176,7 +176,7 @@ up() {
     --client-ca-file="$PKI/ca.crt" --token-auth-file="$STATE/tokens.csv" \
     --service-account-issuer=https://kubernetes.default.svc --service-account-key-file="$PKI/sa.pub" \
     --service-account-signing-key-file="$PKI/sa.key" --service-cluster-ip-range=10.0.0.0/24 \
-    --authorization-mode=Node,RBAC --allow-privileged=true \
+    --authorization-mode=Node,RBAC --allow-privileged=true --endpoint-reconciler-type=none \
     --audit-policy-file="$STATE/audit-policy.yaml" \
     --audit-log-path="$STATE/audit/audit.log" --audit-log-format=json --audit-log-maxsize="$LOG_MAXSIZE" \
     --audit-log-maxbackup=100 --audit-log-version=audit.k8s.io/v1 \

@@ -241,7 +241,7 @@ def suggest(run: Run, w: Window, rules: list[Rule], *, target: float = 0.6, meas
         if u.level != "None":
             t = u.total
             for why in u.reasons.get("None", []):
-                key = why.split(" (")[0]
+                key = why.split(" (reads ")[0]
                 protected[key].events += t.events
                 protected[key].bytes += t.bytes
     sug = Suggestion(w, totals, prules, saved, target, measure,

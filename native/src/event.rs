@@ -36,6 +36,9 @@ enum Kind {
     Size,
 }
 
+/// `event_bytes` is the last field: written after the rest, once the record's text is measured (`sizes`).
+const SIZE_FIELD: usize = FIELDS.len() - 1;
+
 fn kind(i: usize) -> Kind {
     match i {
         8 | 11 | 12 => Kind::List,
@@ -44,7 +47,7 @@ fn kind(i: usize) -> Kind {
         28 => Kind::Received,
         29 => Kind::StageTs,
         32 => Kind::Truncated,
-        35 => Kind::Size,
+        SIZE_FIELD => Kind::Size,
         _ => Kind::Str,
     }
 }
@@ -58,7 +61,7 @@ fn index_of(name: &str) -> Option<usize> {
 
 struct W {
     out: Vec<u8>,
-    pos: [(u32, u32); 36],
+    pos: [(u32, u32); FIELDS.len()],
     field: usize,
 }
 
@@ -128,7 +131,7 @@ impl W {
 
 pub struct Built {
     blob: Vec<u8>,
-    pos: [(u32, u32); 36],
+    pos: [(u32, u32); FIELDS.len()],
     code: i64,
     received: i64,
     stage_ts: i64,
@@ -138,7 +141,7 @@ pub struct Built {
 impl Built {
     /// The last field, `event_bytes` (known once the record's text is measured: `sizes`), ends the Avro bytes.
     pub fn push_size(&mut self, n: usize) {
-        self.pos[35] = (self.blob.len() as u32, 0);
+        self.pos[SIZE_FIELD] = (self.blob.len() as u32, 0);
         self.size = n as i64;
         w_long(&mut self.blob, n as i64);
     }
@@ -210,7 +213,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     let extra = extra_text(&p.unknown)?;
     let ann = |key: &str| annotations.iter().find(|(k, _)| k == key).map(|(_, v)| v.0.as_ref()).unwrap_or("");
 
-    let mut w = W { out: Vec::with_capacity(1024 + req_text.len() + resp_text.len()), pos: [(0, 0); 36], field: 0 };
+    let mut w = W { out: Vec::with_capacity(1024 + req_text.len() + resp_text.len()), pos: [(0, 0); FIELDS.len()], field: 0 };
     w.str(cluster);
     w.str(auditid);
     w.str(stage);
@@ -323,13 +326,13 @@ impl FieldSet {
 #[pyclass(module = "kaudit_native", frozen)]
 pub struct Event {
     blob: Py<PyBytes>,
-    pos: [(u32, u32); 36],
+    pos: [(u32, u32); FIELDS.len()],
     code: i64,
     received: i64,
     stage_ts: i64,
     size: i64,
     cluster: Py<PyString>,
-    cache: [std::sync::OnceLock<PyObject>; 36], // each field's Python value, built on first read
+    cache: [std::sync::OnceLock<PyObject>; FIELDS.len()], // each field's Python value, built on first read
 }
 
 fn read_long(b: &[u8], at: &mut usize) -> i64 {

@@ -47,7 +47,11 @@ class Settings(BaseSettings):
     max_object_bytes: int = Field(
         256 * 1024, description="requestObject/responseObject above this size are cut and flagged."
     )
-    redact_secrets: bool = Field(True, description="Replace Secret data/stringData values with a hash.")
+    redact_secrets: bool = Field(
+        True,
+        description="Replace credentials (Secret values, TokenRequest/TokenReview tokens, their last-applied copies, "
+        "patches to Secrets; pipeline/redaction/model.py) with a hash before anything leaves the worker.",
+    )
     native: bool = Field(
         True,
         description="Use the compiled hot path (native/, built by make install) in the worker when it is installed; "

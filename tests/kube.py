@@ -88,7 +88,7 @@ class LivePipeline:
         return execute(Settings(api_url=f"http://127.0.0.1:{self.api_port}"), sql=text)["rows"]
 
     def query(self, q: str, since: str = "1d") -> dict[str, Any]:
-        return execute(Settings(api_url=f"http://127.0.0.1:{self.api_port}"), query=q, since=since)
+        return execute(Settings(api_url=f"http://127.0.0.1:{self.api_port}"), query=q, qargs={"since": since})
 
     def stored_keys(self, cluster: str | None = None) -> set[tuple[str, str]]:
         c = cluster or self.cluster.cluster

@@ -96,7 +96,8 @@ def test_poison_and_bad_items_go_to_dead_letter():
     out = proc.process(st, 4, b"c", b"\x00garbage", [])
     assert out.n_bad == 1 and out.events_value is None
     dl = orjson.loads(out.deadletters[0][0])
-    assert dl["stage"] == "worker" and dl["origin"].endswith(":0:4") and "garbage" in dl["data"]
+    assert dl["stage"] == "worker" and dl["origin"].endswith(":0:4") and "garbage" not in dl["data"]
+    assert dl["withheld"] == 1 and "withheld by kaudit: not JSON, 8 bytes" in dl["data"]  # may hold a credential
     out = proc.process(st, 5, b"c", body([ev(1), {"verb": "get"}, 7]), [])
     assert out.n_kept == 1 and out.n_bad == 2
     assert proc.process(st, 6, b"c", b"", []).n_bad == 1

@@ -65,6 +65,8 @@ def stop_and_compare(lp: LivePipeline) -> tuple[list[dict[str, Any]], set]:
     late = [e for e in missing if ts(e) < stopping - timedelta(seconds=3)]
     assert not late, f"{len(late)} events logged before shutdown never stored, e.g. {late[:2]}"
     assert len(missing) < 200, f"{len(missing)} events logged at shutdown were not sent (expected a few dozen)"
+    print(f"kube: {len(logged)} events logged, {len(stored)} stored through the webhook, {len(missing)} logged at "
+          f"shutdown and not sent ({Counter(e['stage'] for e in missing)})")  # fmt: skip
     return [e for e in logged if key(e) in stored], stored
 
 
@@ -111,7 +113,7 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
         want = Counter(e["user"]["username"] for e in events
                        if e["verb"] == "list" and e.get("responseStatus", {}).get("code") == 403)  # fmt: skip
         assert {r[0]: r[-1] for r in denied["rows"]} == dict(want)
-        assert want[scenario.DEMO_SA] == 8  # 4 lists, RequestReceived + ResponseComplete each
+        assert want[scenario.DEMO_SA] >= facts["demo_denied"] == 4
 
         # the alerts a security team expects from this scenario
         deadline = time.monotonic() + 60
@@ -132,6 +134,7 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
         all_logged = {key(e) for e in kc.logged_events()}
         shipped = lp.wait_stored(all_logged, cluster="local-file")
         assert shipped == all_logged
+        print(f"kube: {len(files)} log files (rotated at 1 MB) shipped: {len(shipped)} events; rules fired: {sorted(fired)}")
 
 
 def test_shipped_policy_and_client_certificate_webhook(settings, tmp_path):

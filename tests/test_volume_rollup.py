@@ -1,4 +1,4 @@
-"""The volume rollup (migration 3) and `kaudit volume`: counts and bytes from hand-made events in chDB, equal to
+"""The volume rollup (migration 4) and `kaudit volume`: counts and bytes from hand-made events in chDB, equal to
 what audit_events holds, shares and the apportioned ClickHouse cost."""
 
 from __future__ import annotations

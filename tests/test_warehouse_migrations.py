@@ -65,11 +65,13 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
             "INSERT INTO audit_events (cluster, auditid, level, usergroups, annotations, decision, request_received_ts) "
             "VALUES ('c', 'a1', 'Metadata', ['system:masters', 'x'], {'k': 'v'}, 'allow', now64(6))"
         )
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2", "3"]  # 3: volume (event_bytes, rollup)
+        assert "redacted" not in before
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["2", "3", "4"]  # 4: volume
         after = column_types(client)
         assert {n: after[n] for n in PLAIN_STRING_COLUMNS} == PLAIN_STRING_COLUMNS
-        assert client.query("SELECT auditid, level, usergroups, annotations, decision FROM audit_events").result_rows == [
-            ("a1", "Metadata", ["system:masters", "x"], {"k": "v"}, "allow")
-        ]
+        assert after["redacted"] == "Array(String)"  # migration 3; the old row reads as nothing redacted
+        assert client.query(
+            "SELECT auditid, level, usergroups, annotations, decision, redacted FROM audit_events"
+        ).result_rows == [("a1", "Metadata", ["system:masters", "x"], {"k": "v"}, "allow", [])]
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {db}")

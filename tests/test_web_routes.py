@@ -4,6 +4,7 @@ counts computed here in Python from the same events; drill-downs, event records,
 from __future__ import annotations
 
 from collections import Counter
+from datetime import UTC, datetime
 
 from tests.test_web_support import get, loaded, server  # noqa: F401 - fixtures
 
@@ -141,8 +142,19 @@ def test_time_range_bounds(loaded, server):  # noqa: F811
     assert sum(w["widgets"]["actions"]["totals"].values()) == len(in_range) > 700
     assert w["range"]["step_s"] == 900  # 24 h in 15 min buckets
     # the samples are years old: the last hour is empty, not an error
-    w = get(server.url, "/api/dashboard/widgets", since="1h")["widgets"]
+    body = get(server.url, "/api/dashboard/widgets", since="1h")
+    w = body["widgets"]
     assert w["actions"]["totals"] == {} and w["users"]["items"] == []
+    # ... and the answer says where the stored events are, so the page can offer that range
+    first = min(e["request_received_ts"] for e in loaded.events) // 60_000_000 * 60
+    last = max(e["request_received_ts"] for e in loaded.events) // 60_000_000 * 60 + 60
+    iso = lambda s: datetime.fromtimestamp(s, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")  # noqa: E731
+    assert body["elsewhere"] == {"from": iso(first), "to": iso(last), "events": len(loaded.events)}
+    only_aks = [e for e in loaded.events if e["cluster"] == "aks"]
+    got = get(server.url, "/api/dashboard/widgets", since="1h", cluster="aks")["elsewhere"]
+    assert got["events"] == len(only_aks) > 0
+    assert "elsewhere" not in get(server.url, "/api/dashboard/widgets", **ALL)
+    assert get(server.url, "/api/dashboard/widgets", since="1h", cluster="no-such")["elsewhere"] is None
 
 
 def test_bad_input_is_a_clear_400_and_never_sql(loaded, server):  # noqa: F811

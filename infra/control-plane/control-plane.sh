@@ -188,7 +188,7 @@ up() {
     "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig/admin" -n "$ns" get serviceaccount default >/dev/null 2>&1 ||
       "$BIN/kubectl" --kubeconfig "$STATE/kubeconfig/admin" -n "$ns" create serviceaccount default >/dev/null
   done
-  log "kube-apiserver $KUBERNETES_VERSION ready on https://127.0.0.1:$PORT in $(( ($(date +%s%3N) - t0) / 100 ))00 ms (webhook: ${wh:+$BRIDGE_URL/audit/$CLUSTER}${wh:-none}; log: $STATE/audit/audit.log)"
+  log "kube-apiserver $KUBERNETES_VERSION ready on https://127.0.0.1:$PORT in $(( ($(date +%s%3N) - t0) / 100 ))00 ms (webhook: $([ -n "$wh" ] && echo "$BRIDGE_URL/audit/$CLUSTER ($WEBHOOK)" || echo none); log: $STATE/audit/audit.log)"
 }
 
 stop_one() {  # name

@@ -3,6 +3,7 @@
 
 use crate::objects::{extra_text, object_text};
 use crate::parse::{BStr, Parsed, StrList};
+use crate::redact::{ids, implied};
 use crate::timestamps::ts_us;
 use crate::{Fallback, R};
 use pyo3::exceptions::PyKeyError;
@@ -14,14 +15,14 @@ const DECISION: &str = "authorization.k8s.io/decision";
 const REASON: &str = "authorization.k8s.io/reason";
 
 /// Field names in schema order (schemas/audit_event.avsc == normalize_event's keys).
-pub const FIELDS: [&str; 36] = [
+pub const FIELDS: [&str; 37] = [
     "cluster", "auditid", "stage", "level", "verb", "request_uri", "username", "useruid", "usergroups",
     "user_extra", "impersonated_username", "impersonated_groups", "sourceips", "useragent",
     "objectref_resource", "objectref_namespace", "objectref_name", "objectref_apigroup", "objectref_apiversion",
     "objectref_subresource", "objectref_uid", "responsestatus_code", "responsestatus_status",
     "responsestatus_reason", "responsestatus_message", "decision", "decision_reason", "annotations",
     "request_received_ts", "stage_ts", "request_object", "response_object", "objects_truncated",
-    "event_version", "extra", "event_bytes",
+    "event_version", "extra", "redacted", "event_bytes",
 ];
 
 #[derive(Clone, Copy)]
@@ -41,7 +42,7 @@ const SIZE_FIELD: usize = FIELDS.len() - 1;
 
 fn kind(i: usize) -> Kind {
     match i {
-        8 | 11 | 12 => Kind::List,
+        8 | 11 | 12 | 35 => Kind::List,
         9 | 27 => Kind::Map,
         21 => Kind::Code,
         28 => Kind::Received,
@@ -200,11 +201,13 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
         None => Vec::new(),
     };
     let resource = s(&oref.resource);
-    let (req_text, resp_text) = if p.request_object.is_none() && p.response_object.is_none() {
-        (String::new(), String::new())
+    let (req_text, resp_text, mask) = if p.request_object.is_none() && p.response_object.is_none() {
+        (String::new(), String::new(), 0)
     } else {
-        let is_secret = resource == "secrets";
-        (object_text(p.request_object, redact, is_secret, cap)?, object_text(p.response_object, redact, is_secret, cap)?)
+        let implied = if redact { implied(api_group, resource, s(&oref.subresource)) } else { None };
+        let (req, m1) = object_text(p.request_object, redact, implied, cap)?;
+        let (resp, m2) = object_text(p.response_object, redact, implied, cap)?;
+        (req, resp, m1 | m2)
     };
     let code = status.code.unwrap_or(0);
     if i32::try_from(code).is_err() {
@@ -250,6 +253,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     w.boolean(false); // objects_truncated: truncation takes the Python path
     w.str(s(&p.api_version));
     w.str(&extra);
+    w.list(&ids(mask));
     Ok(Built { blob: w.out, pos: w.pos, code, received, stage_ts, size: 0 })
 }
 

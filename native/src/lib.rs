@@ -11,6 +11,7 @@ mod batch;
 mod event;
 mod objects;
 mod parse;
+mod redact;
 mod seen;
 mod sizes;
 mod timestamps;
@@ -109,9 +110,16 @@ fn normalize_record<'py>(
     Ok(Some(out))
 }
 
+/// The redaction model this module applies, as JSON (tests compare it with pipeline.redaction.model.table()).
+#[pyfunction]
+fn redaction_table() -> String {
+    redact::table_json()
+}
+
 #[pymodule]
 fn kaudit_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(normalize_record, m)?)?;
+    m.add_function(wrap_pyfunction!(redaction_table, m)?)?;
     m.add_class::<Event>()?;
     m.add_class::<event::FieldSet>()?;
     m.add_class::<seen::SeenKeys>()?;

@@ -37,10 +37,10 @@ NORMALIZED_FIELDS = frozenset(
         "objectref_apiversion", "objectref_subresource", "objectref_uid", "responsestatus_code",
         "responsestatus_status", "responsestatus_reason", "responsestatus_message", "decision",
         "decision_reason", "annotations", "request_received_ts", "stage_ts", "objects_truncated",
-        "event_version", "extra",
+        "event_version", "extra", "redacted",
     }
 )  # fmt: skip
-LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips"})
+LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips", "redacted"})
 DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command"})
 OBJECT_ROOTS = {"request_object": "requestObject", "response_object": "responseObject"}
 MAP_ROOTS = frozenset({"annotations", "user_extra"})

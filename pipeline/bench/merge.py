@@ -43,7 +43,7 @@ def schemas() -> dict[str, str]:
     from pipeline.warehouse.migrations import EVENT_COLUMNS, _migrations, event_columns_before_v2
 
     current = _migrations(0)[0][2][0]
-    return {"current": current, "before migration 2": current.replace(EVENT_COLUMNS, event_columns_before_v2())}
+    return {"current": current, "before migration 2": current.replace(EVENT_COLUMNS, event_columns_before_v2(later_columns=True))}
 
 
 def main() -> int:

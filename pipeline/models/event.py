@@ -116,4 +116,5 @@ class NormalizedEvent(BaseModel):
     objects_truncated: bool = False
     event_version: str = ""  # audit.k8s.io/v1, v1beta1, ...
     extra: str = ""  # unknown top-level fields as a JSON object text ("" when none)
+    redacted: list[str] = []  # ids of the credential fields replaced by hashes (pipeline/redaction/model.py)
     event_bytes: int = 0  # the event's compact JSON length as received (normalize.event_size)

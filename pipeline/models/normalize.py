@@ -6,13 +6,14 @@ This is the hot path of the worker: plain dict work, no pydantic per event. The 
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import Any
 
 import orjson
 
 from pipeline.models.timestamps import TimestampError, _seconds, parse_ts_us
+from pipeline.redaction.events import redact_event_objects
+from pipeline.redaction.redact import dispatch, hash_value, ids, implied
 
 KNOWN_KEYS = frozenset(
     {
@@ -45,32 +46,13 @@ def _str_list(value: Any) -> list[str]:
     return [str(value)]
 
 
-def _hash_value(value: Any) -> str:
-    raw = value.encode() if isinstance(value, str) else orjson.dumps(value)
-    return "sha256:" + hashlib.sha256(raw).hexdigest()[:16]
-
-
-def _redact_secret(obj: dict) -> bool:
-    changed = False
-    for key in ("data", "stringData"):
-        section = obj.get(key)
-        if isinstance(section, dict) and section:
-            obj[key] = {k: _hash_value(v) for k, v in section.items()}
-            changed = True
-    return changed
+_hash_value = hash_value  # the redaction model's hash (kept under its old name)
 
 
 def redact_secrets(obj: Any, is_secret_resource: bool) -> Any:
-    """Replace Secret data/stringData values (also inside SecretList) with a short hash, in place."""
-    if not isinstance(obj, dict):
-        return obj
-    kind = obj.get("kind")
-    if kind == "Secret" or (is_secret_resource and kind is None):
-        _redact_secret(obj)
-    elif kind == "SecretList" or (is_secret_resource and isinstance(obj.get("items"), list)):
-        for item in obj.get("items") or ():
-            if isinstance(item, dict):
-                _redact_secret(item)
+    """Redact one object by the model (``pipeline.redaction``) in place, as an object of a Secret event when
+    ``is_secret_resource``; returns it. Kept for callers of the old, Secret-only function."""
+    dispatch(obj, implied("", "secrets", "") if is_secret_resource else None)
     return obj
 
 
@@ -175,14 +157,19 @@ def normalize_event(
     resource = x if type(x) is str else _str(x)
     req_obj = get("requestObject")
     resp_obj = get("responseObject")
+    redacted: list[str] = []
     if req_obj is None and resp_obj is None:
         req_text = resp_text = ""
         cut1 = cut2 = False
     else:
-        if redact:
-            is_secret = resource == "secrets"
-            req_obj = redact_secrets(req_obj, is_secret)
-            resp_obj = redact_secrets(resp_obj, is_secret)
+        if redact:  # in place: the rules read these objects too
+            x = ref.get("subresource")
+            mask = redact_event_objects(
+                req_obj, resp_obj, api_group if type(api_group) is str else _str(api_group), resource,
+                x if type(x) is str else _str(x),
+            )  # fmt: skip
+            if mask:
+                redacted = ids(mask)
         req_text, cut1 = _object_text(req_obj, max_object_bytes)
         resp_text, cut2 = _object_text(resp_obj, max_object_bytes)
 
@@ -248,5 +235,6 @@ def normalize_event(
         "objects_truncated": cut1 or cut2,
         "event_version": version if type(version) is str else _str(version),
         "extra": extra,
+        "redacted": redacted,
         "event_bytes": size,
     }

@@ -306,8 +306,13 @@ class ContainerWriter(ColumnWriter):
         """Insert the Kafka values of ``items`` as Avro containers (one insert per writer schema); returns rows."""
         n = 0
         by_fp: dict[str, list[Item]] = {}
+        current = codec(self.stem)
         for it in items:
             if it.n_rows:
+                if it.fp and it.fp != current.fp:
+                    # an older writer schema (e.g. events without `redacted`): resolved to the current one, whose
+                    # new fields take their defaults, so the insert's SELECT finds every column
+                    it.value, it.fp = current.encode(current.decode(it.value, it.fp)), current.fp
                 by_fp.setdefault(it.fp, []).append(it)
         for fp, group in by_fp.items():
             rows = sum(it.n_rows for it in group)

@@ -1,7 +1,7 @@
 """Where the audit volume comes from: events, their JSON bytes and their ClickHouse cost per cluster, user, user
 agent, verb, resource, namespace, level, stage, code and non-resource path, over time.
 
-Everything reads the hourly rollup ``volume_1h`` (migration 3, kept by a materialized view at ingest), never
+Everything reads the hourly rollup ``volume_1h`` (migration 4, kept by a materialized view at ingest), never
 ``audit_events``; ClickHouse's compressed cost comes from ``system.parts`` / ``system.columns`` and is
 apportioned: the request/response object columns by each group's object bytes, every other column by its
 events. The functions take ``run(sql, params) -> rows`` so the CLI, the dashboard and the policy suggester

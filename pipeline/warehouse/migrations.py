@@ -50,6 +50,7 @@ EVENT_COLUMNS = """
     objects_truncated Bool,
     event_version String,
     extra String CODEC(ZSTD(1)),
+    redacted Array(String),
     source_id String CODEC(ZSTD(1))
 """
 
@@ -72,24 +73,25 @@ PLAIN_STRING_COLUMNS = {
 }
 
 
-def event_columns_before_v2() -> str:
+def event_columns_before_v2(later_columns: bool = False) -> str:
     """EVENT_COLUMNS as migration 1 created them before migration 2 existed (LowCardinality strings, arrays and
-    map keys): what migration 2 converts from, for its test and ``make bench-merge``."""
+    map keys): what migration 2 converts from, for its test and ``make bench-merge`` (``later_columns``: with
+    the columns later migrations added, so that today's inserts fit and only the types differ)."""
     lc = {"String": "LowCardinality(String)", "Array(String)": "Array(LowCardinality(String))",
           "Map(String, String)": "Map(LowCardinality(String), String)"}  # fmt: skip
-    cols = EVENT_COLUMNS
+    cols = EVENT_COLUMNS if later_columns else EVENT_COLUMNS.replace("\n    redacted Array(String),", "")  # v3
     for name, typ in PLAIN_STRING_COLUMNS.items():
         cols = cols.replace(f"\n    {name} {typ},", f"\n    {name} {lc[typ]},")
     return cols
 
 
-# Migration 3 (volume): the event's serialized size (normalize.event_size), added to audit_events.
+# Migration 4 (volume): the event's serialized size (normalize.event_size), added to audit_events.
 VOLUME_EVENT_COLUMNS = {"event_bytes": "UInt32"}
 
 # Columns the sink inserts, in order (everything above; materialized columns are computed by ClickHouse).
 EVENT_INSERT_COLUMNS = [line.split()[0] for line in EVENT_COLUMNS.strip().splitlines()] + list(VOLUME_EVENT_COLUMNS)
 
-# The volume rollup (migration 3): events, their JSON bytes and their request/response object bytes per hour and
+# The volume rollup (migration 4): events, their JSON bytes and their request/response object bytes per hour and
 # every dimension an audit policy can match on (plus level, stage, code and user agent), kept by a materialized
 # view at ingest so `kaudit volume` and `kaudit policy suggest` never scan audit_events. Non-resource paths only
 # for requests that succeeded (probes, discovery: a bounded set), user agents cut at 128 characters: a scanner's
@@ -215,6 +217,12 @@ GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
         ),
         (
             3,
+            "audit_events.redacted: the credential fields kaudit replaced by hashes (pipeline/redaction)",
+            # a no-op on a table migration 1 created with it; older rows read as [] (nothing was flagged then)
+            ["ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS redacted Array(String) AFTER extra"],
+        ),
+        (
+            4,
             "volume: audit_events.event_bytes and the hourly volume rollup",
             [
                 "ALTER TABLE audit_events "

@@ -169,7 +169,7 @@ def test_volume_page(page, app_url, loaded):  # noqa: F811
     page.click("nav a[data-nav=volume]")
     page.wait_for_selector("#volume-total")
     page.goto(f"{app_url}/#/volume?since=all")
-    page.wait_for_selector(f"#volume-total[data-events='{len(loaded.events)}']")
+    page.wait_for_selector(f"#volume-total[data-events='{len(loaded.events)}']", timeout=120_000)
     total = page.locator("#volume-total")
     assert int(total.get_attribute("data-events")) == len(loaded.events)
     assert int(total.get_attribute("data-bytes")) == sum(e["event_bytes"] for e in loaded.events)
@@ -179,6 +179,6 @@ def test_volume_page(page, app_url, loaded):  # noqa: F811
     page.select_option("#volume-by", "user")
     page.wait_for_function("document.querySelector('[data-table=volume-top] th').textContent === 'user'")
     page.click("#volume-suggest")
-    page.wait_for_selector("#volume-policy:not([hidden])")
+    page.wait_for_selector("#volume-policy:not([hidden])", timeout=120_000)  # a loaded machine: slack
     assert "kind: Policy" in page.locator("#volume-policy").inner_text()
     shot(page, "volume")

@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from pipeline.agents.conditions import OBJECT_ROOTS, ConditionError, EventView, compile_test
 from pipeline.agents.rules import Rule, fields_of
 
@@ -113,18 +115,37 @@ def eval3(cond: Any, facts: dict[str, list[Any]]) -> bool | None:
     return _and(parts)
 
 
+_PREDS: dict[tuple[str, bytes], Any] = {}
+_ANSWERS: dict[tuple[str, bytes, bytes], bool] = {}
+
+
+def _answer(name: str, test: Any, value: Any) -> bool | None:
+    """One field test on one value, compiled once per test and remembered per value (units share values)."""
+    tkey = orjson.dumps(test, option=orjson.OPT_SORT_KEYS, default=str)
+    key = (name, tkey, orjson.dumps(value, default=str))
+    hit = _ANSWERS.get(key)
+    if hit is not None:
+        return hit
+    pred = _PREDS.get((name, tkey))
+    if pred is None:
+        try:
+            pred = compile_test(name, test, name)
+        except ConditionError:
+            return None
+        _PREDS[(name, tkey)] = pred
+    ev = {"request_uri": value} if name == "request_path" else {name: value}
+    out = bool(pred(EventView(ev)))
+    if len(_ANSWERS) > 200_000:
+        _ANSWERS.clear()
+    _ANSWERS[key] = out
+    return out
+
+
 def _test3(name: str, test: Any, facts: dict[str, list[Any]]) -> bool | None:
     values = facts.get(name)
     if not values:
         return None
-    try:
-        pred = compile_test(name, test, name)
-    except ConditionError:
-        return None
-    outs = set()
-    for v in values:
-        ev = {"request_uri": v} if name == "request_path" else {name: v}
-        outs.add(bool(pred(EventView(ev))))
+    outs = {_answer(name, test, v) for v in values}
     return outs.pop() if len(outs) == 1 else None
 
 
@@ -166,6 +187,7 @@ def judge(scope: Scope, rules: list[Rule]) -> Verdict:
         reasons["None"].append("floor: 401/403 seen in the window for this user and verbs")
     # --- the rules ---------------------------------------------------------------------------------
     stages_seen = scope.stages | {"ResponseComplete"}
+    facts_by: dict[frozenset[str], dict[str, list[Any]]] = {}
     for rule in rules:
         if not rule.enabled:
             continue
@@ -181,7 +203,8 @@ def judge(scope: Scope, rules: list[Rule]) -> Verdict:
                 stages = rule.stages & {stage}
             if not stages:
                 continue
-            facts = scope.facts(stages)
+            key = frozenset(stages)
+            facts = facts_by.get(key) or facts_by.setdefault(key, scope.facts(stages))
             verdict = eval3(rule.match_spec, facts)
             if verdict is False:
                 continue

@@ -8,7 +8,7 @@ KAUDIT := $(VENV)/bin/kaudit
 export KAUDIT_VAR ?= $(CURDIR)/var
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: help install up down demo demo-live demo-stop k8s-build k8s-up k8s-down test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e bench-normalize bench-policy clean
+.PHONY: help install up down demo demo-live demo-stop k8s-build k8s-up k8s-down test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e bench-normalize bench-policy clean alertmanager
 
 help:
 	@echo "make demo    start Kafka, bridge, worker and sink; replay the sample audit logs; show results"
@@ -18,6 +18,7 @@ help:
 	@echo "make up/down start/stop the local Kafka broker (infra/kafka/kafka.sh)"
 	@echo "make bench   print throughput/latency numbers (bridge, worker, sink, normalize)"
 	@echo "make lint    ruff"
+	@echo "make alertmanager  build Prometheus Alertmanager from its Go module (notify tests; cached in ~/.cache/kaudit)"
 
 $(VENV)/.installed: pyproject.toml
 	@command -v $(PYTHON3) >/dev/null || { echo "kaudit: Python 3.11 is required ($(PYTHON3) not found)"; exit 2; }
@@ -104,6 +105,10 @@ bench-e2e: install
 
 bench-policy: up k8s-build  # volume helper: policy suggest on a real API server, estimate vs measured
 	$(PY) -m pipeline.bench.policy
+
+# Prometheus Alertmanager for kaudit notify's tests (Go module build, cached outside the tree)
+alertmanager:
+	bash infra/alertmanager/build.sh
 
 clean:
 	-bash infra/kafka/kafka.sh down

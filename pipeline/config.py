@@ -109,6 +109,49 @@ class Settings(BaseSettings):
     )
     api_token: str = Field("", description="Bearer token required by the query API/dashboard when set.")
 
+    # --- read limits (sqlguard: every API/dashboard/CLI read, raw SQL and query language; 0 = no limit) ------
+    query_max_execution_time: int = Field(30, description="Seconds a read may run (max_execution_time).")
+    query_max_memory_usage: int = Field(
+        2 * 1024**3, description="Bytes of memory one read may use (max_memory_usage)."
+    )
+    query_max_rows_to_read: int = Field(
+        2_000_000_000, description="Rows one read may scan, table functions included (max_rows_to_read)."
+    )
+    query_max_bytes_to_read: int = Field(
+        200 * 1024**3, description="Uncompressed bytes one read may scan (max_bytes_to_read)."
+    )
+    query_max_result_rows: int = Field(1_000_000, description="Rows a read may return (max_result_rows).")
+    query_max_result_bytes: int = Field(
+        512 * 1024**2, description="Bytes a read may return, uncompressed (max_result_bytes)."
+    )
+    reader_user: str = Field(
+        "", description="ClickHouse server: the read-only user the query API/CLI reads as (kaudit migrate "
+        "--reader-user creates it); empty = the DSN's user."
+    )
+    reader_password: str = Field("", description="Password of reader_user.")
+
+    # --- notify and worker metrics (notify helper: pipeline/notify/, kaudit notify; worker /metrics) ---------
+    notify_routing_file: Path | None = Field(
+        None, description="kaudit notify: destinations and routes (YAML; see pipeline/notify/routing.py)."
+    )
+    notify_group: str = Field("kaudit-notify", description="kaudit notify: Kafka consumer group on the alerts topic.")
+    notify_dashboard_url: str = Field(
+        "", description="kaudit notify: dashboard base URL for links in alerts (the routing file may override it)."
+    )
+    notify_metrics_port: int = Field(0, description="kaudit notify: serve /metrics and /healthz on this port (0 = off).")
+    notify_state_retention_days: float = Field(
+        7.0, description="kaudit notify: how long a delivered alert id is remembered per destination."
+    )
+    kafka_replication_factor: int = Field(
+        1, description="Replicas of every project topic when kaudit creates it (3 on a three-broker cluster)."
+    )
+    kafka_min_insync_replicas: int = Field(
+        1, description="min.insync.replicas of created topics: acks=all then means this many brokers have a record."
+    )
+    worker_metrics_port: int = Field(
+        0, description="kaudit worker: serve /metrics and /healthz on this port (0 = off).",
+    )
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

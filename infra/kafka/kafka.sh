@@ -7,6 +7,13 @@
 #   kafka.sh fetch|format|start|wait|topics|stop|status|reset
 #
 # Several brokers can run side by side: give each its own KAUDIT_VAR and ports.
+#
+# A cluster on loopback: KAUDIT_KAFKA_NODES=3 kafka.sh up starts three KRaft nodes (each broker + controller,
+# static quorum of the three), node i listening on KAUDIT_KAFKA_PORT+i-1 with its controller on
+# KAUDIT_KAFKA_CONTROLLER_PORT+i-1 (default KAUDIT_KAFKA_PORT+100+i-1), state in $KAUDIT_VAR/kafka/node-i;
+# default.replication.factor=3, min.insync.replicas=2 (internal topics too), and the project's topics created
+# with KAUDIT_KAFKA_REPLICATION_FACTOR=3 / KAUDIT_KAFKA_MIN_INSYNC_REPLICAS=2. Every subcommand then acts on all
+# nodes; `kafka.sh node I start|stop|kill|status` acts on one (fault tests).
 # See infra/kafka/README.md.
 set -euo pipefail
 
@@ -27,8 +34,11 @@ PYTHON="${PYTHON:-$REPO/.venv/bin/python}"
 
 POM="$HERE/pom.xml"
 TEMPLATE="$HERE/server.properties.in"
-KDIR="$KAUDIT_VAR/kafka"
-LIBS="${KAUDIT_KAFKA_LIBS:-$KDIR/libs}"
+NODES="${KAUDIT_KAFKA_NODES:-1}"
+NODE="${KAUDIT_KAFKA_NODE:-}"        # set by the cluster commands: this run is node NODE of a cluster
+VOTERS="${KAUDIT_KAFKA_VOTERS:-}"    # cluster: the static controller quorum (id@host:port,...)
+KDIR="$KAUDIT_VAR/kafka${NODE:+/node-$NODE}"
+LIBS="${KAUDIT_KAFKA_LIBS:-$KAUDIT_VAR/kafka/libs}"
 DATA="$KDIR/data"
 LOGS="$KDIR/logs"
 PROPS="$KDIR/server.properties"
@@ -168,6 +178,29 @@ write_config() {
   tpl="${tpl//@PORT@/"$PORT"}"
   tpl="${tpl//@DATA_DIR@/"$DATA"}"
   printf '%s\n' "$tpl" >"$PROPS.tmp"
+  if [ -n "$VOTERS" ]; then
+    # one node of a cluster: its id, the static quorum, and replication for internal topics
+    local rf="${KAUDIT_KAFKA_CLUSTER_SIZE:-3}" isr
+    isr=$(( rf > 1 ? 2 : 1 ))
+    sed -i -E '/^(node\.id|controller\.quorum\.bootstrap\.servers|default\.replication\.factor|offsets\.topic\.replication\.factor|transaction\.state\.log\.(replication\.factor|min\.isr)|share\.coordinator\.state\.topic\.(replication\.factor|min\.isr)|auto\.leader\.rebalance\.enable)=/d' "$PROPS.tmp"
+    cat >>"$PROPS.tmp" <<EOF
+
+# --- cluster node $NODE of $rf (written by kafka.sh for KAUDIT_KAFKA_NODES=$rf) ---------------------------
+node.id=$NODE
+controller.quorum.voters=$VOTERS
+default.replication.factor=$rf
+min.insync.replicas=$isr
+offsets.topic.replication.factor=$rf
+transaction.state.log.replication.factor=$rf
+transaction.state.log.min.isr=$isr
+share.coordinator.state.topic.replication.factor=$rf
+share.coordinator.state.topic.min.isr=$isr
+# a killed node's partitions move within seconds; leadership returns to the preferred replica after a restart
+broker.session.timeout.ms=6000
+auto.leader.rebalance.enable=true
+leader.imbalance.check.interval.seconds=10
+EOF
+  fi
   mv "$PROPS.tmp" "$PROPS"
 
   # Everything at INFO into logs/server.log (rolled at 50 MB); only WARN+ also on the console,
@@ -222,10 +255,12 @@ cmd_format() {
   t0="$(now)"
   # A cluster id is a base64url-encoded 16-byte UUID (what `StorageTool random-uuid` prints). It may start
   # with "-", hence --cluster-id=VALUE rather than -t VALUE.
-  cid="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+  cid="${KAUDIT_KAFKA_CLUSTER_ID:-$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')}"
   # No log4j config here: log4j's default (ERROR to the console) keeps the tool's INFO lines out of
-  # server.log; its own messages go to logs/format.out.
-  java -cp "$LIBS/*" kafka.tools.StorageTool format --standalone --cluster-id="$cid" -c "$PROPS" -g >"$LOGS/format.out" 2>&1 \
+  # server.log; its own messages go to logs/format.out. A cluster node uses the static quorum (no --standalone).
+  local mode=(--standalone)
+  [ -z "$VOTERS" ] || mode=()
+  java -cp "$LIBS/*" kafka.tools.StorageTool format "${mode[@]}" --cluster-id="$cid" -c "$PROPS" -g >"$LOGS/format.out" 2>&1 \
     || { cat "$LOGS/format.out" >&2; die "formatting $DATA failed"; }
   say "formatted $DATA (cluster id $cid) in $(since "$t0") s"
 }
@@ -418,6 +453,85 @@ cmd_up() {
   fi
 }
 
+# --- a cluster of KAUDIT_KAFKA_NODES nodes on loopback ---------------------------------------------
+
+CLUSTER_DIR="$KAUDIT_VAR/kafka"
+CONTROLLER_BASE="${KAUDIT_KAFKA_CONTROLLER_PORT:-$((PORT + 100))}"
+
+cluster_bootstrap() {
+  local i out=""
+  for i in $(seq "$NODES"); do out="$out${out:+,}$HOST:$((PORT + i - 1))"; done
+  echo "$out"
+}
+
+# Run this script for node I: its own ports, state folder, the quorum and the shared cluster id.
+node_run() {
+  local i="$1" voters="" j
+  shift
+  for j in $(seq "$NODES"); do voters="$voters${voters:+,}$j@$HOST:$((CONTROLLER_BASE + j - 1))"; done
+  KAUDIT_KAFKA_NODES=1 KAUDIT_KAFKA_NODE="$i" KAUDIT_KAFKA_CLUSTER_SIZE="$NODES" KAUDIT_KAFKA_VOTERS="$voters" \
+    KAUDIT_KAFKA_PORT="$((PORT + i - 1))" KAUDIT_KAFKA_CONTROLLER_PORT="$((CONTROLLER_BASE + i - 1))" \
+    KAUDIT_KAFKA_CLUSTER_ID="$(cat "$CLUSTER_DIR/cluster.id")" KAUDIT_KAFKA_LIBS="$LIBS" \
+    bash "$HERE/kafka.sh" "$@"
+}
+
+cluster_id() {
+  mkdir -p "$CLUSTER_DIR"
+  [ -s "$CLUSTER_DIR/cluster.id" ] || head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' >"$CLUSTER_DIR/cluster.id"
+}
+
+cluster() {
+  local cmd="$1" i rc=0
+  case "$cmd" in
+    up)
+      cmd_fetch
+      cluster_id
+      for i in $(seq "$NODES"); do node_run "$i" format; done
+      for i in $(seq "$NODES"); do node_run "$i" start; done
+      # a node serves metadata only once a majority of the controllers runs: wait after starting them all
+      for i in $(seq "$NODES"); do node_run "$i" wait; done
+      cluster topics
+      say "cluster of $NODES nodes ready: KAUDIT_KAFKA_BOOTSTRAP=$(cluster_bootstrap)"
+      ;;
+    topics)
+      (cd "$REPO" && KAUDIT_KAFKA_BOOTSTRAP="$(cluster_bootstrap)" \
+        KAUDIT_KAFKA_REPLICATION_FACTOR="${KAUDIT_KAFKA_REPLICATION_FACTOR:-$NODES}" \
+        KAUDIT_KAFKA_MIN_INSYNC_REPLICAS="${KAUDIT_KAFKA_MIN_INSYNC_REPLICAS:-$(( NODES > 1 ? 2 : 1 ))}" \
+        "$PYTHON" -m pipeline.kafka.topics)
+      ;;
+    stop | down)
+      # all at once: the last node stopped alone has no quorum for its controlled shutdown and waits it out
+      local pids=()
+      for i in $(seq "$NODES"); do KAUDIT_KAFKA_STOP_SECONDS="${KAUDIT_KAFKA_STOP_SECONDS:-10}" node_run "$i" stop & pids+=("$!"); done
+      for i in "${pids[@]}"; do wait "$i" || rc=$?; done
+      return "$rc"
+      ;;
+    status) for i in $(seq "$NODES"); do node_run "$i" status || rc=$?; done; return "$rc" ;;
+    reset)
+      for i in $(seq "$NODES"); do node_run "$i" reset || rc=$?; done
+      rm -f "$CLUSTER_DIR/cluster.id"
+      return "$rc"
+      ;;
+    fetch) cmd_fetch ;;
+    *) die "'$cmd' is not a cluster command (up, down, status, topics, reset; or node I start|stop|kill|status)" ;;
+  esac
+}
+
+cluster_node() {  # node I start|stop|kill|status|wait
+  local i="${1:-}" cmd="${2:-}" pid
+  { [[ "$i" =~ ^[0-9]+$ ]] && [ "$i" -ge 1 ] && [ "$i" -le "$NODES" ]; } || die "node: a number 1..$NODES, got '$i'"
+  [ -s "$CLUSTER_DIR/cluster.id" ] || die "no cluster under $CLUSTER_DIR; run: KAUDIT_KAFKA_NODES=$NODES $0 up"
+  case "$cmd" in
+    start) node_run "$i" start && node_run "$i" wait ;;
+    stop | status | wait) node_run "$i" "$cmd" ;;
+    kill)
+      pid="$(cat "$CLUSTER_DIR/node-$i/kafka.pid" 2>/dev/null || true)"
+      if [[ "$pid" =~ ^[0-9]+$ ]] && kill -KILL "$pid" 2>/dev/null; then say "node $i (pid $pid) killed"; else say "node $i not running"; fi
+      ;;
+    *) die "node I {start|stop|kill|status|wait}" ;;
+  esac
+}
+
 usage() {
   cat <<EOF
 usage: $0 {up|down|fetch|format|start|wait|topics|stop|status|reset}
@@ -427,8 +541,18 @@ usage: $0 {up|down|fetch|format|start|wait|topics|stop|status|reset}
   topics  create the project topics                    stop   SIGTERM (SIGKILL after ${STOP_SECONDS} s)
   status  running? (exit 3 if not)                     reset  stop and delete the data
 state: KAUDIT_VAR=$KAUDIT_VAR  bootstrap: $KAUDIT_KAFKA_BOOTSTRAP  controller: $HOST:$CONTROLLER_PORT
+cluster: KAUDIT_KAFKA_NODES=3 $0 up|down|status|topics|reset, and $0 node I start|stop|kill|status
 EOF
 }
+
+if [ "$NODES" -gt 1 ] && [ -z "$NODE" ]; then
+  case "${1:-}" in
+    node) shift; cluster_node "$@" ;;
+    -h | --help | help | "") usage ;;
+    *) lock; cluster "$1" ;;
+  esac
+  exit $?
+fi
 
 case "${1:-}" in
   fetch) lock; cmd_fetch ;;

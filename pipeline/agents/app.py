@@ -22,9 +22,11 @@ from typing import Any
 
 import faust
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from faust.types import TP
 
 from pipeline import config
 from pipeline.agents.filters import NoiseFilter
+from pipeline.agents.metrics import WorkerMetrics
 from pipeline.agents.processor import Processor, RecordOutput
 from pipeline.agents.rules import RuleSet
 from pipeline.agents.state import PartitionState
@@ -204,7 +206,9 @@ class Worker:
         self.h_verb = codec("verb_stats").headers
         self.h_status = codec("status_stats").headers
         self.h_alert = codec("alert").headers
-        self.totals = {"records": 0, "events": 0, "kept": 0, "duplicates": 0, "dropped": 0, "bad": 0, "alerts": 0}
+        self.totals = {"records": 0, "events": 0, "kept": 0, "duplicates": 0, "dropped": 0, "bad": 0, "alerts": 0,
+                       "deadletters": 0}
+        self.metrics = WorkerMetrics()
         self.timing = {"processing_s": 0.0, "ack_wait_s": 0.0}  # where the handling time goes (liveness file)
         self.last_processed = 0.0
         self.first_handled = 0.0  # when the first raw record group started (benchmarks: exact rates)
@@ -256,6 +260,8 @@ class Worker:
             for tp in revoked:
                 if tp.topic == raw_topic and self.states.pop(tp.partition, None) is not None:
                     log.info("partition %d revoked: state dropped", tp.partition)
+                if tp.topic == raw_topic:
+                    self.metrics.forget(tp.partition)
 
         @app.on_partitions_assigned.connect
         async def on_assigned(sender: Any, assigned: set, **kwargs: Any) -> None:
@@ -269,7 +275,18 @@ class Worker:
             for st in self.states.values():
                 st.expire(now)
             await asyncio.get_running_loop().run_in_executor(None, self.write_alive)
+            self.refresh_gauges()
             self._maybe_log()
+
+        if s.worker_metrics_port:
+
+            @app.task
+            async def serve_metrics() -> None:
+                try:
+                    await self.start_metrics_server(s.api_host, s.worker_metrics_port)
+                except OSError as exc:  # port taken: say so, keep processing (metrics are not worth an outage)
+                    log.error("worker %s: cannot serve metrics on %s:%d: %s", self.worker_id, s.api_host,
+                              s.worker_metrics_port, exc)  # fmt: skip
 
         self.process_raw = process_raw
         return app
@@ -285,11 +302,16 @@ class Worker:
         if not self.first_handled:
             self.first_handled = time.time()
         outs: list[RecordOutput] = []
+        before = dict(self.totals)
         for m in messages:
             st = self.states.get(m.partition)
             if st is None:
+                r0 = time.perf_counter()
                 st = await loop.run_in_executor(None, rebuild_state, self.s, self.proc, m.partition, m.offset)
                 self.states[m.partition] = st
+                self.metrics.rebuilds.inc()
+                self.metrics.rebuild_seconds.labels(str(m.partition)).set(time.perf_counter() - r0)
+                self.metrics.rebuild_keys.labels(str(m.partition)).set(len(st.seen))
             headers = m.headers or []
             if isinstance(headers, dict):
                 headers = list(headers.items())
@@ -300,9 +322,16 @@ class Worker:
         self._send_all(outs, acks)
         t1 = time.perf_counter()
         await acks.wait()
+        t2 = time.perf_counter()
         self.timing["processing_s"] += t1 - t0
-        self.timing["ack_wait_s"] += time.perf_counter() - t1
+        self.timing["ack_wait_s"] += t2 - t1
         self.last_processed = time.time()
+        m_ = self.metrics
+        m_.group_seconds.observe(t1 - t0)
+        m_.ack_seconds.observe(t2 - t1)
+        m_.group_records.observe(len(messages))
+        m_.count_group(before, self.totals, self.totals["deadletters"] - before["deadletters"])
+        m_.last_processed.set(self.last_processed)
 
     def _send_all(self, outs: list[RecordOutput], acks: GroupAck) -> None:
         """Outputs are queued a few records at a time, not one by one: librdkafka sends one produce request per
@@ -344,10 +373,48 @@ class Worker:
         t["dropped"] += out.n_dropped
         t["bad"] += out.n_bad
         t["alerts"] += len(out.alerts)
+        t["deadletters"] += len(out.deadletters)
         if out.n_bad:
             log.warning("raw record %s (cluster %s): %d bad item(s) sent to the dead-letter topic", out.source_id, out.cluster, out.n_bad)
 
     # ------------------------------------------------------------------------------------------ ops
+    def refresh_gauges(self) -> None:
+        """Lag (the consumer's last fetched high watermark minus the next offset to process) and state sizes."""
+        m = self.metrics
+        raw_topic = self.s.topic(config.RAW)
+        m.partitions.set(len(self.states))
+        for p, st in list(self.states.items()):
+            m.set_state(p, st, self.s.native)
+            try:
+                high = self.app.consumer.highwater(TP(raw_topic, p))
+            except Exception:  # noqa: BLE001 - not assigned or no fetch answered yet
+                high = None
+            if high is not None and high >= 0:
+                m.lag.labels(str(p)).set(max(0, high - (st.last_offset + 1)))
+
+    async def start_metrics_server(self, host: str, port: int) -> Any:
+        """/metrics (Prometheus text) and /healthz (JSON: 200 while the worker runs) on the faust loop."""
+        from aiohttp import web
+        from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+        async def metrics(_req: web.Request) -> web.Response:
+            self.refresh_gauges()
+            return web.Response(body=generate_latest(self.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+        async def health(_req: web.Request) -> web.Response:
+            return web.json_response({"ok": True, "worker_id": self.worker_id, "last_processed_at": self.last_processed or None,
+                                      "partitions": sorted(self.states)})  # fmt: skip
+
+        webapp = web.Application()
+        webapp.router.add_get("/metrics", metrics)
+        webapp.router.add_get("/healthz", health)
+        runner = web.AppRunner(webapp, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, host, port).start()
+        log.info("worker %s: metrics on http://%s:%d/metrics", self.worker_id, host, port)
+        self._metrics_runner = runner
+        return runner
+
     def write_alive(self) -> None:
         """Liveness file: JSON status; its mtime is the time the last raw record group was processed."""
         path = self.alive_path

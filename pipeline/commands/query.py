@@ -31,6 +31,8 @@ Counts are rows, i.e. deduplicated audit events: a request logged at two stages 
   ResponseComplete) counts twice unless you filter with stage=ResponseComplete.
 Without groupby/timeslice the matching events are listed, newest first (100 unless limit says otherwise).
 In embedded mode a running `kaudit sink` owns the warehouse: the query goes through its API (KAUDIT_API_URL).
+Every query runs under the read limits (KAUDIT_QUERY_MAX_EXECUTION_TIME, _MEMORY_USAGE, _ROWS_TO_READ,
+_BYTES_TO_READ, _RESULT_ROWS, _RESULT_BYTES); one stopped at a limit exits with code 3 and names it.
 """
 
 
@@ -67,6 +69,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"kaudit query: {exc}", file=sys.stderr)
         if col:
             print(f"  {args.query}\n  {' ' * (col - 1)}^", file=sys.stderr)
-        return 2
+        return 3 if getattr(exc, "limit", None) else 2
     print_result(result, args.format)
     return 0

@@ -9,9 +9,12 @@ from pipeline.commands._common import add_clickhouse_flag, settings_from
 
 HELP = "run read-only ClickHouse SQL on the warehouse (writes are refused)"
 DESCRIPTION = """\
-Run one read-only SQL statement (SELECT, WITH, SHOW, DESCRIBE, EXPLAIN, EXISTS) on the warehouse.
-Writes, DDL, SET, INTO OUTFILE and table functions that reach outside (file, url, s3, remote, ...) are refused,
-and the statement runs with readonly=2 as well.
+Run one SELECT statement (UNION, subqueries, CTEs, joins, window functions) on kaudit's tables.
+ClickHouse's own parser checks it first: other tables (system.*, other databases), table functions (file, url,
+s3, remote, numbers, view, merge, ...), dictionaries, functions outside kaudit's allow-list, SETTINGS, FORMAT and
+INTO OUTFILE are refused (exit code 2, the message names what was refused). Every read runs under limits
+(KAUDIT_QUERY_MAX_EXECUTION_TIME, _MEMORY_USAGE, _ROWS_TO_READ, _BYTES_TO_READ, _RESULT_ROWS, _RESULT_BYTES);
+a read stopped at one exits with code 3 and names the limit.
 
 Tables: audit_events (one row per stored event; columns = query-language fields; latency_us),
   verb_stats / status_stats (per-window counts: a window's total is sum(count) over its rows),
@@ -33,17 +36,12 @@ def run(args: argparse.Namespace) -> int:
     from pipeline.query.execute import ExecError
     from pipeline.query.execute import run as execute
     from pipeline.query.output import print_result
-    from pipeline.warehouse.reader import ReadOnlyError, check_read_only
 
     s = settings_from(args, clickhouse_dsn="clickhouse", api_url="api")
     try:
-        check_read_only(args.sql)
         result = execute(s, sql=args.sql)
-    except ReadOnlyError as exc:
-        print(f"kaudit sql: refused: {exc}", file=sys.stderr)
-        return 2
     except ExecError as exc:
         print(f"kaudit sql: {exc}", file=sys.stderr)
-        return 2
+        return 3 if exc.limit else 2
     print_result(result, args.format)
     return 0

@@ -21,6 +21,8 @@ Dedup on (cluster, auditID, stage) for --horizon seconds; the state is rebuilt f
 restart or rebalance, so a replay re-emits identical outputs and aggregates stay exact. Several workers with
 the same KAUDIT_TOPIC_PREFIX share the partitions (one consumer group). SIGTERM stops cleanly.
 Liveness: KAUDIT_VAR/worker-<id>.alive (JSON; mtime = last processed record group).
+Metrics: --metrics-port N (KAUDIT_WORKER_METRICS_PORT) serves /metrics (lag per partition, records, events,
+alerts, dead letters, group processing time, dedup keys and memory, rebuild time) and /healthz.
 
   kaudit worker                                  # settings from KAUDIT_* variables
   kaudit worker --rules my-rules.yaml --check    # validate rules (and run their examples), then exit
@@ -45,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--id", default=None, help="worker id for the liveness file and logs (default HOSTNAME-PID)")
     p.add_argument("--take", type=int, default=32, help="raw records processed per group before offsets are acknowledged (default 32)")
+    p.add_argument("--metrics-port", type=int, help="serve /metrics and /healthz on this port (KAUDIT_WORKER_METRICS_PORT; 0 = off)")
     p.add_argument("--check", action="store_true", help="load rules and filter, run every rule example, print a summary and exit")
 
 
@@ -88,6 +91,7 @@ def run(args: argparse.Namespace) -> int:
         rules_file="rules",
         filter_file="filter",
         dedup_horizon_seconds="horizon",
+        worker_metrics_port="metrics_port",
     )
     log = logging.getLogger("kaudit.worker")
     try:

@@ -33,8 +33,9 @@ def ensure_topics(s: Settings | None = None, timeout: float = 30.0) -> list[str]
     admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
     existing = admin.list_topics(timeout=timeout).topics
     changed: list[str] = []
+    replicated = {"min.insync.replicas": str(s.kafka_min_insync_replicas)} if s.kafka_replication_factor > 1 else {}
     new = [
-        NewTopic(name, num_partitions=parts, replication_factor=1, config=cfg)
+        NewTopic(name, num_partitions=parts, replication_factor=s.kafka_replication_factor, config={**cfg, **replicated})
         for name, (parts, cfg) in topic_specs(s).items()
         if name not in existing
     ]

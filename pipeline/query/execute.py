@@ -17,9 +17,12 @@ log = logging.getLogger("kaudit.query")
 
 
 class ExecError(RuntimeError):
-    def __init__(self, message: str, column: int | None = None) -> None:
+    """A query that could not run: ``column`` for query-language errors, ``limit`` when a read limit stopped it."""
+
+    def __init__(self, message: str, column: int | None = None, limit: str | None = None) -> None:
         super().__init__(message)
         self.column = column
+        self.limit = limit
 
 
 def api_url(s: Settings) -> str:
@@ -40,7 +43,7 @@ def _http(s: Settings, method: str, path: str, body: dict | None = None) -> dict
             err = json.loads(exc.read())
         except Exception:  # noqa: BLE001
             err = {"error": f"HTTP {exc.code} from {url}"}
-        raise ExecError(err.get("error", str(err)), err.get("column")) from None
+        raise ExecError(err.get("error", str(err)), err.get("column"), err.get("limit")) from None
     except (urllib.error.URLError, OSError) as exc:
         raise ExecError(
             f"the embedded warehouse is held by another process and its query API at {api_url(s)} does not answer "
@@ -72,7 +75,6 @@ def run(s: Settings, *, query: str | None = None, sql: str | None = None, qargs:
 
 def _local(wh: Any, query: str | None, sql: str | None, qargs: dict[str, str | None]) -> dict[str, Any]:
     from pipeline.query import compile_query
-    from pipeline.warehouse.reader import check_read_only
 
     if query is not None:
         cq = compile_query(query, since=qargs.get("since"), from_=qargs.get("from"), to=qargs.get("to"),
@@ -81,14 +83,20 @@ def _local(wh: Any, query: str | None, sql: str | None, qargs: dict[str, str | N
         out["columns"] = cq.columns
         out["kind"] = cq.kind
         return out
-    return _timed(wh, check_read_only(sql or ""), {})
+    return _timed(wh, sql or "", {}, raw=True)
 
 
-def _timed(wh: Any, sql: str, params: dict[str, Any], compiled: Any = None) -> dict[str, Any]:
+def _timed(wh: Any, sql: str, params: dict[str, Any], compiled: Any = None, raw: bool = False) -> dict[str, Any]:
+    from pipeline.warehouse.sqlguard import LimitExceeded, ReadOnlyError
+
     try:
-        return wh.timed(sql, params, compiled)
+        return wh.timed_sql(sql) if raw else wh.timed(sql, params, compiled)
     except WarehouseLockedError:
         raise
+    except ReadOnlyError as exc:
+        raise ExecError(f"refused: {exc}") from None
+    except LimitExceeded as exc:
+        raise ExecError(str(exc), limit=exc.limit) from None
     except Exception as exc:  # noqa: BLE001
         if "Cannot lock file" in str(exc) or "Code: 76" in str(exc):
             raise WarehouseLockedError(str(exc)) from exc

@@ -34,10 +34,11 @@ def is_embedded(dsn: str) -> bool:
     return dsn.startswith("chdb:")
 
 
-def open_client(s: Settings | None = None, dsn: str | None = None, **kwargs: Any) -> Client:
+def open_client(s: Settings | None = None, dsn: str | None = None, reader: bool = False, **kwargs: Any) -> Client:
+    """``reader``: a client that only reads (no writer session settings: a readonly=1 reader profile refuses them)."""
     s = s or get_settings()
     dsn = dsn or s.effective_clickhouse_dsn
-    settings = {**SESSION_SETTINGS, **kwargs.pop("settings", {})}
+    settings = {**({} if reader else SESSION_SETTINGS), **kwargs.pop("settings", {})}
     if is_embedded(dsn):
         path = Path(dsn[len("chdb://") :])
         path.mkdir(parents=True, exist_ok=True)

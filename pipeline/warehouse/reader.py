@@ -1,5 +1,7 @@
 """Read-only access to the warehouse: a thread pool with one ClickHouse client per thread (chDB clients must not
-be shared while streaming), plus the guard that keeps ``kaudit sql`` and ``POST /api/sql`` read-only."""
+be shared while streaming). Every read runs under the limits of ``sqlguard.limits_from`` (Settings
+``query_max_*``); raw SQL from ``kaudit sql`` and ``POST /api/sql`` goes through ``sqlguard.check_statement``
+first, which lets ClickHouse's parser decide what the statement touches (see pipeline/warehouse/sqlguard.py)."""
 
 from __future__ import annotations
 
@@ -7,57 +9,28 @@ import asyncio
 import datetime as dt
 import decimal
 import ipaddress
-import re
 import threading
 import time
 import uuid
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from pipeline.config import Settings, get_settings
 from pipeline.warehouse.client import is_embedded, open_client
-
-READ_SETTINGS: dict[str, Any] = {"readonly": 2, "max_execution_time": 120, "max_result_rows": 1_000_000,
-                                 "result_overflow_mode": "break"}  # fmt: skip
-READ_STATEMENTS = ("select", "with", "show", "describe", "desc", "explain", "exists")
-# Table functions that read or write outside the warehouse: never from the read-only API.
-FORBIDDEN_FUNCS = re.compile(
-    r"\b(file|url|urlCluster|s3|s3Cluster|gcs|azureBlobStorage|hdfs|remote|remoteSecure|cluster|clusterAllReplicas|"
-    r"mysql|postgresql|mongodb|redis|sqlite|jdbc|odbc|executable|input|iceberg\w*|deltaLake\w*|hudi\w*|"
-    r"filesystem|python)\s*\(",
-    re.I,
+from pipeline.warehouse.sqlguard import (
+    EXISTING_TABLES_SQL,
+    Checked,
+    LimitExceeded,
+    ReadOnlyError,
+    check_statement,
+    cluster_filters,
+    limit_error,
+    limits_from,
+    scope_to_clusters,
 )
 
-
-class ReadOnlyError(ValueError):
-    """The statement would write, or reach outside the warehouse."""
-
-
-def _strip_comments_and_strings(sql: str) -> str:
-    sql = re.sub(r"--[^\n]*|#[^\n]*|/\*.*?\*/", " ", sql, flags=re.S)
-    return re.sub(r"'(?:[^'\\]|\\.)*'|\"(?:[^\"\\]|\\.)*\"|`(?:[^`\\]|\\.)*`", "''", sql, flags=re.S)
-
-
-def check_read_only(sql: str) -> str:
-    """Return the statement (without a trailing ';') or raise ReadOnlyError saying why."""
-    text = sql.strip().rstrip(";").strip()
-    bare = _strip_comments_and_strings(text).strip()
-    if not bare:
-        raise ReadOnlyError("empty statement")
-    if ";" in bare:
-        raise ReadOnlyError("one statement at a time")
-    first = bare.split(None, 1)[0].lower().lstrip("(")
-    if first not in READ_STATEMENTS:
-        raise ReadOnlyError(f"only read statements are allowed ({', '.join(s.upper() for s in READ_STATEMENTS)}); "
-                            f"got {first.upper()}")  # fmt: skip
-    if re.search(r"\binto\s+outfile\b", bare, re.I):
-        raise ReadOnlyError("INTO OUTFILE is not allowed")
-    m = FORBIDDEN_FUNCS.search(bare)
-    if m:
-        raise ReadOnlyError(f"table function {m.group(1)}() is not allowed here")
-    if re.search(r"\bsettings\b[^)]*\breadonly\b", bare, re.I):
-        raise ReadOnlyError("the readonly setting cannot be changed")
-    return text
+__all__ = ["Checked", "LimitExceeded", "ReadOnlyError", "Warehouse", "jsonable"]
 
 
 def jsonable(v: Any) -> Any:
@@ -89,6 +62,9 @@ class Warehouse:
         self.s = s or get_settings()
         self.database = database
         self.embedded = is_embedded(self.s.effective_clickhouse_dsn)
+        self.limits = limits_from(self.s, reader_profile=bool(self.s.reader_user) and not self.embedded)
+        self._existing: tuple[float, list[str]] | None = None
+        self._database: str | None = None
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -97,16 +73,68 @@ class Warehouse:
     def _client(self) -> Any:
         c = getattr(self._local, "client", None)
         if c is None:
-            kwargs = {"database": self.database} if self.database else {}
+            kwargs: dict[str, Any] = {"database": self.database} if self.database else {}
+            if self.s.reader_user and not self.embedded:  # the dedicated read-only user (kaudit migrate --reader-user)
+                kwargs.update(username=self.s.reader_user, password=self.s.reader_password, reader=True)
             c = open_client(self.s, **kwargs)
             self._local.client = c
             with self._lock:
                 self._clients.append(c)
         return c
 
-    def query(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[list[Any]]]:
-        res = self._client().query(sql, parameters=params or None, settings=READ_SETTINGS)
+    def query(
+        self, sql: str, params: dict[str, Any] | None = None, settings: dict[str, Any] | None = None
+    ) -> tuple[list[str], list[list[Any]]]:
+        """Run trusted SQL (compiled queries, widgets, the guard's checked text) under the read limits.
+
+        Raises LimitExceeded when a limit stopped it; other engine errors pass through."""
+        try:  # the limits last: readonly=1 closes the SETTINGS clause
+            res = self._client().query(sql, parameters=params or None, settings={**(settings or {}), **self.limits})
+        except Exception as exc:  # noqa: BLE001
+            lim = limit_error(exc)
+            if lim is not None:
+                raise lim from None
+            raise
+        cap = self.limits.get("max_result_rows") or 0
+        if cap and len(res.result_rows) > cap:  # the engine skips result limits for some plans (no table read)
+            raise LimitExceeded("max_result_rows", f"the query stopped at the limit max_result_rows: more than "
+                                f"{cap} rows")  # fmt: skip
         return list(res.column_names), [[jsonable(v) for v in row] for row in res.result_rows]
+
+    def _rows(self, sql: str, params: dict[str, Any]) -> list[list[Any]]:
+        """The guard's own statements (parse, rebuild) on this warehouse's engine and database."""
+        return self.query(sql, params)[1]
+
+    def _existing_tables(self) -> list[str]:
+        """Tables of the current database (cached a minute); empty where the reader may not list them."""
+        now = time.monotonic()
+        if self._existing is None or now - self._existing[0] > 60:
+            try:
+                names = [r[0] for r in self._rows(EXISTING_TABLES_SQL, {})]
+            except Exception:  # noqa: BLE001 - a server reader without access to system.tables: its grants decide
+                names = []
+            self._existing = (now, names)
+        return self._existing[1]
+
+    def current_database(self) -> str:
+        if self._database is None:
+            self._database = self._rows("SELECT currentDatabase()", {})[0][0]
+        return self._database
+
+    def cluster_settings(self, clusters: Iterable[str]) -> dict[str, Any]:
+        """Settings confining trusted SQL (compiled queries, widgets) to ``clusters``: pass to query(settings=)."""
+        return cluster_filters(self.current_database(), clusters)
+
+    def check(self, sql: str) -> Checked:
+        """Raise ReadOnlyError unless ClickHouse's parser shows ``sql`` is one SELECT of kaudit's tables."""
+        return check_statement(self._rows, sql, existing=self._existing_tables())
+
+    def prepare(self, sql: str, clusters: Iterable[str] | None = None) -> tuple[str, dict[str, Any]]:
+        """(sql, settings) to run a user's statement: checked, and confined to ``clusters`` unless None."""
+        checked = self.check(sql)
+        if clusters is None:
+            return checked.sql, {}
+        return scope_to_clusters(self._rows, checked, clusters, self._existing_tables())
 
     def query_compiled(self, cq: Any) -> tuple[list[str], list[list[Any]]]:
         """A compiled query-language query (pipeline.query.CompiledQuery): listings search newest events first."""
@@ -117,8 +145,21 @@ class Warehouse:
     async def aquery_compiled(self, cq: Any) -> tuple[list[str], list[list[Any]]]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.query_compiled, cq)
 
-    def sql(self, sql: str) -> tuple[list[str], list[list[Any]]]:
-        return self.query(check_read_only(sql))
+    def sql(self, sql: str, clusters: Iterable[str] | None = None) -> tuple[list[str], list[list[Any]]]:
+        """A user's raw SQL: refused (ReadOnlyError) unless the guard accepts it; run under the limits."""
+        stmt, settings = self.prepare(sql, clusters)
+        return self.query(stmt, None, settings)
+
+    async def asql(self, sql: str, clusters: Iterable[str] | None = None) -> tuple[list[str], list[list[Any]]]:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self.sql, sql, clusters)
+
+    def timed_sql(self, sql: str, clusters: Iterable[str] | None = None) -> dict[str, Any]:
+        """The API's answer shape for a user's raw SQL ("sql" is the statement as executed)."""
+        t0 = time.perf_counter()
+        stmt, settings = self.prepare(sql, clusters)
+        cols, rows = self.query(stmt, None, settings)
+        return {"columns": cols, "rows": rows, "sql": stmt, "params": {},
+                "elapsed_ms": round((time.perf_counter() - t0) * 1000, 1)}  # fmt: skip
 
     async def aquery(self, sql: str, params: dict[str, Any] | None = None) -> tuple[list[str], list[list[Any]]]:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self.query, sql, params)

@@ -313,6 +313,10 @@ async def _errors(req: web.Request, handler: Any) -> web.StreamResponse:
     except Exception as exc:  # noqa: BLE001
         if not req.path.startswith(("/api/dashboard/", "/api/rbac")):
             raise
+        from pipeline.warehouse.sqlguard import LimitExceeded
+
+        if isinstance(exc, LimitExceeded):  # a read stopped at a limit (Settings query_max_*): 422 naming it
+            return _json({"error": str(exc), "limit": exc.limit}, status=422)
         log.exception("%s failed", req.path)
         return _json(
             {"error": str(exc).splitlines()[0][:500] if str(exc) else type(exc).__name__}, status=500

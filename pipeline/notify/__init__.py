@@ -1,0 +1,1 @@
+"""kaudit notify: alerts topic -> Alertmanager, Slack-compatible and generic webhooks (see service.py)."""

@@ -199,3 +199,34 @@ def test_reconcile_adds_what_the_rollup_lacks(warehouse):
     assert reconcile_volume(client) == 0
     total = client.query("SELECT sum(events), sum(bytes) FROM volume_1h").result_rows[0]
     assert total == client.query("SELECT count(), sum(event_bytes) FROM audit_events").result_rows[0]
+
+
+def test_the_reports_pass_the_raw_sql_guard(warehouse):
+    """Through the query API (the CLI when the sink holds chDB) the statements go through sqlguard with their
+    parameters as literals: the same numbers, the cost unknown (system tables are refused), and a reader scoped to
+    a cluster sees only that cluster's volume."""
+    from pipeline.agents.rules import load_rules
+    from pipeline.policy import suggest
+    from pipeline.warehouse.reader import Warehouse
+
+    client, s, db = warehouse
+    insert(client, mix(), cluster="c1")
+    insert(client, [ev(1000 + i, "other", "get", "pods") for i in range(7)], cluster="c2")
+    wh = Warehouse(s, max_workers=1, database=db)
+    try:
+        def via_api(sql, params):
+            return wh.sql(inline(sql, params))[1]
+
+        direct = report(runner(client), Window(HOUR, HOUR + 3600), ["user", "verb"])
+        guarded = report(via_api, Window(HOUR, HOUR + 3600), ["user", "verb"])
+        assert guarded.totals == direct.totals and [g.key for g in guarded.top] == [g.key for g in direct.top]
+        assert guarded.headline == direct.headline and guarded.cost.compressed == 0 < direct.cost.compressed
+        assert "ClickHouse cost unknown" in render(guarded)
+        exact = report(via_api, Window(HOUR, HOUR + 3600, exact=True), ["user"])
+        assert exact.totals == direct.totals
+        sug = suggest(via_api, Window(HOUR, HOUR + 3600), load_rules(), target=1.0)
+        assert sug.totals.events == direct.totals.events and sug.rules
+        scoped = wh.sql("SELECT sum(events) FROM volume_1h", clusters=["c2"])[1]
+        assert scoped == [[7]]
+    finally:
+        wh.close()

@@ -221,7 +221,15 @@ def totals(run: Run, w: Window) -> Totals:
 
 def cost(run: Run) -> Cost:
     """Compressed bytes of audit_events' active parts, the object columns' part of them, and the rollup's
-    all-time totals to apportion them by."""
+    all-time totals to apportion them by. Zero (unknown) where system tables cannot be read: the raw SQL API
+    refuses ``system.*``, so a CLI going through it reports no ClickHouse cost."""
+    try:
+        return _cost(run)
+    except Exception:  # noqa: BLE001 - refused or unreadable: the rest of the report stands without it
+        return Cost()
+
+
+def _cost(run: Run) -> Cost:
     rows = run(
         "SELECT sum(data_compressed_bytes), sum(data_uncompressed_bytes), sum(rows) FROM system.parts "
         "WHERE active AND database = currentDatabase() AND table = 'audit_events'",

@@ -28,10 +28,11 @@ def render(rep: Report) -> str:
         out.append("no events in this window")
         return "\n".join(out)
     ch = rep.cost.of(t.events, t.object_bytes)
+    where_ch = (f"about {human_bytes(ch)} in ClickHouse (compressed)" if rep.cost.compressed
+                else "ClickHouse cost unknown (system tables not readable through the query API)")  # fmt: skip
     out.append(
         f"{t.events:,} events, {human_bytes(t.bytes)} as JSON (avg {human_bytes(t.bytes / t.events)} per event, "
-        f"{pct(t.object_bytes / t.bytes if t.bytes else 0)} of it request/response objects); "
-        f"about {human_bytes(ch)} in ClickHouse (compressed)"
+        f"{pct(t.object_bytes / t.bytes if t.bytes else 0)} of it request/response objects); {where_ch}"
     )
     out += ["", f"Headline: {rep.headline}", "", "Where it comes from:"]
     width = max(len(c.key["label"]) for c in rep.categories)

@@ -42,6 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: kaudit's recommended infra/kubernetes/audit-policy.yaml)")  # fmt: skip
     s.add_argument("--target", default="60%", help="stop once this share is removed (default 60%%; 100%% = all allowed)")
     s.add_argument("--measure", choices=("events", "bytes"), default="events", help="what --target counts (default events)")
+    s.add_argument("--min-share", default="0.1%", help="leave out rules saving less than this of both events and "
+                   "bytes (default 0.1%%)")  # fmt: skip
     s.add_argument("--rules-file", type=Path, help="extra alert rules to protect (KAUDIT_RULES_FILE)")
     s.add_argument("-o", "--output", type=Path, help="write the policy here instead of stdout")
     s.add_argument("--diff", action="store_true", help="print a unified diff against --current instead of the policy")
@@ -57,6 +59,17 @@ def parse_target(text: str) -> float:
         raise ValueError(f"--target wants a share like 60% or 0.6, got {text!r}") from None
     if not 0 < v <= 1:
         raise ValueError(f"--target wants a share between 0 and 100%, got {text!r}")
+    return v
+
+
+def parse_share(text: str) -> float:
+    t = text.strip()
+    try:
+        v = float(t.rstrip("%")) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ValueError(f"--min-share wants a share like 0.1% or 0.001, got {text!r}") from None
+    if not 0 <= v < 1:
+        raise ValueError(f"--min-share wants a share between 0 and 100%, got {text!r}")
     return v
 
 
@@ -76,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         w = window_from_args(args.since, args.from_, args.to, args.cluster)
         rules = load_rules(s.rules_file)
         with warehouse_runner(s) as q:
-            sug = suggest(q, w, rules, target=target, measure=args.measure, current=args.current)
+            sug = suggest(q, w, rules, target=target, measure=args.measure, current=args.current,
+                          min_share=parse_share(args.min_share))  # fmt: skip
     except (ValueError, VolumeError, PolicyError, RuleError, ExecError) as exc:
         print(f"kaudit policy suggest: {exc}", file=sys.stderr)
         return 2

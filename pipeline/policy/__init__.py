@@ -208,8 +208,9 @@ def merge(units: list[Unit]) -> list[PolicyRule]:
 
 
 def suggest(run: Run, w: Window, rules: list[Rule], *, target: float = 0.6, measure: str = "events",
-            current: Path | None = None) -> Suggestion:  # fmt: skip
-    """The suggested policy for the window's measured traffic; stops once ``target`` of ``measure`` is saved."""
+            current: Path | None = None, min_share: float = 0.001) -> Suggestion:  # fmt: skip
+    """The suggested policy for the window's measured traffic; stops once ``target`` of ``measure`` is saved.
+    Units saving less than ``min_share`` of both events and bytes are left out (rules that change nothing)."""
     if measure not in ("events", "bytes"):
         raise PolicyError("--measure is events or bytes")
     base_name, base_text = _base(current)
@@ -223,7 +224,11 @@ def suggest(run: Run, w: Window, rules: list[Rule], *, target: float = 0.6, meas
     def gain(u: Unit) -> tuple[int, int]:
         return (u.saved.events, u.saved.bytes) if measure == "events" else (u.saved.bytes, u.saved.events)
 
-    candidates = sorted((u for u in units if u.level), key=gain, reverse=True)
+    def worth(u: Unit) -> bool:
+        e, b = totals.share(u.saved)
+        return max(e, b) >= min_share
+
+    candidates = sorted((u for u in units if u.level and worth(u)), key=gain, reverse=True)
     goal = target * (totals.events if measure == "events" else totals.bytes)
     chosen: list[Unit] = []
     saved = Totals()

@@ -24,6 +24,8 @@ COMMANDS = {
     "serve": "pipeline.commands.serve",
     "rbac": "pipeline.commands.rbac",
     "notify": "pipeline.commands.notify",
+    "volume": "pipeline.commands.volume",  # volume helper: where audit volume comes from
+    "policy": "pipeline.commands.policy",  # volume helper: audit policy suggestions
     "normalize": "pipeline.commands.normalize",
     "topics": "pipeline.commands.topics",
     "migrate": "pipeline.commands.migrate",

@@ -152,7 +152,7 @@ def test_event_mapping_interface():
     assert ev["impersonated_username"] == "system:admin"
     with pytest.raises(KeyError):
         ev["nope"]
-    assert len(ev) == len(ev.keys()) == 38
+    assert len(ev) == len(ev.keys()) == len(python_events(T.eventlist([HANDMADE["impersonation"]]))[0])
 
 
 FALLBACKS = {
@@ -176,6 +176,50 @@ FALLBACKS = {
     "empty": b"",
     "a JSON array": orjson.dumps([base_event()]),
 }
+
+
+# event_bytes (normalize.event_size: len(orjson.dumps(event))) measured on the text by native/src/sizes.rs
+GO_STYLE = (
+    rb'{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Request","auditID":"go-1","stage":"ResponseComplete",'
+    rb'"requestURI":"/api/v1/pods?labelSelector=a%3Db\u0026x=\u003cy\u003e","verb":"list","user":{"username":"u"},'
+    rb'"userAgent":"k\u00fcbectl \/ \ud83d\udc33 \"q\" \u0001\u001f\b","stageTimestamp":"2024-01-01T00:00:00Z",'
+    rb'"requestObject":{"n":[1e+21,1.50,-0.0,0,12345678901234567890,1E2,-7],"s":"\t"}}'
+)
+SIZE_CASES = {
+    "Go escapes, floats, surrogates": GO_STYLE,
+    "pretty EventList": orjson.dumps({"kind": "EventList", "items": [base_event(), base_event(auditID="z")]},
+                                     option=orjson.OPT_INDENT_2),  # fmt: skip
+    "spaces around tokens": b' { "auditID" : "s" , "stage":"ResponseComplete" ,"stageTimestamp": "2024-01-01T00:00:00Z" ,"x" : [ 1 , { } , [ ] ] } ',
+    "empty EventList": b'{"kind":"EventList","items":[],"metadata":{}}\n' + orjson.dumps(base_event()),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZE_CASES))
+def test_event_bytes_same_as_python(name):
+    assert assert_same(SIZE_CASES[name]) >= 1
+
+
+def test_event_bytes_is_the_compact_json_length():
+    (ev,) = native.normalize_record(orjson.dumps(base_event()), "c", CAP, True)
+    assert ev["event_bytes"] == len(orjson.dumps(base_event())) > 500
+    redacted = base_event(requestObject={"kind": "Secret", "data": {"k": "x" * 1000}})
+    (ev,) = native.normalize_record(orjson.dumps(redacted), "c", CAP, True)
+    assert ev["event_bytes"] == len(orjson.dumps(redacted))  # measured before redaction shortened it
+    assert len(ev["request_object"]) < 200
+
+
+SIZE_FALLBACKS = {
+    "repeated known key": b'{"auditID":"x","stage":"ResponseComplete","verb":"get","verb":"list","stageTimestamp":"2024-01-01T00:00:00Z"}',
+    "repeated key inside an object": b'{"auditID":"x","stage":"ResponseComplete","stageTimestamp":"2024-01-01T00:00:00Z","requestObject":{"a":1,"a":2}}',
+    "negative zero integer": b'{"auditID":"x","stage":"ResponseComplete","stageTimestamp":"2024-01-01T00:00:00Z","requestObject":{"a":-0}}',
+}
+
+
+@pytest.mark.parametrize("name", sorted(SIZE_FALLBACKS))
+def test_event_bytes_unclear_cases_take_the_python_path(name):
+    assert native.normalize_record(SIZE_FALLBACKS[name], "c", CAP, True) is None
+    (ev,) = python_events(SIZE_FALLBACKS[name])
+    assert ev["event_bytes"] > 0
 
 
 @pytest.mark.parametrize("name", sorted(FALLBACKS))

@@ -14,7 +14,7 @@ const STAGES: [&str; 4] = ["RequestReceived", "ResponseStarted", "ResponseComple
 const DECISION: &str = "authorization.k8s.io/decision";
 const REASON: &str = "authorization.k8s.io/reason";
 
-pub const N_FIELDS: usize = 38;
+pub const N_FIELDS: usize = 39;
 
 /// Field names in schema order (schemas/audit_event.avsc == normalize_event's keys).
 pub const FIELDS: [&str; N_FIELDS] = [
@@ -24,7 +24,7 @@ pub const FIELDS: [&str; N_FIELDS] = [
     "objectref_subresource", "objectref_uid", "responsestatus_code", "responsestatus_status",
     "responsestatus_reason", "responsestatus_message", "decision", "decision_reason", "annotations",
     "request_received_ts", "stage_ts", "request_object", "response_object", "objects_truncated",
-    "event_version", "extra", "redacted", "impersonation_constraint", "authorization_verb",
+    "event_version", "extra", "redacted", "impersonation_constraint", "authorization_verb", "event_bytes",
 ];
 
 #[derive(Clone, Copy)]
@@ -36,7 +36,11 @@ enum Kind {
     Received,
     StageTs,
     Truncated,
+    Size,
 }
+
+/// `event_bytes` is the last field: written after the rest, once the record's text is measured (`sizes`).
+const SIZE_FIELD: usize = FIELDS.len() - 1;
 
 fn kind(i: usize) -> Kind {
     match i {
@@ -46,6 +50,7 @@ fn kind(i: usize) -> Kind {
         28 => Kind::Received,
         29 => Kind::StageTs,
         32 => Kind::Truncated,
+        SIZE_FIELD => Kind::Size,
         _ => Kind::Str,
     }
 }
@@ -133,6 +138,16 @@ pub struct Built {
     code: i64,
     received: i64,
     stage_ts: i64,
+    size: i64,
+}
+
+impl Built {
+    /// The last field, `event_bytes` (known once the record's text is measured: `sizes`), ends the Avro bytes.
+    pub fn push_size(&mut self, n: usize) {
+        self.pos[SIZE_FIELD] = (self.blob.len() as u32, 0);
+        self.size = n as i64;
+        w_long(&mut self.blob, n as i64);
+    }
 }
 
 fn s<'a>(v: &'a Option<BStr>) -> &'a str {
@@ -283,7 +298,7 @@ pub fn build(p: &Parsed, cluster: &str, cap: usize, redact: bool) -> R<Built> {
     w.list(&ids(mask));
     w.str(&impersonation_constraint(&p.unknown)?);
     w.str(if code == 403 { forbidden_verb(s(&status.message)) } else { "" });
-    Ok(Built { blob: w.out, pos: w.pos, code, received, stage_ts })
+    Ok(Built { blob: w.out, pos: w.pos, code, received, stage_ts, size: 0 })
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -363,6 +378,7 @@ pub struct Event {
     code: i64,
     received: i64,
     stage_ts: i64,
+    size: i64,
     cluster: Py<PyString>,
     cache: [std::sync::OnceLock<PyObject>; N_FIELDS], // each field's Python value, built on first read
 }
@@ -396,6 +412,7 @@ impl Event {
             code: b.code,
             received: b.received,
             stage_ts: b.stage_ts,
+            size: b.size,
             cluster,
             cache: std::array::from_fn(|_| std::sync::OnceLock::new()),
         })
@@ -439,6 +456,7 @@ impl Event {
             Kind::Received => h.int(self.received),
             Kind::StageTs => h.int(self.stage_ts),
             Kind::Truncated => h.int(0),
+            Kind::Size => h.int(self.size),
         }
     }
 
@@ -500,6 +518,7 @@ impl Event {
             Kind::Received => self.received.into_py(py),
             Kind::StageTs => self.stage_ts.into_py(py),
             Kind::Truncated => false.into_py(py),
+            Kind::Size => self.size.into_py(py),
         }
     }
 }

@@ -13,6 +13,7 @@ mod objects;
 mod parse;
 mod redact;
 mod seen;
+mod sizes;
 mod timestamps;
 
 use event::{build, Event};
@@ -49,6 +50,7 @@ fn events(value: &[u8], ctx: &Ctx) -> R<()> {
 }
 
 fn document(text: &str, ctx: &Ctx) -> R<()> {
+    let first = ctx.out.borrow().len();
     let mut de = serde_json::Deserializer::from_str(text);
     let doc = PSeed(Some(ctx)).deserialize(&mut de).map_err(|_| Fallback)?;
     de.end().map_err(|_| Fallback)?;
@@ -56,7 +58,8 @@ fn document(text: &str, ctx: &Ctx) -> R<()> {
         if doc.items.is_some() || doc.has_items {
             return Err(Fallback); // an event with an `items` field: Python keeps it in `extra`
         }
-        let built = build(&doc, ctx.cluster, ctx.cap, ctx.redact)?;
+        let mut built = build(&doc, ctx.cluster, ctx.cap, ctx.redact)?;
+        built.push_size(sizes::sizes(text)?.total);
         ctx.out.borrow_mut().push(built);
         return Ok(());
     }
@@ -65,7 +68,18 @@ fn document(text: &str, ctx: &Ctx) -> R<()> {
         Some(k) => k.0 == "EventList",
     };
     match doc.items {
-        Some(_) if kind_ok => Ok(()),
+        Some(_) if kind_ok => {
+            // each item's serialized size, from the text (the typed parse above does not keep spans)
+            let items = sizes::sizes(text)?.items.ok_or(Fallback)?;
+            let mut out = ctx.out.borrow_mut();
+            if items.len() != out.len() - first {
+                return Err(Fallback);
+            }
+            for (b, n) in out[first..].iter_mut().zip(items) {
+                b.push_size(n);
+            }
+            Ok(())
+        }
         _ => Err(Fallback),
     }
 }

@@ -119,3 +119,4 @@ class NormalizedEvent(BaseModel):
     redacted: list[str] = []  # ids of the credential fields replaced by hashes (pipeline/redaction/model.py)
     impersonation_constraint: str = ""  # 1.35+ authenticationMetadata.impersonationConstraint
     authorization_verb: str = ""  # 403: the authorizer verb the Forbidden message names
+    event_bytes: int = 0  # the event's compact JSON length as received (normalize.event_size)

@@ -29,6 +29,7 @@ from pipeline.models.avro import H_FP, H_SCHEMA, AvroDecodeError, codec, decode_
 from pipeline.sinks.avro_ocf import HeaderError, known_fps, read_batch_header, read_rows_header, read_string
 from pipeline.sinks.metrics import M
 from pipeline.sinks.tables import AlertsWriter, EventsWriter, Item, StatsWriter
+from pipeline.volume.rollup import reconcile_volume
 from pipeline.warehouse.client import WarehouseLockedError, is_embedded, open_client
 from pipeline.warehouse.migrations import migrate
 
@@ -149,10 +150,11 @@ class Sink:
         marker = self._marker
         if marker.exists():
             added = reconcile_rollup(client)
+            added_volume = reconcile_volume(client)
             log.warning(
-                "previous sink on this warehouse did not stop cleanly; events_1m reconciled (+%d events)",
-                added,
-            )
+                "previous sink on this warehouse did not stop cleanly; events_1m reconciled (+%d events), "
+                "volume_1h (+%d)", added, added_volume,
+            )  # fmt: skip
         marker.parent.mkdir(parents=True, exist_ok=True)
         marker.write_text("running\n")
 

@@ -108,8 +108,32 @@ SAVED_SEARCHES_DDL = """CREATE TABLE IF NOT EXISTS saved_searches (
 ) ENGINE = ReplacingMergeTree(updated_at)
 ORDER BY name"""
 
+# Migration 7 (volume): the event's serialized size (normalize.event_size), added to audit_events.
+VOLUME_EVENT_COLUMNS = {"event_bytes": "UInt32"}
+
 # Columns the sink inserts, in order (everything above; materialized columns are computed by ClickHouse).
-EVENT_INSERT_COLUMNS = [line.split()[0] for line in EVENT_COLUMNS.strip().splitlines()]
+EVENT_INSERT_COLUMNS = [line.split()[0] for line in EVENT_COLUMNS.strip().splitlines()] + list(VOLUME_EVENT_COLUMNS)
+
+# The volume rollup (migration 7): events, their JSON bytes and their request/response object bytes per hour and
+# every dimension an audit policy can match on (plus level, stage, code and user agent), kept by a materialized
+# view at ingest so `kaudit volume` and `kaudit policy suggest` never scan audit_events. Non-resource paths only
+# for requests that succeeded (probes, discovery: a bounded set), user agents cut at 128 characters: a scanner's
+# random paths or agents cannot blow the rollup up.
+VOLUME_KEYS = (
+    "cluster", "hour", "username", "verb", "objectref_apigroup", "objectref_resource", "objectref_subresource",
+    "objectref_namespace", "stage", "level", "responsestatus_code", "request_path", "impersonated", "useragent",
+    "usergroups",
+)  # fmt: skip
+# "requestObject": / "responseObject": and a comma: what an event at Metadata level no longer writes
+VOLUME_SELECT = """SELECT cluster, toStartOfHour(request_received_ts) AS hour, username, verb, objectref_apigroup,
+       objectref_resource, objectref_subresource, objectref_namespace, stage, level, responsestatus_code,
+       if(objectref_resource = '' AND responsestatus_code < 400, left(splitByChar('?', request_uri)[1], 128), '')
+           AS request_path,
+       impersonated_username != '' AS impersonated, left(useragent, 128) AS useragent, usergroups,
+       count() AS events, sum(event_bytes) AS bytes,
+       sum(length(request_object) + length(response_object) + 17 * (request_object != '')
+           + 18 * (response_object != '')) AS object_bytes
+FROM audit_events"""
 
 
 LATENCY_ANNOTATION = "apiserver.latency.k8s.io/total"
@@ -268,6 +292,42 @@ GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
                 "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS impersonation_constraint LowCardinality(String) "
                 "AFTER source_id, ADD COLUMN IF NOT EXISTS authorization_verb LowCardinality(String) "
                 "AFTER impersonation_constraint"
+            ],
+        ),
+        (
+            7,
+            "volume: audit_events.event_bytes and the hourly volume rollup",
+            [
+                "ALTER TABLE audit_events "
+                + ", ".join(f"ADD COLUMN IF NOT EXISTS {n} {t}" for n, t in VOLUME_EVENT_COLUMNS.items()),
+                """CREATE TABLE IF NOT EXISTS volume_1h (
+    cluster LowCardinality(String),
+    hour DateTime('UTC'),
+    username LowCardinality(String),
+    verb LowCardinality(String),
+    objectref_apigroup LowCardinality(String),
+    objectref_resource LowCardinality(String),
+    objectref_subresource LowCardinality(String),
+    objectref_namespace LowCardinality(String),
+    stage LowCardinality(String),
+    level LowCardinality(String),
+    responsestatus_code UInt16,
+    request_path LowCardinality(String),
+    impersonated Bool,
+    useragent LowCardinality(String),
+    usergroups Array(LowCardinality(String)),
+    events UInt64,
+    bytes UInt64,
+    object_bytes UInt64
+) ENGINE = SummingMergeTree((events, bytes, object_bytes))
+PARTITION BY toYYYYMM(hour)
+ORDER BY ("""
+                + ", ".join(VOLUME_KEYS)
+                + """)
+SETTINGS non_replicated_deduplication_window = 10000""",
+                f"CREATE MATERIALIZED VIEW IF NOT EXISTS volume_1h_mv TO volume_1h AS {VOLUME_SELECT} GROUP BY ALL",
+                # events stored before this migration: counted once, sizes unknown (0 bytes)
+                f"INSERT INTO volume_1h {VOLUME_SELECT} WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL",
             ],
         ),
     ]

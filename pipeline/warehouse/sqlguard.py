@@ -33,7 +33,7 @@ from typing import Any
 
 # --- what may be read -----------------------------------------------------------------------------------------
 # Tables with a ``cluster`` column: the ones scope_to_clusters can confine (migrations.py creates them).
-CLUSTER_TABLES = frozenset({"audit_events", "verb_stats", "status_stats", "alerts", "events_1m"})
+CLUSTER_TABLES = frozenset({"audit_events", "verb_stats", "status_stats", "alerts", "events_1m", "volume_1h"})
 # Readable by an unscoped (admin) statement as well: the rollup's materialized view and the migrations log.
 READABLE_TABLES = CLUSTER_TABLES | {"events_1m_mv", "kaudit_migrations"}
 

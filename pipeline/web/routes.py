@@ -28,6 +28,7 @@ from aiohttp import web
 from pipeline.access import web as access
 from pipeline.config import Settings
 from pipeline.rbac import report as rbac_report
+from pipeline.web import volume as volume_routes
 from pipeline.web import widgets as W
 from pipeline.web.store import WarehouseLike, aquery, rows_as_dicts
 from pipeline.web.timerange import RangeError, TimeRange, parse_range
@@ -344,6 +345,7 @@ def setup(app: web.Application, settings: Settings, warehouse: WarehouseLike) ->
     r.add_get("/api/dashboard/events", events_handler)
     r.add_get("/api/dashboard/event", event_handler)
     r.add_get("/api/rbac", rbac_handler)
+    volume_routes.setup(app, settings, warehouse)  # /api/volume, /api/volume/policy (pipeline/web/volume.py)
     try:
         r.add_static("/static/", STATIC, append_version=False)
     except (RuntimeError, ValueError):  # the API app already serves /static/

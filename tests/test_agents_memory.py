@@ -3,6 +3,7 @@ rebuild + replay (the worker's contract), in-process replays, bounds, list looku
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 import time
@@ -20,7 +21,9 @@ from pipeline.agents.rules import RuleError, RuleSet, load_rule_file, load_rules
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
 
-RULES = RuleSet(load_rules(examples=True))  # caller lists with their example networks
+# caller lists with their example networks; sa-new-user-agent (off by default) switched on
+RULES = RuleSet([dataclasses.replace(r, enabled=True) if r.id == "sa-new-user-agent" else r
+                 for r in load_rules(examples=True)])  # fmt: skip
 MEMORY_RULES = {r.id for r in RULES.rules if r.kind in ("first_seen", "sequence")}
 DAY = 86_400_000_000
 

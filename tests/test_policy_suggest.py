@@ -3,6 +3,7 @@ rules, a user's too), its estimate against the policy applied to the same events
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from pathlib import Path
 from typing import Any
@@ -52,6 +53,11 @@ def test_protection_is_derived_from_the_rules():
                   levels={"Metadata"}, codes={200}, groups={("system:authenticated",)})  # fmt: skip
     v = judge(reads, rules)
     assert v.allowed["None"] and v.allowed["omit:ResponseStarted"]
+    # a rule switched on changes the verdict: first sightings of a service account's user agents need its reads
+    with_ua = [dataclasses.replace(r, enabled=True) if r.id == "sa-new-user-agent" else r for r in load_rules()]
+    v = judge(reads, [r for r in with_ua if r.enabled])
+    assert not v.allowed["None"] and v.allowed["Metadata"]
+    assert any("sa-new-user-agent" in reason for reason in v.reasons["None"])
     kube_system = Scope("system:serviceaccount:kube-system:x", frozenset({"list"}), "", "pods", codes={200})
     v = judge(kube_system, rules)
     assert not v.allowed["None"]

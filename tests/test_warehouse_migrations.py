@@ -78,7 +78,7 @@ def test_version_1_warehouse_is_migrated_in_place_and_keeps_its_rows(chdb_sessio
         admin.command(f"DROP DATABASE IF EXISTS {db}")
 
 
-def test_migration_17_adds_the_1_35_columns_to_an_older_table(chdb_session_path: Path):
+def test_migration_6_adds_the_1_35_columns_to_an_older_table(chdb_session_path: Path):
     admin, db, client = fresh_database(chdb_session_path)
     try:
         older = "\n".join(ln for ln in EVENT_COLUMNS.rstrip().splitlines()
@@ -91,7 +91,7 @@ def test_migration_17_adds_the_1_35_columns_to_an_older_table(chdb_session_path:
         client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y'), (3, 'z')")
         client.command("INSERT INTO audit_events (cluster, auditid, request_received_ts) VALUES ('c', 'a1', now64(6))")
         assert "authorization_verb" not in column_types(client)
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6"]
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6", "7"]
         types = column_types(client)
         assert types["impersonation_constraint"] == types["authorization_verb"] == "LowCardinality(String)"
         assert client.query("SELECT auditid, impersonation_constraint, authorization_verb FROM audit_events").result_rows == [("a1", "", "")]

@@ -219,7 +219,7 @@ def suggest(run: Run, w: Window, rules: list[Rule], *, target: float = 0.6, meas
     units = units_of(rows)
     for u in units:
         choose(u, rules)
-    enabled = [r for r in rules if r.enabled]
+    enabled = [r for r in rules if r.enabled and not r.inactive]  # an empty caller list: the rule does not run
 
     def gain(u: Unit) -> tuple[int, int]:
         return (u.saved.events, u.saved.bytes) if measure == "events" else (u.saved.bytes, u.saved.events)

@@ -33,7 +33,8 @@ from pipeline.agents.rules import Rule, fields_of
 READS = frozenset({"get", "list", "watch"})
 ACTIONS = ("None", "Metadata", "omit:RequestReceived", "omit:ResponseStarted")
 KNOWN = ("username", "verb", "objectref_resource", "objectref_subresource", "objectref_apigroup", "stage")
-EMPIRICAL = ("responsestatus_code", "usergroups", "useragent", "impersonated_username", "impersonated_groups", "level")
+EMPIRICAL = ("responsestatus_code", "usergroups", "useragent", "impersonated_username", "impersonated_groups",
+             "impersonation_constraint", "level")
 SECRETISH = frozenset({"secrets", "tokenreviews", "tokenrequests", "certificatesigningrequests"})
 INTERACTIVE = frozenset({"exec", "attach", "portforward", "proxy", "token"})
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -69,9 +70,10 @@ class Scope:
             "useragent": sorted(self.useragents),
             "level": sorted(self.levels),
         }
-        if not self.impersonated:
+        if not self.impersonated:  # no impersonation in the window: nor its constraint (Kubernetes 1.35+)
             f["impersonated_username"] = [""]
             f["impersonated_groups"] = [[]]
+            f["impersonation_constraint"] = [""]
         if self.path:
             f["request_path"] = [self.path]
         return {k: v for k, v in f.items() if v}  # nothing observed: unknown
@@ -189,7 +191,7 @@ def judge(scope: Scope, rules: list[Rule]) -> Verdict:
     stages_seen = scope.stages | {"ResponseComplete"}
     facts_by: dict[frozenset[str], dict[str, list[Any]]] = {}
     for rule in rules:
-        if not rule.enabled:
+        if not rule.enabled or getattr(rule, "inactive", ""):  # inactive: an empty caller list, it never fires
             continue
         for action in ACTIONS:
             if action == "None":

@@ -79,6 +79,9 @@ def detections(kc: LocalCluster, tag: str) -> dict[str, Any]:
     for path in ("/livez", "/readyz", "/healthz", "/version"):
         kc.request("GET", path, user=None)
     kc.kubectl("-n", NS, "get", "secret", "db", "-o", "name", user="admin")
+    # binding-then-secret-read: a binding granting bob Secrets, then bob reads one (in every run, not only setup)
+    kc.kubectl("-n", NS, "create", "rolebinding", f"bob-secrets-{tag}", "--role", "secret-reads", "--user", "bob")
+    kc.kubectl("-n", NS, "get", "secret", "db", "-o", "name", user="bob")
     return facts
 
 

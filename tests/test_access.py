@@ -146,6 +146,10 @@ def attacks(loaded) -> dict[str, list[tuple[str, dict[str, Any], Any]]]:  # noqa
         "/api/export": [("GET", {"q": "include auditid, cluster limit 10000", "format": "csv", **ALL}, None),
                         ("GET", {"q": "groupby cluster", "format": "json", "cluster": "falco", **ALL}, None)],
         "/api/sql": [("POST", {}, {"sql": "SELECT auditid, cluster FROM audit_events"})],
+        # the volume report and the policy suggestion (pipeline/web/volume.py)
+        "/api/volume": [("GET", ALL, None), ("GET", {**ALL, "cluster": "openshift"}, None),
+                        ("GET", {**ALL, "by": "cluster,user"}, None)],
+        "/api/volume/policy": [("GET", ALL, None), ("GET", {**ALL, "cluster": "openshift,falco"}, None)],
         # saved searches and the clusters list (pipeline/searches/api.py); "b-search" is team B's (see below)
         "/api/clusters": [("GET", {}, None)],
         "/api/searches": [("GET", {}, None), ("GET", {"owner": "team-b"}, None),

@@ -120,6 +120,8 @@ class Window:
     to_s: int
     clusters: tuple[str, ...] = ()
     exact: bool = False
+    # a confined reader's clusters (pipeline.access; None = every cluster): ANDed with ``clusters``, only narrows
+    allowed: tuple[str, ...] | None = None
 
     @classmethod
     def since(cls, seconds: int, clusters: Sequence[str] = (), now: float | None = None) -> Window:
@@ -143,6 +145,12 @@ class Window:
         if self.clusters:
             sql += " AND cluster IN {clusters:Array(String)}"
             params["clusters"] = list(self.clusters)
+        if self.allowed is not None:
+            if self.allowed:
+                sql += " AND cluster IN {allowed:Array(String)}"
+                params["allowed"] = list(self.allowed)
+            else:
+                sql += " AND 0"
         return sql, params
 
 
@@ -307,7 +315,8 @@ def headline(cats: list[Group], total: Totals) -> str:
 def report(run: Run, w: Window, by: Sequence[str] = ("user", "verb", "resource"), limit: int = 20,
            with_cost: bool = True) -> Report:  # fmt: skip
     t = totals(run, w)
-    c = cost(run) if with_cost else Cost()
+    # the cost comes from whole-table figures (system.parts, every cluster's rollup): not for a confined reader
+    c = cost(run) if with_cost and w.allowed is None else Cost()
     top = groups(run, w, by, limit)
     cats = categories(run, w)
     for g in [*top, *cats]:

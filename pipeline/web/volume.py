@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
+from pipeline.access import web as access
 from pipeline.config import Settings
 from pipeline.volume import VolumeError, Window, parse_by, report
 from pipeline.web.store import WarehouseLike, squery
@@ -39,7 +40,9 @@ def _window(req: web.Request) -> Window:
     clusters = [c.strip() for c in ",".join(q.getall("cluster", [])).split(",") if c.strip()]
     from_s = 0 if tr.label == "all" else tr.from_us // 1_000_000
     to_s = -(-tr.to_us // 1_000_000)
-    return Window(from_s // 3600 * 3600, -(-to_s // 3600) * 3600, tuple(clusters))
+    allowed = access.allowed_clusters(req)
+    return Window(from_s // 3600 * 3600, -(-to_s // 3600) * 3600, tuple(clusters),
+                  allowed=None if allowed is None else tuple(allowed))
 
 
 def _runner(wh: WarehouseLike) -> Any:
@@ -53,7 +56,7 @@ async def volume_handler(req: web.Request) -> web.Response:
         top = max(1, min(200, int(req.query.get("top") or 20)))
     except (VolumeError, ValueError) as exc:
         raise _bad(str(exc)) from None
-    rep = await asyncio.get_running_loop().run_in_executor(None, report, _runner(req.app[WAREHOUSE]), w, by, top)
+    rep = await asyncio.get_running_loop().run_in_executor(None, report, _runner(access.confined(req, req.app[WAREHOUSE])), w, by, top)
     return web.Response(body=orjson.dumps(rep.as_dict(), default=str), content_type="application/json")
 
 
@@ -74,7 +77,7 @@ async def policy_handler(req: web.Request) -> web.Response:
         raise _bad(str(exc)) from None
 
     def work() -> str:
-        return suggest(_runner(req.app[WAREHOUSE]), w, rules, target=target).text
+        return suggest(_runner(access.confined(req, req.app[WAREHOUSE])), w, rules, target=target).text
 
     try:
         text = await asyncio.get_running_loop().run_in_executor(None, work)

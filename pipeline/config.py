@@ -136,6 +136,11 @@ class Settings(BaseSettings):
         description="Append one JSON line per API request (reader, clusters, path, query, rows, status, ms, "
         "remote address) to this file; the lines also go to the log (logger kaudit.audit).",
     )
+    api_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the query API/dashboard answers to (the Host header; loopback names "
+        "always). Empty: any name with a token, only loopback names with open access (a DNS-rebinding guard).",
+    )
     api_tls_cert: str = Field("", description="Certificate (chain, PEM) to serve the query API/dashboard over HTTPS.")
     api_tls_key: str = Field("", description="Private key (PEM) of api_tls_cert.")
     api_ca_file: str = Field(

@@ -27,6 +27,7 @@ from confluent_kafka import KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline import config
+from pipeline.access.browser import webhook_refusal
 from pipeline.access.tls import make_ssl_context  # noqa: F401 - shared with the query API, re-exported
 from pipeline.config import Settings
 from pipeline.ingest.bridge.auth import CLUSTER_RE, Authenticator
@@ -348,6 +349,9 @@ class Bridge:
         cluster = request.match_info["cluster"]
         if not CLUSTER_RE.match(cluster):
             raise HTTPProblem(400, "bad_cluster", f"{cluster!r} is not a valid cluster name ([a-z0-9.-_], 1-63)")
+        refusal = webhook_refusal(request.headers, not self.auth.enabled)
+        if refusal:
+            raise HTTPProblem(403, "browser", refusal)
         peercert = None
         if self.auth.mtls and request.transport is not None:
             peercert = request.transport.get_extra_info("peercert")

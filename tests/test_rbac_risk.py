@@ -53,13 +53,14 @@ def test_risky_grants_are_named() -> None:
         Denial("create", resource="pods", subresource="exec", namespace="payments", name="api-0"),
         Denial("create", resource="clusterrolebindings", apigroup="rbac.authorization.k8s.io"),
         Denial("impersonate", resource="groups", name="system:masters"),
+        Denial("impersonate:user-info", resource="users", apigroup="authentication.k8s.io", name="bob"),
         Denial("create", resource="deployments", apigroup="apps", namespace="payments"),
         Denial("get", resource="nodes", subresource="proxy", name="n1"),
         Denial("create", resource="serviceaccounts", subresource="token", namespace="payments", name="ci"),
     ]
     warns = build(USER, TR, [], denials)["warnings"]
     joined = "\n".join(warns)
-    for needle in ("get secrets (only db)", "create pods/exec", "create clusterrolebindings", "impersonate groups",
+    for needle in ("get secrets (only db)", "create pods/exec", "create clusterrolebindings", "impersonate groups", "impersonate users (only bob)",
                    "create deployments", "get nodes/proxy", "create serviceaccounts/token"):
         assert needle in joined, (needle, warns)
     assert len(warns) == len(denials)

@@ -82,8 +82,13 @@ def split_grantable(denials: Iterable[Denial]) -> tuple[list[Denial], list[tuple
     return ok, refused
 
 
+def _verbs(rule: dict[str, Any]) -> set[str]:
+    """The rule's verbs, constrained impersonation (``impersonate:<mode>``, 1.35+) read as ``impersonate``."""
+    return {"impersonate" if v.startswith("impersonate:") else v for v in rule.get("verbs") or ()}
+
+
 def _matches(rule: dict[str, Any], resource: str, verbs: frozenset[str] | None) -> bool:
-    rule_verbs = set(rule.get("verbs") or ())
+    rule_verbs = _verbs(rule)
     hit_verbs = rule_verbs if verbs is None else rule_verbs & verbs
     return resource in (rule.get("resources") or ()) and bool(hit_verbs)
 
@@ -100,7 +105,7 @@ def warnings(objects: Iterable[dict[str, Any]]) -> list[str]:
             only = f" (only {', '.join(names)})" if names else ""
             for resource, verbs, why in RISKY:
                 if _matches(rule, resource, verbs):
-                    hit = sorted(set(rule["verbs"]) if verbs is None else set(rule["verbs"]) & verbs)
+                    hit = sorted(_verbs(rule) if verbs is None else _verbs(rule) & verbs)
                     out.append(f"{where}: {'/'.join(hit)} {resource}{only}: {why}")
             for resource in sorted(WORKLOADS & set(rule.get("resources") or ())):
                 hit = sorted(set(rule.get("verbs") or ()) & WRITE)

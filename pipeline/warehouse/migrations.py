@@ -167,6 +167,7 @@ REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
 # kaudit_migrations: one replicated table shared by every node of every shard (no {shard} in the path), so that
 # whichever node a writer connects to knows what is applied; replica names must then be unique cluster-wide.
 MIGRATIONS_PATH = "/clickhouse/tables/all/{database}/kaudit_migrations"
+REPLICA_NAME, MIGRATIONS_REPLICA_NAME = "{replica}", "{shard}-{replica}"
 # Writer sessions on a cluster (pipeline.warehouse.client): an insert into a Distributed table returns only once
 # each shard stored its rows (not queued on the node for later: the sink commits Kafka offsets after the ack),
 # and on a majority of the shard's replicas ('auto'; with two replicas that is both, so the dedup check, which
@@ -209,7 +210,7 @@ class Layout:
         if not name or not engine:
             raise ValueError(f"not a CREATE TABLE this layout knows: {ddl[:60]!r}")
         table, local = name[1], self.local(name[1])
-        args = f"'{REPLICA_PATH}', '{{replica}}'" + (f", {engine[2]}" if engine[2] else "")
+        args = f"'{REPLICA_PATH}', '{REPLICA_NAME}'" + (f", {engine[2]}" if engine[2] else "")
         body = _CREATE_TABLE.sub(f"CREATE TABLE IF NOT EXISTS {local}{self.on} (", ddl, count=1)
         body = _ENGINE.sub(f") ENGINE = Replicated{engine[1]}MergeTree({args})", body, count=1)
         body = body.replace("non_replicated_deduplication_window", "replicated_deduplication_window")
@@ -242,7 +243,7 @@ class Layout:
 
     def bookkeeping(self) -> str:
         """The table of applied migrations."""
-        engine = (f"ReplicatedMergeTree('{MIGRATIONS_PATH}', '{{shard}}-{{replica}}')" if self.cluster
+        engine = (f"ReplicatedMergeTree('{MIGRATIONS_PATH}', '{MIGRATIONS_REPLICA_NAME}')" if self.cluster
                   else "MergeTree")  # fmt: skip
         return (f"CREATE TABLE IF NOT EXISTS kaudit_migrations{self.on} (version UInt32, name String, "
                 f"applied_at DateTime DEFAULT now()) ENGINE = {engine} ORDER BY version")  # fmt: skip

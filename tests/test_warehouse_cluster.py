@@ -112,6 +112,7 @@ def test_layout_refuses_names_that_are_not_identifiers():
             Layout(bad)
     with pytest.raises(ValueError):
         Layout(CLUSTER, "db; DROP")
+    assert Layout("", "my-db").on == ""  # one node: the database is never spliced in
 
 
 # --- ClickHouse's parser ----------------------------------------------------------------------------------------------

@@ -189,8 +189,9 @@ class Layout:
     database: str = "default"
 
     def __post_init__(self) -> None:
-        for what, name in (("cluster", self.cluster), ("database", self.database)):
-            if (name or what == "cluster") and not _IDENT.fullmatch(name or "x"):
+        # both are spliced into DDL; the database only matters (and is only checked) on a cluster
+        for what, name in (("cluster", self.cluster), ("database", self.database if self.cluster else "")):
+            if name and not _IDENT.fullmatch(name):
                 raise ValueError(f"{what} name must be a plain identifier: {name!r}")
 
     @property

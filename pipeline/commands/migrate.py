@@ -22,7 +22,7 @@ that `kaudit serve` / `kaudit sql` / `kaudit query` read with (set KAUDIT_READER
   the user NAME (password: KAUDIT_READER_PASSWORD, stored as its sha256) with that role and profile.
 --print shows the statements instead of running them (the migrations of an empty database, or with
   --reader-user the reader's), each first parsed by ClickHouse's parser (embedded chDB; no server needed).
-  Every statement is also parsed by the server before any runs.
+  When running, the server parses the reader's statements (and on a cluster the migrations') before any runs.
 
 --clickhouse-cluster NAME (KAUDIT_CLICKHOUSE_CLUSTER; ClickHouse server only) lays the tables out on that cluster
 of the server's remote_servers: <table>_local ReplicatedMergeTree tables per shard (Keeper path

@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         "", description="ClickHouse DSN: empty = embedded chDB under <var>/chdb; or http://host:8123/db."
     )
     retention_days: int = Field(0, description="Drop events older than this many days (0 = keep forever).")
+    clickhouse_cluster: str = Field(
+        "", description="ClickHouse server only: the cluster (remote_servers) to lay the tables out on: "
+        "ReplicatedMergeTree <table>_local per shard + Distributed <table>, every DDL ON CLUSTER "
+        "(pipeline/warehouse/migrations.py); empty = one node, plain MergeTree tables."
+    )
 
     # --- event model -------------------------------------------------------------------------------
     max_object_bytes: int = Field(

@@ -672,7 +672,7 @@ def test_dashboard_in_a_browser_shows_a_team_only_its_clusters(loaded, site):  #
             assert page.locator("[data-table=actions] tfoot [data-total]").inner_text() == "757"
             assert "token=" not in page.url  # handed over once, then out of the URL
             page.click("#cluster-button")
-            assert page.locator("#cluster-menu input").evaluate_all("els => els.map(e => e.value)") == ["audit2rbac"]
+            assert page.locator("#cluster-menu input[type=checkbox]").evaluate_all("els => els.map(e => e.value)") == ["audit2rbac"]
             page.goto(f"{site.url}/#/query?since=all&q=include+auditid,cluster+limit+10000")
             page.wait_for_selector("#query-count")
             assert page.locator("#query-count").get_attribute("data-rows") == "757"

@@ -180,6 +180,12 @@ def metric_series(text: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def _samples(text: str) -> dict[str, float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {smp.name: smp.value for fam in text_string_to_metric_families(text) for smp in fam.samples if not smp.labels}
+
+
 def rss_bytes(pid: int) -> int:
     """Resident memory of a process (VmRSS), 0 when it is gone."""
     try:
@@ -306,6 +312,40 @@ def spread(clusters: list[str], partitions: int) -> Counter:
     return Counter(librdkafka_partition(c.encode(), partitions) for c in clusters)
 
 
+def lookup_us(clusters: list[str]) -> tuple[float, float, float]:
+    """Per-request cost (us) of finding a token among one per cluster: the bridge's digest dict, the readers'
+    digest dict, and the readers' previous scan (compare_digest against every entry), measured in this run."""
+    import hmac
+
+    from pipeline.access.readers import Readers
+    from pipeline.access.tokens import token_digest
+    from pipeline.ingest.bridge.auth import Authenticator, parse_tokens
+
+    auth = Authenticator(tokens_file=None)
+    auth._table = parse_tokens(orjson.dumps({"clusters": {c: f"t-{c}" for c in clusters}}))
+    readers = Readers()
+    readers.apply_file(orjson.dumps({"readers": {f"team-{c}": {"token": f"r-{c}", "clusters": [c]} for c in clusters}}), "bench")
+    entries = readers._entries
+
+    def scan(token: str) -> object:  # the lookup before: every digest compared, no early exit
+        digest, found = token_digest(token), None
+        for d, reader in entries:
+            if hmac.compare_digest(d, digest) and found is None:
+                found = reader
+        return found
+
+    def per_call(fn, arg) -> float:  # noqa: ANN001
+        t0 = time.perf_counter()
+        for c in clusters:
+            fn(c, arg(c))
+        return (time.perf_counter() - t0) / len(clusters) * 1e6
+
+    bridge = per_call(lambda c, a: auth.check(c, a, None), lambda c: f"Bearer t-{c}")
+    new = per_call(lambda c, a: readers.authenticate(a), lambda c: f"r-{c}")
+    old = per_call(lambda c, a: scan(a), lambda c: f"r-{c}")
+    return bridge, new, old
+
+
 def reload_seconds(path: Path, clusters: list[str], rounds: int = 5) -> tuple[float, float]:
     """(best parse+install time of the tokens file, of a readers file with one reader per cluster), in-process."""
     from pipeline.access.readers import Readers
@@ -400,13 +440,14 @@ def run(args: argparse.Namespace, var: Path, bootstrap: str) -> int:
     tokens_path = var / "tokens.json"
     tokens = write_tokens_file(tokens_path, clusters)
     t_parse, r_parse = reload_seconds(tokens_path, clusters)
+    us_bridge, us_readers, us_scan = lookup_us(clusters)
     items = work_items(clusters, args.batches, args.per_batch)
     total = sum(n for _, _, n in items)
     print(f"clusters: {len(clusters):,} clusters x {args.batches} batches x {args.per_batch} events = {total:,} events, "
           f"{args.concurrency} in flight, metrics budget {args.budget}, {s.raw_partitions} raw partitions; "
           f"{machine_speed()}")  # fmt: skip
     with running(s, tokens_path, var / "logs", args.workers) as p:
-        pids = {n: pr.pid for n, pr in p.procs.items()}
+        pids = {**{n: pr.pid for n, pr in p.procs.items()}, "load generator": os.getpid()}
         cpu0 = {n: cpu_seconds(pid) for n, pid in pids.items()}
         t0 = time.perf_counter()
         res = asyncio.run(post_all(p.bridge, items, tokens, args.concurrency))
@@ -414,7 +455,9 @@ def run(args: argparse.Namespace, var: Path, bootstrap: str) -> int:
         t_visible = time.perf_counter() - t0
         cpu1 = {n: cpu_seconds(pid) for n, pid in pids.items()}
         rss = {n: rss_bytes(pid) for n, pid in pids.items()}
-        series = metric_series(http_text(f"{p.bridge}/metrics"))
+        text = http_text(f"{p.bridge}/metrics")
+        series = metric_series(text)
+        ack = {k: v for k, v in _samples(text).items() if k.startswith("kaudit_bridge_kafka_ack_seconds_")}
         problems = check_budget(series, args.budget, res.acked, res.batches)
         rot = asyncio.run(rotation_seconds(p.bridge, tokens_path, clusters, tokens))
         landed = raw_partitions_of(s, sum(res.batches.values()))
@@ -428,8 +471,10 @@ def run(args: argparse.Namespace, var: Path, bootstrap: str) -> int:
           f"{'' if not extra else f'; unexpected clusters {sorted(extra)[:3]}'}")  # fmt: skip
     n_series = sum(len(v) for v in series.values())
     per_metric = {k.removeprefix("kaudit_bridge_"): len(v) for k, v in series.items()}
-    print(f"clusters: bridge /metrics: {n_series} samples with a cluster label ({per_metric}); "
-          f"budget {'held, sums exact' if not problems else 'BROKEN: ' + '; '.join(problems[:3])}")  # fmt: skip
+    print(f"clusters: bridge /metrics: {n_series} samples with a cluster label ({per_metric}; prometheus_client adds "
+          f"a _created sample per counter series); budget {'held, sums exact' if not problems else 'BROKEN: ' + '; '.join(problems[:3])}; "
+          f"Kafka ack {ack.get('kaudit_bridge_kafka_ack_seconds_sum', 0) / max(1, ack.get('kaudit_bridge_kafka_ack_seconds_count', 0)) * 1000:.0f} ms "
+          "on average per batch")  # fmt: skip
     by_part = Counter(min(ps) for ps in landed.values())
     predicted = spread(clusters, s.raw_partitions)
     moved = [c for c, ps in landed.items() if ps != {librdkafka_partition(c.encode(), s.raw_partitions)}]
@@ -437,11 +482,12 @@ def run(args: argparse.Namespace, var: Path, bootstrap: str) -> int:
           f"(CRC-32 predicts {dict(sorted(predicted.items()))}; {len(moved)} clusters elsewhere than predicted, "
           f"{sum(len(ps) > 1 for ps in landed.values())} on more than one partition)")  # fmt: skip
     print("clusters: RSS after the run: " + ", ".join(f"{n} {b / 2**20:.0f} MiB" for n, b in rss.items())
-          + f", load generator {rss_bytes(os.getpid()) / 2**20:.0f} MiB; CPU s: "
-          + ", ".join(f"{n} {cpu1[n] - cpu0[n]:.1f}" for n in pids))  # fmt: skip
+          + "; CPU s during the load: " + ", ".join(f"{n} {cpu1[n] - cpu0[n]:.1f}" for n in pids))  # fmt: skip
     print(f"clusters: tokens file of {len(clusters):,} hashed tokens parsed+installed in {t_parse * 1000:.1f} ms, "
           f"readers file of {len(clusters):,} readers in {r_parse * 1000:.1f} ms; every token rotated in the file -> "
           f"accepted by the running bridge after {rot:.2f} s (polled each 1 s)")  # fmt: skip
+    print(f"clusters: per-request token lookup among {len(clusters):,}: bridge {us_bridge:.1f} us, readers {us_readers:.1f} us "
+          f"(digest dict; the previous scan of every digest: {us_scan:.1f} us)")  # fmt: skip
     return 0 if not wrong and not extra and not problems and not moved else 1
 
 

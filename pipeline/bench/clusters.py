@@ -334,11 +334,15 @@ def lookup_us(clusters: list[str]) -> tuple[float, float, float]:
                 found = reader
         return found
 
-    def per_call(fn, arg) -> float:  # noqa: ANN001
-        t0 = time.perf_counter()
-        for c in clusters:
-            fn(c, arg(c))
-        return (time.perf_counter() - t0) / len(clusters) * 1e6
+    def per_call(fn, arg) -> float:  # noqa: ANN001 - best of 5 passes over every token (the cores are shared)
+        args = [(c, arg(c)) for c in clusters]
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.perf_counter()
+            for c, a in args:
+                fn(c, a)
+            best = min(best, time.perf_counter() - t0)
+        return best / len(clusters) * 1e6
 
     bridge = per_call(lambda c, a: auth.check(c, a, None), lambda c: f"Bearer t-{c}")
     new = per_call(lambda c, a: readers.authenticate(a), lambda c: f"r-{c}")

@@ -79,7 +79,7 @@ pytestmark_browser = pytest.mark.skipif(CHROMIUM is None, reason="chromium not f
 
 
 def _hash_clusters(page) -> list[str]:  # noqa: F811
-    frag = page.evaluate("location.hash")
+    frag = page.evaluate("() => location.hash")
     qs = urllib.parse.parse_qs(frag.split("?", 1)[1] if "?" in frag else "")
     return [c for c in qs.get("cluster", [""])[0].split(",") if c]
 
@@ -98,27 +98,27 @@ def test_picker_in_the_browser_with_1000_clusters(page, fleet) -> None:  # noqa:
     want = sorted(n for n in names if q in n)
     assert want and not set(want) & set(sorted(names)[:PICK])  # none of them was loaded: the server must answer
     page.fill("#cluster-search", q)
-    page.wait_for_function(f"document.querySelectorAll('#cluster-items input[type=checkbox]').length === {len(want)}")
+    page.wait_for_function(f"() => document.querySelectorAll('#cluster-items input[type=checkbox]').length === {len(want)}")
     assert [items.nth(i).get_attribute("value") for i in range(items.count())] == want
     assert page.locator("#cluster-more").count() == 0
     shot(page, "cluster-picker-1000")
     page.check(f"#cluster-items input[value='{want[0]}']")
-    page.wait_for_function(f"location.hash.includes('cluster={want[0]}')")
+    page.wait_for_function(f"() => location.hash.includes('cluster={want[0]}')")
     assert page.locator("#cluster-button").inner_text() == want[0]
     # the selected cluster stays listed (first, checked) whatever the search; the menu stayed open
     page.fill("#cluster-search", "prod-eu-west-1-a")
-    page.wait_for_function("[...document.querySelectorAll('#cluster-items input')].every((i) => "
+    page.wait_for_function("() => [...document.querySelectorAll('#cluster-items input')].every((i) => "
                            "i.value.includes('prod-eu-west-1-a') || i.checked)")  # fmt: skip
     first = page.locator("#cluster-items input[type=checkbox]").first
     assert first.get_attribute("value") == want[0] and first.is_checked()
     # widgets follow the selection: one event in that cluster
     page.wait_for_selector("[data-table=actions] tfoot [data-total]")
-    page.wait_for_function("document.querySelector('[data-table=actions] tfoot [data-total]').innerText === '1'")
+    page.wait_for_function("() => document.querySelector('[data-table=actions] tfoot [data-total]').innerText === '1'")
     # a group link selects all 250 clusters of the group, whatever the list shows
     page.click("#cluster-menu [data-group=stage]")
-    page.wait_for_function("location.hash.includes('stage-eu-west-1-a-001')")
+    page.wait_for_function("() => location.hash.includes('stage-eu-west-1-a-001')")
     assert sorted(_hash_clusters(page)) == sorted(n for n in names if n.startswith("stage-"))
     assert page.locator("#cluster-button").inner_text().endswith(f"+{N // len(ENVS) - 2}")
-    page.wait_for_function(f"document.querySelector('[data-table=actions] tfoot [data-total]').innerText === '{N // 4}'")
+    page.wait_for_function(f"() => document.querySelector('[data-table=actions] tfoot [data-total]').innerText === '{N // 4}'")
     assert Counter(n.split("-")[0] for n in _hash_clusters(page)) == {"stage": N // len(ENVS)}
 

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     bridge_ack_timeout: float = Field(
         10.0, description="Seconds to wait for Kafka acks before answering 503."
     )
+    metrics_max_clusters: int = Field(
+        200, ge=0,
+        description="Cardinality budget of per-cluster metric labels: the first N clusters seen since start get "
+        "their own cluster=\"<name>\" series, later ones are counted under cluster=\"_other\" (totals stay exact).",
+    )
 
     # --- worker ------------------------------------------------------------------------------------
     window_seconds: int = Field(60, description="Tumbling window size for verb/status aggregates.")

@@ -245,7 +245,7 @@ class Bridge:
         self.s = settings
         self.auth = auth
         self.opt = options or BridgeOptions()
-        self.metrics = BridgeMetrics()
+        self.metrics = BridgeMetrics(settings.metrics_max_clusters)
         self.raw_topic = settings.topic(config.RAW)
         self.dlq_topic = settings.topic(config.DEADLETTER)
         # Messages that Kafka could not ack within the deadline stay queued a while (they may still land, the
@@ -418,11 +418,7 @@ class Bridge:
                 raise HTTPProblem(503, "kafka_error", f"Kafka refused the batch: {exc}", self._retry_headers())
         m = self.metrics
         m.ack_latency.observe(time.perf_counter() - t0)
-        m.events.labels(cluster).inc(good)
-        m.batches.labels(cluster).inc()
-        m.bytes.labels(cluster).inc(size)
-        if bad:
-            m.deadletter.labels(cluster).inc(len(bad))
+        m.count_batch(cluster, good, size, len(bad))
 
     def _send(
         self, producer: AsyncProducer, topic: str, value: bytes, key: bytes, hdrs: list[tuple[str, bytes]], size: int

@@ -212,6 +212,12 @@ class Settings(BaseSettings):
         0, description="kaudit worker: serve /metrics and /healthz on this port (0 = off).",
     )
 
+    @property
+    def fetch_max_bytes(self) -> int:
+        """Consumers' fetch.max.bytes: a whole record fits, and never below librdkafka's message.max.bytes
+        default (1,000,000), which it requires (a KAUDIT_MAX_MESSAGE_BYTES under 1 MB must not stop consumers)."""
+        return max(self.max_message_bytes, 1_048_576)
+
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
 

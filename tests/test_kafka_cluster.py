@@ -57,7 +57,8 @@ class Cluster:
         self.base = free_base()
         self.var = var
         self.env = {
-            **os.environ, "KAUDIT_VAR": str(var), "KAUDIT_KAFKA_NODES": str(NODES), "KAUDIT_KAFKA_PORT": str(self.base),
+            # the caller's controller port is one broker's (a shared test broker's, say): the cluster picks its own
+            **{k: v for k, v in os.environ.items() if k != "KAUDIT_KAFKA_CONTROLLER_PORT"}, "KAUDIT_VAR": str(var), "KAUDIT_KAFKA_NODES": str(NODES), "KAUDIT_KAFKA_PORT": str(self.base),
             "KAUDIT_KAFKA_LIBS": str(REPO / "var/kafka/libs"), "PYTHON": sys.executable,
             "KAUDIT_KAFKA_HEAP_OPTS": "-Xms128m -Xmx512m",
         }  # fmt: skip

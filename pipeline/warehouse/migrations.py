@@ -150,6 +150,11 @@ LATENCY_MATERIALIZED = (
     f"toUInt64(round(if(mapContains(annotations, '{LATENCY_ANNOTATION}'), {_GO_DURATION_US}, "
     "toFloat64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts))))))"
 )
+# latency_us's codec (migration 8): T64 keeps only the bits the values of a block use (latencies fit in ~20-30 of
+# 64), then LZ4. In chDB it reads 4x cheaper than with the default compression (reading the column at 10M rows, as
+# `groupby verb, percentile(latency, 99)` does: ~250 ms CPU -> ~60 ms; make bench-query ARGS=--compare), 25% smaller.
+LATENCY_CODEC = "CODEC(T64, LZ4)"
+LATENCY_COLUMN = f"latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED} {LATENCY_CODEC}"
 
 
 def _latency_from_annotation(client: Client) -> None:
@@ -162,7 +167,23 @@ def _latency_from_annotation(client: Client) -> None:
     if rows and "apiserver.latency.k8s.io" in rows[0][0]:
         return
     verb = "MODIFY" if rows else "ADD"
-    client.command(f"ALTER TABLE audit_events {verb} COLUMN latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED}")
+    client.command(f"ALTER TABLE audit_events {verb} COLUMN {LATENCY_COLUMN}")
+    if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
+        client.command("ALTER TABLE audit_events MATERIALIZE COLUMN latency_us")
+
+
+def _latency_codec(client: Client) -> None:
+    """Migration 8: latency_us stored with LATENCY_CODEC. A codec change alone is metadata (new parts, merges); rows
+    already stored are rewritten by a background mutation of that one column (the same values: the column is
+    recomputed from the row). Migration 1 creates the column without it (so that ``migrate(upto=7)`` is the schema
+    before this one) and this is then metadata only; a column migration 4 added has it already and is left alone."""
+    rows = client.query(
+        "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() "
+        "AND table = 'audit_events' AND name = 'latency_us'"
+    ).result_rows
+    if rows and "T64" in rows[0][0]:
+        return
+    client.command(f"ALTER TABLE audit_events MODIFY COLUMN {LATENCY_COLUMN}")
     if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
         client.command("ALTER TABLE audit_events MATERIALIZE COLUMN latency_us")
 
@@ -330,11 +351,17 @@ SETTINGS non_replicated_deduplication_window = 10000""",
                 f"INSERT INTO volume_1h {VOLUME_SELECT} WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL",
             ],
         ),
+        (
+            8,
+            "audit_events.latency_us with CODEC(T64, LZ4): percentile/avg/sd of latency read it 4x cheaper",
+            [_latency_codec],
+        ),
     ]
 
 
-def migrate(client: Client, s: Settings | None = None) -> list[str]:
-    """Apply pending migrations; return their names. Safe to call from every writer on start."""
+def migrate(client: Client, s: Settings | None = None, upto: int | None = None) -> list[str]:
+    """Apply pending migrations; return their names. Safe to call from every writer on start. ``upto``: only the
+    versions up to it (the schema an older kaudit made: migration tests, ``make bench-query --compare``)."""
     s = s or get_settings()
     client.command(
         "CREATE TABLE IF NOT EXISTS kaudit_migrations (version UInt32, name String, "
@@ -343,7 +370,7 @@ def migrate(client: Client, s: Settings | None = None) -> list[str]:
     done = {row[0] for row in client.query("SELECT version FROM kaudit_migrations").result_rows}
     applied = []
     for version, name, statements in _migrations(s.retention_days):
-        if version in done:
+        if version in done or (upto is not None and version > upto):
             continue
         for stmt in statements:  # SQL, or a function of the client for a migration that must look first
             stmt(client) if callable(stmt) else client.command(stmt)

@@ -119,6 +119,18 @@ def _sql_before(sql: str) -> str:
     return re.sub(r"reinterpretAsUInt128\(sipHash128\(([^()]*)\)\)", r"sipHash128(\1)", sql)
 
 
+def _settle(c, label: str) -> None:  # noqa: ANN001
+    """Wait for audit_events' mutations (migration 8 rewrites stored rows in the background) and merges to end."""
+    t0 = time.perf_counter()
+    busy = ("SELECT (SELECT count() FROM system.mutations WHERE database = currentDatabase() AND table = 'audit_events' "
+            "AND NOT is_done) + (SELECT count() FROM system.merges WHERE database = currentDatabase() "
+            "AND table = 'audit_events')")  # fmt: skip
+    while c.query(busy).result_rows[0][0]:
+        time.sleep(0.5)
+    if time.perf_counter() - t0 > 1:
+        print(f"waited {time.perf_counter() - t0:.1f}s for {label}'s mutations and merges")
+
+
 def _compare(s: Settings, c, rows: int, runs: int, fill: str) -> None:  # noqa: ANN001
     """Old schema + old SQL against new schema + new SQL, runs interleaved so that both see the same load."""
     c.command(f"CREATE DATABASE IF NOT EXISTS {BEFORE8}")
@@ -131,6 +143,7 @@ def _compare(s: Settings, c, rows: int, runs: int, fill: str) -> None:  # noqa: 
         src = c.query("SELECT currentDatabase()").result_rows[0][0]
         old.command(f"INSERT INTO {BEFORE8}.audit_events ({cols}) SELECT {cols} FROM {src}.audit_events")
         print(f"copied {rows:,} events to {BEFORE8} (schema before migration 8) in {time.perf_counter() - t0:.1f}s")
+    _settle(old, BEFORE8)
     codec = {db: cl.query("SELECT compression_codec, data_compressed_bytes FROM system.columns WHERE "
                           "database = currentDatabase() AND table = 'audit_events' AND name = 'latency_us'").result_rows[0]
              for db, cl in (("before", old), ("now", c))}  # fmt: skip
@@ -218,6 +231,7 @@ def main() -> int:
     load = os.getloadavg()
     print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} cores (p50/p90/max are wall "
           "times and grow with the load; cpu is this process's CPU per query, all threads)")  # fmt: skip
+    _settle(c, "audit_events")
     if allowed is not None:
         print(f"confined to clusters {allowed}" + (" with NO_EARLY_EVALUATION" if args.scoped else ""))
     if args.compare:

@@ -129,7 +129,8 @@ nth_value lag lead
 AGGREGATE_FUNCTIONS = frozenset("""
 count sum avg min max any anyLast anyHeavy argMin argMax uniq uniqExact uniqCombined uniqCombined64 uniqHLL12
 uniqTheta countDistinct groupArray groupArraySample groupUniqArray groupArraySorted groupBitAnd groupBitOr
-groupBitXor groupConcat topK topKWeighted quantile quantiles quantileExact quantilesExact quantileTiming
+groupBitXor groupConcat topK topKWeighted quantile quantiles quantileExact quantilesExact quantileExactInclusive
+quantilesExactInclusive quantileTiming
 quantilesTiming quantileTDigest quantilesTDigest quantileDeterministic median medianExact stddevPop
 stddevSamp varPop varSamp covarPop covarSamp corr skewPop kurtPop sumMap minMap maxMap avgWeighted
 histogram simpleLinearRegression sequenceMatch sequenceCount windowFunnel retention first_value last_value

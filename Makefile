@@ -8,7 +8,7 @@ KAUDIT := $(VENV)/bin/kaudit
 export KAUDIT_VAR ?= $(CURDIR)/var
 export PYTHON := $(CURDIR)/$(PY)
 
-.PHONY: help install up down demo demo-live demo-stop k8s-build k8s-up k8s-down test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e bench-normalize bench-policy clean alertmanager
+.PHONY: help install up down demo demo-live demo-stop k8s-build k8s-up k8s-down test test-unit lint bench bench-bridge bench-worker bench-sink bench-query bench-web bench-e2e bench-clusters bench-normalize bench-policy clean alertmanager
 
 help:
 	@echo "make demo    start Kafka, bridge, worker and sink; replay the sample audit logs; show results"
@@ -77,7 +77,7 @@ lint: install
 	$(VENV)/bin/ruff check pipeline tests
 	$(VENV)/bin/ruff format --check pipeline tests || true
 
-bench: install bench-normalize bench-bridge bench-worker bench-sink bench-merge bench-query bench-web bench-e2e
+bench: install bench-normalize bench-bridge bench-worker bench-sink bench-merge bench-query bench-web bench-e2e bench-clusters
 
 bench-normalize: install
 	$(PY) -m pipeline.bench.normalize
@@ -102,6 +102,9 @@ bench-web: install
 
 bench-e2e: install
 	$(PY) -m pipeline.bench.e2e
+
+bench-clusters: install  # 1,000 clusters posting at once: exactness per cluster, metrics budget, spread, RSS
+	$(PY) -m pipeline.bench.clusters $(ARGS)
 
 bench-policy: up k8s-build  # volume helper: policy suggest on a real API server, estimate vs measured
 	$(PY) -m pipeline.bench.policy

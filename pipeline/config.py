@@ -42,6 +42,11 @@ class Settings(BaseSettings):
         "", description="ClickHouse DSN: empty = embedded chDB under <var>/chdb; or http://host:8123/db."
     )
     retention_days: int = Field(0, description="Drop events older than this many days (0 = keep forever).")
+    clickhouse_cluster: str = Field(
+        "", description="ClickHouse server only: the cluster (remote_servers) to lay the tables out on: "
+        "ReplicatedMergeTree <table>_local per shard + Distributed <table>, every DDL ON CLUSTER "
+        "(pipeline/warehouse/migrations.py); empty = one node, plain MergeTree tables."
+    )
 
     # --- event model -------------------------------------------------------------------------------
     max_object_bytes: int = Field(
@@ -68,6 +73,11 @@ class Settings(BaseSettings):
     )
     bridge_ack_timeout: float = Field(
         10.0, description="Seconds to wait for Kafka acks before answering 503."
+    )
+    metrics_max_clusters: int = Field(
+        200, ge=0,
+        description="Cardinality budget of per-cluster metric labels: the first N clusters seen since start get "
+        "their own cluster=\"<name>\" series, later ones are counted under cluster=\"_other\" (totals stay exact).",
     )
 
     # --- worker ------------------------------------------------------------------------------------
@@ -136,6 +146,11 @@ class Settings(BaseSettings):
         description="Append one JSON line per API request (reader, clusters, path, query, rows, status, ms, "
         "remote address) to this file; the lines also go to the log (logger kaudit.audit).",
     )
+    api_allowed_hosts: str = Field(
+        "",
+        description="Comma-separated host names the query API/dashboard answers to (the Host header; loopback names "
+        "always). Empty: any name with a token, only loopback names with open access (a DNS-rebinding guard).",
+    )
     api_tls_cert: str = Field("", description="Certificate (chain, PEM) to serve the query API/dashboard over HTTPS.")
     api_tls_key: str = Field("", description="Private key (PEM) of api_tls_cert.")
     api_ca_file: str = Field(
@@ -196,6 +211,12 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(
         0, description="kaudit worker: serve /metrics and /healthz on this port (0 = off).",
     )
+
+    @property
+    def fetch_max_bytes(self) -> int:
+        """Consumers' fetch.max.bytes: a whole record fits, and never below librdkafka's message.max.bytes
+        default (1,000,000), which it requires (a KAUDIT_MAX_MESSAGE_BYTES under 1 MB must not stop consumers)."""
+        return max(self.max_message_bytes, 1_048_576)
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"

@@ -126,7 +126,8 @@ def attacks(loaded) -> dict[str, list[tuple[str, dict[str, Any], Any]]]:  # noqa
     b_denied = next(e for e in loaded.events if e["cluster"] == "openshift" and e["responsestatus_code"] == 403)
     b_user = b_denied["impersonated_username"] or b_denied["username"]
     return {
-        "/api/dashboard/clusters": [("GET", {}, None)],
+        "/api/dashboard/clusters": [("GET", {}, None), ("GET", {"q": "a"}, None), ("GET", {"q": "shif", "limit": "1"}, None),
+                                    ("GET", {"limit": "10000"}, None)],
         "/api/dashboard/widgets": [("GET", ALL, None), ("GET", {**ALL, "cluster": "openshift,falco"}, None),
                                    ("GET", {**ALL, "cluster": ["openshift", "audit2rbac"]}, None)],
         "/api/dashboard/events": [("GET", ALL, None), ("GET", {**ALL, "cluster": "openshift"}, None),
@@ -151,7 +152,8 @@ def attacks(loaded) -> dict[str, list[tuple[str, dict[str, Any], Any]]]:  # noqa
                         ("GET", {**ALL, "by": "cluster,user"}, None)],
         "/api/volume/policy": [("GET", ALL, None), ("GET", {**ALL, "cluster": "openshift,falco"}, None)],
         # saved searches and the clusters list (pipeline/searches/api.py); "b-search" is team B's (see below)
-        "/api/clusters": [("GET", {}, None)],
+        "/api/clusters": [("GET", {}, None), ("GET", {"q": "a"}, None), ("GET", {"q": "fal", "limit": "1"}, None),
+                          ("GET", {"group": ""}, None), ("GET", {"group": "security"}, None)],
         "/api/searches": [("GET", {}, None), ("GET", {"owner": "team-b"}, None),
                           ("POST", {}, {"name": "b-steal", "query": "groupby verb", "clusters": ["openshift"]}),
                           ("POST", {}, {"name": "b-search", "query": "groupby verb", "clusters": ["audit2rbac"]})],
@@ -260,6 +262,21 @@ def test_every_route_is_confined_to_the_callers_clusters(loaded, site, layers, m
     for path in ("/", "/api/health", "/static/app.js"):
         _, text, _ = call(site.url, path)
         assert not [m for m in b_marks if m in text]
+
+
+def test_cluster_picker_search_counts_only_the_readers_clusters(loaded, site):  # noqa: F811
+    """?q=/&limit= narrow after the confinement: a search for team B's cluster finds nothing and counts nothing
+    (``total`` must not confirm that it exists), a broad one finds only team A's."""
+    for path in ("/api/dashboard/clusters", "/api/clusters"):
+        names = lambda doc: [c if isinstance(c, str) else c["name"] for c in doc["clusters"]]  # noqa: E731
+        doc = call(site.url, path, A_TOKEN, q="a")[2]
+        assert names(doc) == ["audit2rbac"] and doc["total"] == 1 and not doc["truncated"]
+        doc = call(site.url, path, A_TOKEN, q="openshift", limit=1)[2]
+        assert names(doc) == [] and doc["total"] == 0 and not doc["truncated"]
+        doc = call(site.url, path, ADMIN_TOKEN, q="a", limit=1)[2]  # the admin sees several: cut at one
+        assert len(names(doc)) == 1 and doc["total"] >= 3 and doc["truncated"]
+        assert call(site.url, path, NOBODY_TOKEN, q="a")[2]["total"] == 0
+        call(site.url, path, A_TOKEN, 400, limit="0")
 
 
 def test_each_team_sees_exactly_its_own_events(loaded, site):  # noqa: F811
@@ -438,9 +455,8 @@ def test_readers_file_reloads_on_change(loaded, tmp_path):  # noqa: F811
 
 
 def test_readers_file_shapes_and_errors(tmp_path):
-    entries = parse_readers(readers_yaml().encode())
     r = Readers()
-    r._entries = entries
+    r.apply_file(readers_yaml().encode(), "readers.yaml")
     assert not Readers(tmp_path / "r.yaml").open and not Readers(admin_token="x").open
     assert r.authenticate(A_TOKEN) == Reader("team-a", "reader", frozenset({"audit2rbac"}))
     assert r.authenticate(B_TOKEN).name == "team-b"  # matched through its hash
@@ -656,7 +672,7 @@ def test_dashboard_in_a_browser_shows_a_team_only_its_clusters(loaded, site):  #
             assert page.locator("[data-table=actions] tfoot [data-total]").inner_text() == "757"
             assert "token=" not in page.url  # handed over once, then out of the URL
             page.click("#cluster-button")
-            assert page.locator("#cluster-menu input").evaluate_all("els => els.map(e => e.value)") == ["audit2rbac"]
+            assert page.locator("#cluster-menu input[type=checkbox]").evaluate_all("els => els.map(e => e.value)") == ["audit2rbac"]
             page.goto(f"{site.url}/#/query?since=all&q=include+auditid,cluster+limit+10000")
             page.wait_for_selector("#query-count")
             assert page.locator("#query-count").get_attribute("data-rows") == "757"

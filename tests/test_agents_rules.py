@@ -174,8 +174,8 @@ def test_condition_operators():
         "responsestatus_code": {"in": [401, 403], "gte": 400, "lt": 404},
         "username": {"startswith": ["al", "bo"], "not_contains": "x"},
         "command": "sh -c id",
-        "sourceip": {"in_cidr": ["203.0.113.0/24"]},
-        "sourceips": {"in_cidr": ["10.0.0.0/8"]},
+        "sourceip": {"in_cidr": ["10.0.0.0/8"]},  # the peer the API server saw (the last), not X-Forwarded-For
+        "sourceips": {"in_cidr": ["203.0.113.0/24"]},
         "request_object.spec.containers[*].name": "b",
         "request_object.spec.containers.ports.containerPort": 80,
         "request_object.spec.containers[1].name": "b",
@@ -190,7 +190,7 @@ def test_condition_operators():
     bad = {
         "verb": {"in": ["get", "list"]},
         "usergroups": {"not_in": ["dev"]},
-        "sourceip": {"in_cidr": ["10.0.0.0/8"]},
+        "sourceip": {"in_cidr": ["203.0.113.0/24"]},  # only in the client's own X-Forwarded-For header
         "request_object.spec.containers[*].name": "c",
         "request_object.spec.containers[0].name": "b",
         "objectref_subresource": {"exists": True},

@@ -341,6 +341,12 @@ def test_hashes_follow_the_rule_memo_key_of_a_dict():
     (ev,) = native.normalize_record(T.eventlist([base_event(sourceIPs=None)]), "c", CAP, True)
     (other,) = native.normalize_record(T.eventlist([base_event(sourceIPs=[""])]), "c", CAP, True)
     assert ev.values_hash(["sourceip"]) == other.values_hash(["sourceip"])  # no IP and "" are the same key
+    # sourceip is the peer (the last address); those before it are the client's X-Forwarded-For
+    fwd, peer, claimed = (native.normalize_record(T.eventlist([base_event(sourceIPs=ips)]), "c", CAP, True)[0]
+                          for ips in (["203.0.113.9", "198.51.100.1", "10.0.0.1"], ["10.0.0.1"], ["203.0.113.9"]))  # fmt: skip
+    assert fwd.values_hash(["sourceip"]) == peer.values_hash(["sourceip"]) != claimed.values_hash(["sourceip"])
+    d = fwd.to_dict()
+    assert key_function(("sourceip",))(EventView(d), d) == ("10.0.0.1",)
     with pytest.raises(KeyError):
         ev.values_hash(["nope"])
     with pytest.raises(KeyError):

@@ -53,6 +53,8 @@ def page(browser):
     pg = ctx.new_page()
     errors: list[str] = []
     pg.on("pageerror", lambda e: errors.append(str(e)))
+    # the page runs under the Content-Security-Policy of pipeline/access/browser.py: anything it blocks is a bug
+    pg.on("console", lambda m: errors.append(m.text) if "Content Security Policy" in m.text else None)
     yield pg
     ctx.close()
     assert not errors, f"JavaScript errors: {errors}"
@@ -131,16 +133,16 @@ def test_shared_url_and_pickers(page, app_url, loaded):  # noqa: F811
     page.wait_for_selector("[data-table=actions] tfoot [data-total]")
     page.click("#cluster-button")
     page.check("#cluster-menu input[value=aks]")
-    page.wait_for_function("location.hash.includes('cluster=aks')")
+    page.wait_for_function("() => location.hash.includes('cluster=aks')")
     page.wait_for_selector("[data-table=actions] tfoot [data-total='24']")
     assert page.locator("#cluster-button").inner_text() == "aks"
     # time picker: the samples are years old, so the last hour is empty
     page.select_option("#range", "1h")
-    page.wait_for_function("location.hash.includes('since=1h')")
+    page.wait_for_function("() => location.hash.includes('since=1h')")
     page.wait_for_selector("[data-widget=actions] .empty")
     # auto-refresh is part of the URL too
     page.select_option("#refresh", "30")
-    page.wait_for_function("location.hash.includes('refresh=30')")
+    page.wait_for_function("() => location.hash.includes('refresh=30')")
 
 
 def test_query_box(page, app_url):
@@ -148,7 +150,7 @@ def test_query_box(page, app_url):
     page.wait_for_selector("[data-table=actions]")
     page.fill("#query-input", 'responsestatus_code=403 and verb="list" groupby username')
     page.click("#query-run")
-    page.wait_for_function("location.hash.startsWith('#/query?')")
+    page.wait_for_function("() => location.hash.startsWith('#/query?')")
     assert "since=all" in page.url
     page.wait_for_selector("#query-count, #query-error")
     shot(page, "query")
@@ -169,7 +171,7 @@ def test_a_widgets_query_is_saved_in_one_click(page, app_url, loaded):  # noqa: 
     page.wait_for_selector("[data-widget=actions] .ql-save")
     page.once("dialog", lambda d: d.accept("actions-by-verb"))
     page.locator("[data-widget=actions] .ql-save").click()
-    page.wait_for_function("document.getElementById('status').textContent.includes('saved search')")
+    page.wait_for_function("() => document.getElementById('status').textContent.includes('saved search')")
     rows = loaded.warehouse.query("SELECT name, query, since FROM saved_searches FINAL WHERE NOT deleted", {})[1]
     text = page.locator("[data-widget=actions] .ql").inner_text()
     assert ["actions-by-verb", text, "all"] in rows
@@ -196,7 +198,7 @@ def test_cluster_picker_shows_groups_from_the_clusters_file(page, loaded, tmp_pa
         page.click("#cluster-button")
         assert "falco · security" in page.locator("#cluster-menu").inner_text()
         page.click("#cluster-menu [data-group=security]")
-        page.wait_for_function("location.hash.includes('cluster=falco%2Copenshift') || location.hash.includes('cluster=falco,openshift')")
+        page.wait_for_function("() => location.hash.includes('cluster=falco%2Copenshift') || location.hash.includes('cluster=falco,openshift')")
     finally:
         srv.stop()
 
@@ -216,7 +218,7 @@ def test_volume_page(page, app_url, loaded):  # noqa: F811
     assert rows.count() == 21  # header + top 20
     page.select_option("#volume-by", "user")
     # re-rendered by user alone: user + 5 number columns (by user,verb,resource had 8)
-    page.wait_for_function("document.querySelectorAll('[data-table=volume-top] tr:first-child th').length === 6",
+    page.wait_for_function("() => document.querySelectorAll('[data-table=volume-top] tr:first-child th').length === 6",
                            timeout=120_000)  # fmt: skip
     page.click("#volume-suggest")
     page.wait_for_selector("#volume-policy:not([hidden])", timeout=120_000)  # a loaded machine: slack

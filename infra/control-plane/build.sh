@@ -81,7 +81,9 @@ build() {  # name package step
       while IFS= read -r line; do
         echo "$line" >> "$out/build-$1.log"
         n=$((n + 1))
-        [ $((n % 250)) -eq 0 ] && log "  $1: $n packages compiled ($(( $(date +%s) - t0 )) s)"
+        # an `if`, not `[ ] && log`: the loop's status is its body's last one, and pipefail would call a
+        # build whose package count is not a multiple of 250 failed
+        if [ $((n % 250)) -eq 0 ]; then log "  $1: $n packages compiled ($(( $(date +%s) - t0 )) s)"; fi
       done; then
     log "compiling $1 failed; last lines of $out/build-$1.log:"; tail -n 30 "$out/build-$1.log" >&2; exit 2
   fi

@@ -344,7 +344,8 @@ impl Hash128 {
     }
 }
 
-/// `values_hash`'s stand-in for "sourceip" (not an event field: the first of sourceips).
+/// `values_hash`'s stand-in for "sourceip" (not an event field: the last of sourceips, the peer the API server
+/// saw; the ones before it are X-Forwarded-For / X-Real-Ip, which any client sets).
 const SOURCEIP: usize = usize::MAX;
 
 /// Field names resolved once to positions: a rule slot's guard fields, so that `Event.values_hash` (called per
@@ -460,15 +461,29 @@ impl Event {
         }
     }
 
-    /// values_hash over resolved field indices (SOURCEIP: the first source IP or "").
+    /// values_hash over resolved field indices (SOURCEIP: the last source IP or "").
     fn hash_fields(&self, py: Python<'_>, idx: &[usize]) -> Hash128 {
         let mut h = Hash128::new();
         for &i in idx {
             if i == SOURCEIP {
                 let blob = self.blob.as_bytes(py);
                 let mut at = self.pos[12].0 as usize;
-                let n = read_long(blob, &mut at);
-                h.str(if n > 0 { read_str(blob, &mut at) } else { "" });
+                let mut last = "";
+                loop {
+                    // Avro array blocks: count (negative: followed by the block's byte size), items, 0 ends
+                    let mut n = read_long(blob, &mut at);
+                    if n == 0 {
+                        break;
+                    }
+                    if n < 0 {
+                        n = -n;
+                        read_long(blob, &mut at);
+                    }
+                    for _ in 0..n {
+                        last = read_str(blob, &mut at);
+                    }
+                }
+                h.str(last);
             } else {
                 self.hash_field(py, i, &mut h);
             }
@@ -540,7 +555,7 @@ impl Event {
         }
     }
 
-    /// A 128-bit hash of several fields' values (lists element by element; "sourceip" = the first source IP or
+    /// A 128-bit hash of several fields' values (lists element by element; "sourceip" = the last source IP or
     /// ""): the rules' memo key without building Python strings
     /// (distinct value combinations collide with probability ~2^-128), as 16 bytes.
     fn values_hash<'py>(&self, py: Python<'py>, fields: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {

@@ -16,6 +16,7 @@ from typing import Any
 
 from aiohttp import web
 
+from pipeline.access import browser
 from pipeline.access.audit import REQUESTS, ROWS, AuditLog, clip, reader_label
 from pipeline.access.readers import ANONYMOUS, Reader, Readers, ReadersFileError
 from pipeline.config import Settings
@@ -204,6 +205,7 @@ def install(app: web.Application, settings: Settings, access: Access | None = No
     access = access or Access.from_settings(settings)
     app[ACCESS] = access
     app.middlewares.insert(0, access_middleware)
+    browser.install(app, settings.api_allowed_hosts.split(","), access.readers.open)  # outermost: Host, CSRF, CSP
 
     async def on_startup(_app: web.Application) -> None:
         await access.readers.start()

@@ -60,8 +60,8 @@ def rebuild_state(
             "group.id": f"{s.topic_prefix}kaudit-worker-rebuild",
             "enable.auto.commit": False,
             "enable.partition.eof": True,
-            "fetch.max.bytes": s.max_message_bytes,
-            "receive.message.max.bytes": s.max_message_bytes + 1024 * 1024,
+            "fetch.max.bytes": s.fetch_max_bytes,
+            "receive.message.max.bytes": s.fetch_max_bytes + 1024 * 1024,
         }
     )
     started = time.perf_counter()

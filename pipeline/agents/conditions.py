@@ -10,7 +10,9 @@ and ``not: {..}``. A test is a scalar (equality) or a mapping of operators:
 ``lists:`` section; see ``pipeline.agents.callers``).
 
 Fields are the normalized names (``verb``, ``username``, ``objectref_resource``, ``responsestatus_code``, ...),
-``annotations.<key>`` / ``user_extra.<key>``, the derived ``sourceip`` (first source IP), ``request_path``
+``annotations.<key>`` / ``user_extra.<key>``, the derived ``sourceip`` (the *last* source IP: the peer
+the API server itself saw; the ones before it come from X-Forwarded-For / X-Real-Ip, which any client sets, so
+matching on them would let one header evade every IP rule), ``request_path``
 (URI without query), ``command`` (exec/attach command from the ``command=`` query parameters) and
 ``request_subjects`` (the usernames a RoleBinding/ClusterRoleBinding request grants: User name,
 ``system:serviceaccount:NS:NAME`` for a ServiceAccount, ``group:NAME`` for a Group), and JSON paths
@@ -113,7 +115,7 @@ class EventView:
         ev = self.ev
         if name == "sourceip":
             ips = ev.get("sourceips") or ()
-            value: Any = ips[0] if ips else ""
+            value: Any = ips[-1] if ips else ""  # the peer; earlier entries are the client's headers
         elif name == "request_path":
             value = (ev.get("request_uri") or "").partition("?")[0]
         elif name == "request_subjects":

@@ -92,7 +92,7 @@ def read_all(s: Settings, base: str, *, expect: int | None = None, idle: float =
     ``idle`` seconds without a new message once something was read, or at ``timeout``."""
     topic = s.topic(base)
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"reader-{uuid.uuid4().hex}", "enable.auto.commit": False,
-                  "auto.offset.reset": "earliest", "fetch.max.bytes": s.max_message_bytes})  # fmt: skip
+                  "auto.offset.reset": "earliest", "fetch.max.bytes": s.fetch_max_bytes})  # fmt: skip
     md = c.list_topics(topic, timeout=10).topics[topic]
     c.assign([TopicPartition(topic, p, 0) for p in md.partitions])
     out: list[Any] = []

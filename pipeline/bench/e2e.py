@@ -190,6 +190,42 @@ def cpu_budget(cpu: dict[str, float], events: int, cores: int) -> str:
             "a floor unless the run saturated the machine)")  # fmt: skip
 
 
+COUNTED = {  # metric sample -> name in request_counts (the per-request/per-insert costs of a steady load)
+    "sink": {"kaudit_sink_batches_total": "inserts", 'kaudit_sink_rows_total{table="audit_events"}': "rows"},
+    "worker": {"kaudit_worker_group_records_count": "groups", "kaudit_worker_group_records_sum": "records"},
+}
+
+
+def request_counts(urls: dict[str, list[str]]) -> dict[str, float]:
+    """Counters of sink batches (one insert per table each) and worker groups (one produce request per output
+    partition each), summed over the processes' /metrics."""
+    import urllib.request
+
+    out: dict[str, float] = {}
+    for comp, names in COUNTED.items():
+        for url in urls.get(comp, []):
+            try:
+                text = urllib.request.urlopen(url, timeout=5).read().decode()
+            except OSError:
+                continue
+            for line in text.splitlines():
+                name, _, value = line.rpartition(" ")
+                if name in names:
+                    out[names[name]] = out.get(names[name], 0.0) + float(value)
+    return out
+
+
+def request_line(d: dict[str, float], wall: float) -> str:
+    parts = []
+    if d.get("inserts"):
+        parts.append(f"sink {d['inserts']:.0f} batches ({d['inserts'] / wall:.2f}/s, "
+                     f"{d.get('rows', 0) / d['inserts']:,.0f} events each)")  # fmt: skip
+    if d.get("groups"):
+        parts.append(f"worker {d['groups']:.0f} groups ({d['groups'] / wall:.1f}/s, "
+                     f"{d.get('records', 0) / d['groups']:.1f} raw records each)")  # fmt: skip
+    return "e2e: during the run: " + ("; ".join(parts) or "no counters read")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--events", type=int, default=100_000)
@@ -205,7 +241,8 @@ def main() -> int:
     var = REPO_ROOT / "var" / "bench-e2e"
     env = {**os.environ, "KAUDIT_VAR": str(var), "KAUDIT_KAFKA_PORT": "9192", "KAUDIT_KAFKA_CONTROLLER_PORT": "9193",
            "KAUDIT_KAFKA_BOOTSTRAP": "127.0.0.1:9192", "KAUDIT_KAFKA_LIBS": str(REPO_ROOT / "var/kafka/libs"),
-           "KAUDIT_API_PORT": "8181", "KAUDIT_BRIDGE_PORT": "8866", "KAUDIT_LOG_LEVEL": "WARNING"}  # fmt: skip
+           "KAUDIT_API_PORT": "8181", "KAUDIT_BRIDGE_PORT": "8866", "KAUDIT_LOG_LEVEL": "WARNING",
+           "KAUDIT_WORKER_METRICS_PORT": "8182"}  # fmt: skip
     kafka = ["bash", str(REPO_ROOT / "infra/kafka/kafka.sh")]
     subprocess.run([*kafka, "down"], env=env, check=False, capture_output=True)
     shutil.rmtree(var, ignore_errors=True)
@@ -251,10 +288,14 @@ def main() -> int:
             t_w = time.monotonic()
             asyncio.run(run_load(args, wbodies, wdel, api, bridge, watcher, report=False))
             print(f"e2e: warm-up of {args.warmup:,} events done in {time.monotonic() - t_w:.1f} s")
+        urls = {"sink": [] if args.no_sink else [f"{api}/metrics"],
+                "worker": [f"http://127.0.0.1:{8182 + i}/metrics" for i in range(args.workers)]}  # fmt: skip
+        cnt0 = request_counts(urls)
         cpu0, t_load = {n: cpu_seconds(p) for n, p in pids.items()}, time.monotonic()
         asyncio.run(run_load(args, bodies, deletes, api, bridge, watcher, base=args.warmup))
         watcher.stop.set()
         cpu1, wall = {n: cpu_seconds(p) for n, p in pids.items()}, time.monotonic() - t_load
+        print(request_line({k: v - cnt0.get(k, 0) for k, v in request_counts(urls).items()}, wall))
         print("e2e: CPU seconds during the run (cores busy on average): " + ", ".join(
             f"{n} {cpu1[n] - cpu0[n]:.1f} ({(cpu1[n] - cpu0[n]) / wall:.2f})" for n in pids
         ) + f"; wall {wall:.1f} s")  # fmt: skip

@@ -218,7 +218,7 @@ def bench_ceiling(s: Settings, n_records: int, per_record: int) -> float:
 
     topic = s.topic(config.RAW)
     c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"bench-{uuid.uuid4().hex}",
-                  "enable.auto.commit": False, "fetch.max.bytes": s.max_message_bytes})  # fmt: skip
+                  "enable.auto.commit": False, "fetch.max.bytes": s.fetch_max_bytes})  # fmt: skip
     parts = c.list_topics(topic, timeout=10).topics[topic].partitions
     c.assign([TopicPartition(topic, p, 0) for p in parts])
     n = nbytes = 0

@@ -10,6 +10,7 @@ import threading
 
 from pipeline.commands._common import add_clickhouse_flag, add_kafka_flag, settings_from
 from pipeline.commands.search import _owner
+from pipeline.query.output import printable
 
 HELP = "alerts on saved searches: add, list, remove, evaluate"
 DESCRIPTION = """\
@@ -125,7 +126,7 @@ def _run_evaluator(s, once: bool) -> int:  # noqa: ANN001
         if once:
             ev.tick(time.time(), skip_current=False)
             for rec in ev.produced:
-                print(f"{rec['rule_id']} {rec['tags'][1]}: {rec['group_key'] or '-'} (count {rec['count']})")
+                print(printable(f"{rec['rule_id']} {rec['tags'][1]}: {rec['group_key'] or '-'} (count {rec['count']})"))
             return 0
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_a: stop.set())

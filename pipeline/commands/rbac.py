@@ -11,6 +11,7 @@ import urllib.request
 from typing import Any
 
 from pipeline.commands._common import add_clickhouse_flag, settings_from
+from pipeline.query.output import terminal_text
 
 HELP = "explain a user's 403s and suggest the smallest Role/ClusterRole + bindings allowing exactly them"
 DESCRIPTION = """\
@@ -161,10 +162,12 @@ def run(args: argparse.Namespace) -> int:
         )
     else:
         out = report.explain_text(rep)
+    if args.format != "json" and rep.get("refused") and not rep["yaml"]:
+        out += "".join(f"# NOT GRANTED: {r['why']}\n" for r in rep["refused"])
     if getattr(args, "output", None):
         with open(args.output, "w", encoding="utf-8") as f:
             f.write(out)
         print(f"wrote {args.output}: {rep['requests']} denied request(s) of {args.user}", file=sys.stderr)
     else:
-        sys.stdout.write(out)
+        sys.stdout.write(terminal_text(out))  # names and messages are the requester's text: no raw escapes
     return 0

@@ -87,6 +87,7 @@ def build_app(settings: Any, warehouse: Any, token: str = "", basic: str = "") -
     """The query API app (if installed) plus the dashboard routes. ``token`` is an admin bearer token (with the
     readers of settings.api_readers_file); ``basic`` puts basic auth in front of everything instead, and its
     user is an admin of every cluster."""
+    from pipeline.access.browser import AUTH_IN_FRONT
     from pipeline.warehouse.api import make_app
     from pipeline.web import routes
 
@@ -99,6 +100,7 @@ def build_app(settings: Any, warehouse: Any, token: str = "", basic: str = "") -
         routes.setup(app, settings, warehouse)
     if basic:
         app.middlewares.insert(0, auth_middleware(basic))
+        app[AUTH_IN_FRONT] = True  # open behind basic auth: any Host name (the CSRF checks stay)
     return app
 
 

@@ -7,6 +7,7 @@ import json
 import sys
 
 from pipeline.commands._common import add_clickhouse_flag, settings_from
+from pipeline.query.output import terminal_text
 
 HELP = "show where the audit volume comes from: events, bytes and ClickHouse cost by user, verb, resource, ..."
 DESCRIPTION = """\
@@ -64,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
     if args.format == "json":
         print(json.dumps(rep.as_dict(), indent=2, default=str))
     else:
-        print(render(rep))
+        print(terminal_text(render(rep)))  # user names and resources are anyone's text: no raw escapes
     return 0

@@ -25,8 +25,10 @@ def record(
     cluster: str = "",
     origin: str = "",
     received_at: int | None = None,
+    max_data: int = MAX_DATA,
 ) -> tuple[bytes, list[tuple[str, bytes]]]:
-    """(value, headers) of one dead-letter record."""
+    """(value, headers) of one dead-letter record (``data`` cut at ``max_data`` characters: a record must fit
+    KAUDIT_MAX_MESSAGE_BYTES even after JSON escaping)."""
     text = data.decode("utf-8", "replace") if isinstance(data, bytes) else data
     text, redacted, withheld = redact_text(text)
     value = orjson.dumps(
@@ -36,7 +38,7 @@ def record(
             "cluster": cluster,
             "origin": origin,
             "received_at": received_at if received_at is not None else time.time_ns() // 1000,
-            "data": text[:MAX_DATA],
+            "data": text[:max_data],
             "redacted": redacted,  # ids of the credential fields hashed in data
             "withheld": withheld,  # lines of data withheld because they are not JSON
         }

@@ -79,8 +79,8 @@ def who(alert: dict[str, Any]) -> str:
     if alert.get("impersonated_username"):
         user += f" as {alert['impersonated_username']}"
     ips = alert.get("sourceips") or []
-    if ips:
-        user += f" from {', '.join(ips[:3])}"
+    if ips:  # the last is the peer the API server saw; the others are the client's X-Forwarded-For
+        user += f" from {ips[-1]}" + (f" (X-Forwarded-For {', '.join(ips[:-1][:3])})" if len(ips) > 1 else "")
     return user
 
 

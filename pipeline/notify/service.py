@@ -274,7 +274,7 @@ class Notifier:
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 10_000,
             "max.poll.interval.ms": 600_000,
-            "fetch.max.bytes": self.s.max_message_bytes,
+            "fetch.max.bytes": self.s.fetch_max_bytes,
         })  # fmt: skip
         c.subscribe([self.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
         return c

@@ -110,3 +110,47 @@ def load(path: Path | str | None) -> ClusterMap:
 
 def for_settings(s: Any) -> ClusterMap:
     return load(getattr(s, "clusters_file", None))
+
+
+# --- the cluster picker's search (GET /api/clusters and /api/dashboard/clusters: ?q=&limit=&group=) -----------
+PICK_MAX = 10_000  # clusters a picker answer may list; a fleet beyond that is searched, not scrolled
+
+
+class PickError(ValueError):
+    """A picker parameter that is not usable (400)."""
+
+
+@dataclass(frozen=True)
+class Pick:
+    """What the picker asks for: names containing ``q`` (case-insensitive), of ``group`` if set, at most
+    ``limit`` of them (None = up to PICK_MAX). Applied after the reader's confinement, so it only narrows."""
+
+    q: str = ""
+    limit: int | None = None
+    group: str | None = None
+
+    @classmethod
+    def from_query(cls, query: Any) -> Pick:
+        q = str(query.get("q") or "").strip().lower()
+        if len(q) > 253:
+            raise PickError("q: at most 253 characters")
+        raw = query.get("limit")
+        limit = None
+        if raw not in (None, ""):
+            try:
+                limit = int(raw)
+            except ValueError:
+                raise PickError(f"limit: {raw!r} is not a number") from None
+            if not 1 <= limit <= PICK_MAX:
+                raise PickError(f"limit: between 1 and {PICK_MAX}")
+        group = query.get("group")
+        return cls(q, limit, None if group is None else str(group))
+
+    def matches(self, name: str, group: str = "") -> bool:
+        return (not self.q or self.q in name.lower()) and (self.group is None or group == self.group)
+
+    def cut(self, items: list[Any]) -> tuple[list[Any], int, bool]:
+        """(the first ``limit`` items, how many matched, whether some were left out)."""
+        n = len(items)
+        keep = min(self.limit or PICK_MAX, PICK_MAX)
+        return items[:keep], n, n > keep

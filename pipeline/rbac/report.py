@@ -6,7 +6,9 @@ import dataclasses
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.rbac import risk
 from pipeline.rbac.denials import Denial, denials_from_rows, denials_query, explain
+from pipeline.rbac.risk import split_grantable
 from pipeline.rbac.suggest import suggest, to_yaml
 from pipeline.web.store import WarehouseLike, aquery, squery
 from pipeline.web.timerange import TimeRange
@@ -32,11 +34,13 @@ def iso(us: int) -> str:
 def build(user: str, tr: TimeRange, clusters: list[str], denials: list[Denial]) -> dict[str, Any]:
     """The JSON answer: explanation groups plus the suggested YAML."""
     groups = explain(denials)
+    grantable, refused = split_grantable(denials)
+    objects = suggest(grantable, user)
     header = (
         f"kaudit rbac suggest for {user} ({tr.label}"
         + (f", cluster {', '.join(clusters)}" if clusters else "")
-        + f"): allows exactly {sum(d.requests for d in denials)} denied request(s) of {len(groups)} kind(s).\n"
-        "Review before applying: kubectl apply --dry-run=client -f <file>"
+        + f"): allows exactly {sum(d.requests for d in grantable)} denied request(s) of "
+        f"{len(explain(grantable))} kind(s).\n" + review_lines(objects, refused)
     )
     return {
         "user": user,
@@ -44,7 +48,9 @@ def build(user: str, tr: TimeRange, clusters: list[str], denials: list[Denial]) 
         "clusters": clusters,
         "requests": sum(d.requests for d in denials),
         "groups": [g.as_dict() for g in groups],
-        "yaml": to_yaml(suggest(denials, user), header) if denials else "",
+        "yaml": to_yaml(objects, header) if objects else "",
+        "warnings": risk.warnings(objects),
+        "refused": [{"denial": dataclasses.asdict(d), "why": why} for d, why in refused],
         # the denials themselves, for `rbac suggest --existing` on the client side
         "denials": [dataclasses.asdict(d) for d in denials],
         "query": (
@@ -79,12 +85,28 @@ def with_existing(rep: dict[str, Any], existing: Any, source: str) -> dict[str, 
         lines.append(f"  {d.verb} {what}{' in ' + d.namespace if d.namespace else ''} <- {by}")
     if len(covered) > 20:
         lines.append(f"  ... and {len(covered) - 20} more")
-    lines.append("Review before applying: kubectl apply --dry-run=client -f <file>")
+    todo, refused = split_grantable(todo)
+    objects = suggest(todo, user)
+    lines.append(review_lines(objects, refused))
     out = dict(rep)
-    out["yaml"] = to_yaml(suggest(todo, user), "\n".join(lines)) if todo else ""
+    out["yaml"] = to_yaml(objects, "\n".join(lines)) if objects else ""
+    out["warnings"] = risk.warnings(objects)
+    out["refused"] = [{"denial": dataclasses.asdict(d), "why": why} for d, why in refused]
     out["already_allowed"] = [{"denial": dataclasses.asdict(d), "by": by} for d, by in covered]
     out["missing_requests"] = sum(d.requests for d in todo)
     return out
+
+
+def review_lines(objects: list[dict[str, Any]], refused: list[tuple[Denial, str]]) -> str:
+    """The header's end: what was left out and why, what the grants lead to, how to check before applying."""
+    lines = []
+    for d, why in refused[:20]:
+        lines.append(f"NOT GRANTED: {d.requests} request(s) {d.verb} {d.path or d.rbac_resource}: {why}")
+    if len(refused) > 20:
+        lines.append(f"NOT GRANTED: ... and {len(refused) - 20} more")
+    lines += [f"WARNING: {w}" for w in risk.warnings(objects)]
+    lines.append("Review before applying: kubectl apply --dry-run=client -f <file>")
+    return "\n".join(lines)
 
 
 def _q(v: str) -> str:

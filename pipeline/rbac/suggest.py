@@ -8,6 +8,7 @@
   deletecollection: the authorizer does not see a name for those).
 - Rules are merged only where the merge grants nothing more: one API group per rule, resources merged when
   they have the same verbs and names, verbs merged when they have the same names.
+- Denials naming a wildcard are left out, and risky grants are named in the header (pipeline/rbac/risk.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 import yaml
 
 from pipeline.rbac.denials import Denial
+from pipeline.rbac.risk import split_grantable
 
 RBAC_API = "rbac.authorization.k8s.io/v1"
 RBAC_GROUP = "rbac.authorization.k8s.io"
@@ -88,7 +90,9 @@ def _non_resource_rules(denials: Iterable[Denial]) -> list[dict[str, Any]]:
 
 
 def suggest(denials: Iterable[Denial], user: str, name: str | None = None) -> list[dict[str, Any]]:
-    """Kubernetes objects (dicts) granting exactly the denied requests to ``user``."""
+    """Kubernetes objects (dicts) granting exactly the denied requests to ``user``; a denial that names a
+    wildcard is never granted (pipeline.rbac.risk: RBAC would read it as everything)."""
+    denials, _ = split_grantable(denials)
     name = name or role_name(user)
     subject = subject_for(user)
     annotations = {"kaudit.io/generated-for": user}

@@ -1,7 +1,9 @@
 """Query API routes for saved searches and the clusters picker, added to the warehouse owner's app
 (``pipeline.warehouse.api.make_app``):
 
-- ``GET /api/clusters``: every cluster (clusters file + clusters with stored events) with its group and labels.
+- ``GET /api/clusters[?q=&limit=&group=]``: every cluster (clusters file + clusters with stored events) with its
+  group and labels; ``q`` keeps names containing it (case-insensitive), ``group`` one group's clusters, ``limit``
+  the first n (``total`` = how many matched, ``truncated`` = some left out): a picker over 1,000 clusters searches.
 - ``GET /api/searches[?owner=&alerts=1]``, ``GET /api/searches/{name}``: saved searches.
 - ``POST /api/searches`` (JSON SavedSearch): save or replace; 400 ``{"error", "column", "field"}`` when it does not
   compile. ``DELETE /api/searches/{name}``.
@@ -25,7 +27,7 @@ from aiohttp import web
 from pipeline.access import web as access
 from pipeline.config import Settings
 from pipeline.query import QueryError, compile_query
-from pipeline.query.clusters import ClustersFileError, for_settings
+from pipeline.query.clusters import PICK_MAX, ClustersFileError, Pick, PickError, for_settings
 from pipeline.searches.store import SavedSearch, SearchError, Store
 from pipeline.warehouse.reader import jsonable
 
@@ -54,12 +56,16 @@ async def clusters(req: web.Request) -> web.Response:
         cm = for_settings(req.app[CFG])
     except ClustersFileError as exc:
         return _err(500, str(exc))
+    try:
+        pick = Pick.from_query(req.query)
+    except PickError as exc:
+        return _err(400, str(exc))
     allowed = access.allowed_clusters(req)
     wh = access.confined(req, req.app[WH])
-    sql, params = "SELECT DISTINCT cluster FROM events_1m ORDER BY cluster LIMIT 10000", {}
+    sql, params = f"SELECT DISTINCT cluster FROM events_1m ORDER BY cluster LIMIT {PICK_MAX}", {}
     if allowed is not None:
         sql = ("SELECT DISTINCT cluster FROM events_1m WHERE cluster IN {allowed:Array(String)} "
-               "ORDER BY cluster LIMIT 10000")  # fmt: skip
+               f"ORDER BY cluster LIMIT {PICK_MAX}")  # fmt: skip
         params = {"allowed": allowed}
     _cols, rows = await _blocking(req, wh.query, sql, params)
     seen = {r[0] for r in rows}
@@ -70,8 +76,9 @@ async def clusters(req: web.Request) -> web.Response:
         out = [c for c in out if c["name"] in allowed]
         groups = sorted({c["group"] for c in out if c["group"]})
     out.sort(key=lambda c: (c["group"] == "", c["group"], c["name"]))
+    out, total, truncated = pick.cut([c for c in out if pick.matches(c["name"], c["group"])])
     access.note(req, rows=len(out))
-    return web.json_response({"clusters": out, "groups": groups,
+    return web.json_response({"clusters": out, "groups": groups, "total": total, "truncated": truncated,
                               "file": str(cm.path) if cm.path else None})  # fmt: skip
 
 

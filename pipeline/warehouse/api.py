@@ -16,7 +16,6 @@ import threading
 import time
 from typing import Any
 
-import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -24,6 +23,7 @@ from pipeline.access import web as access
 from pipeline.access.tls import make_ssl_context
 from pipeline.config import Settings
 from pipeline.query import QueryError, compile_query
+from pipeline.query.output import csv_cell  # noqa: F401 - one formula guard, re-exported
 from pipeline.warehouse.reader import LimitExceeded, ReadOnlyError, Warehouse, jsonable
 
 log = logging.getLogger("kaudit.api")
@@ -120,20 +120,6 @@ async def export(request: web.Request) -> web.StreamResponse:
     for r in rows:
         w.writerow([csv_cell(v) for v in r])
     return web.Response(text=buf.getvalue(), content_type="text/csv", headers=headers)
-
-
-FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
-
-
-def csv_cell(v: Any) -> Any:
-    """A CSV cell; text that a spreadsheet would run as a formula (a user agent "=HYPERLINK(...)" is anyone's
-    to send) gets a leading quote, lists and maps are JSON."""
-    if v is None:
-        return ""
-    if isinstance(v, bool | int | float):
-        return v
-    text = v if isinstance(v, str) else orjson.dumps(v).decode()
-    return "'" + text if text.startswith(FORMULA_START) else text
 
 
 async def sql(request: web.Request) -> web.Response:

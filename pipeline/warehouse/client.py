@@ -35,10 +35,16 @@ def is_embedded(dsn: str) -> bool:
 
 
 def open_client(s: Settings | None = None, dsn: str | None = None, reader: bool = False, **kwargs: Any) -> Client:
-    """``reader``: a client that only reads (no writer session settings: a readonly=1 reader profile refuses them)."""
+    """``reader``: a client that only reads (no writer session settings: a readonly=1 reader profile refuses them).
+    A writer of a cluster layout (``Settings.clickhouse_cluster``) also gets ``CLUSTER_WRITE_SETTINGS``: its inserts
+    into Distributed tables return once the shards stored them (what the sink commits Kafka offsets after)."""
     s = s or get_settings()
     dsn = dsn or s.effective_clickhouse_dsn
     settings = {**({} if reader else SESSION_SETTINGS), **kwargs.pop("settings", {})}
+    if s.clickhouse_cluster.strip() and not reader and not is_embedded(dsn):
+        from pipeline.warehouse.migrations import CLUSTER_WRITE_SETTINGS
+
+        settings = {**CLUSTER_WRITE_SETTINGS, **settings}
     if is_embedded(dsn):
         path = Path(dsn[len("chdb://") :])
         path.mkdir(parents=True, exist_ok=True)

@@ -2,11 +2,20 @@
 
 Each migration is a list of statements; applied versions are recorded in ``kaudit_migrations``. Statements
 use IF NOT EXISTS so that a crash mid-migration can simply be re-run.
+
+Two layouts (``Layout``; ``Settings.clickhouse_cluster``): one node (the default: the statements below as
+written), or a ClickHouse cluster, where each table becomes ``<table>_local`` (Replicated*MergeTree, one copy
+per replica of its shard) plus a Distributed ``<table>`` under today's name, so that the sink and every reader
+keep their SQL; every DDL runs ON CLUSTER; materialized views hang on each node's local table and write into
+its local rollup (named ``*_mv_local``: like the other local objects, nothing kaudit lets a reader name).
 """
 
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
@@ -136,6 +145,119 @@ VOLUME_SELECT = """SELECT cluster, toStartOfHour(request_received_ts) AS hour, u
 FROM audit_events"""
 
 
+# --- the cluster layout --------------------------------------------------------------------------------------------
+# Sharding keys of the Distributed tables. audit_events and the stats tables shard by source_id: every row of one
+# raw record lives on one shard, so a source is stored whole or not at all on its shard, and the sink's dedup check
+# (which reads the Distributed table, all shards) sees a source's rows together; one busy Kubernetes cluster still
+# spreads over every shard (sharding by the cluster column, or by the raw partition, which follows it, would keep
+# it on one). Stats rows that ReplacingMergeTree collapses share their source_id, hence their shard. alerts by
+# alert_id (its ReplacingMergeTree key), saved_searches by name (read with FINAL: a name's versions on one shard).
+# The rollups are written on each shard by their materialized view; their key only places direct inserts.
+SHARDING_KEYS = {
+    "audit_events": "cityHash64(source_id)",
+    "verb_stats": "cityHash64(source_id)",
+    "status_stats": "cityHash64(source_id)",
+    "alerts": "cityHash64(alert_id)",
+    "events_1m": "cityHash64(cluster)",
+    "volume_1h": "cityHash64(cluster)",
+    "saved_searches": "cityHash64(name)",
+}
+# One Keeper path per shard and table; {replica} names the replica within its shard (config macros).
+REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
+# kaudit_migrations: one replicated table shared by every node of every shard (no {shard} in the path), so that
+# whichever node a writer connects to knows what is applied; replica names must then be unique cluster-wide.
+MIGRATIONS_PATH = "/clickhouse/tables/all/{database}/kaudit_migrations"
+REPLICA_NAME, MIGRATIONS_REPLICA_NAME = "{replica}", "{shard}-{replica}"
+# Writer sessions on a cluster (pipeline.warehouse.client): an insert into a Distributed table returns only once
+# each shard stored its rows (not queued on the node for later: the sink commits Kafka offsets after the ack),
+# and on a majority of the shard's replicas ('auto'; with two replicas that is both, so the dedup check, which
+# may read either, sees every acknowledged source).
+CLUSTER_WRITE_SETTINGS: dict[str, Any] = {"distributed_foreground_insert": 1, "insert_quorum": "auto"}
+
+_IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
+_CREATE_TABLE = re.compile(r"^CREATE TABLE IF NOT EXISTS (\w+) \(")
+_ENGINE = re.compile(r"^\) ENGINE = (\w*)MergeTree(?:\((.*)\))?$", re.M)
+_CREATE_VIEW = re.compile(r"^CREATE MATERIALIZED VIEW IF NOT EXISTS (\w+) TO (\w+) AS")
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where kaudit's tables live: ``cluster`` "" = one node (statements as written); else that cluster of the
+    server's remote_servers. ``database``: the database the Distributed tables point into (the DSN's)."""
+
+    cluster: str = ""
+    database: str = "default"
+
+    def __post_init__(self) -> None:
+        # both are spliced into DDL; the database only matters (and is only checked) on a cluster
+        for what, name in (("cluster", self.cluster), ("database", self.database if self.cluster else "")):
+            if name and not _IDENT.fullmatch(name):
+                raise ValueError(f"{what} name must be a plain identifier: {name!r}")
+
+    @property
+    def on(self) -> str:
+        return f" ON CLUSTER {self.cluster}" if self.cluster else ""
+
+    def local(self, table: str) -> str:
+        """The table that holds the rows on a node (what materialized views read and write)."""
+        return f"{table}_local" if self.cluster else table
+
+    def create_table(self, ddl: str) -> list[str]:
+        """A single-node CREATE TABLE as is, or its replicated local table + a Distributed table of its name."""
+        if not self.cluster:
+            return [ddl]
+        name = _CREATE_TABLE.match(ddl)
+        engine = _ENGINE.search(ddl)
+        if not name or not engine:
+            raise ValueError(f"not a CREATE TABLE this layout knows: {ddl[:60]!r}")
+        table, local = name[1], self.local(name[1])
+        args = f"'{REPLICA_PATH}', '{REPLICA_NAME}'" + (f", {engine[2]}" if engine[2] else "")
+        body = _CREATE_TABLE.sub(f"CREATE TABLE IF NOT EXISTS {local}{self.on} (", ddl, count=1)
+        body = _ENGINE.sub(f") ENGINE = Replicated{engine[1]}MergeTree({args})", body, count=1)
+        body = body.replace("non_replicated_deduplication_window", "replicated_deduplication_window")
+        dist = (f"CREATE TABLE IF NOT EXISTS {table}{self.on} AS {self.database}.{local}\n"
+                f"ENGINE = Distributed('{self.cluster}', '{self.database}', '{local}', {SHARDING_KEYS[table]})")  # fmt: skip
+        return [body, dist]
+
+    def create_view(self, ddl: str, source: str) -> list[str]:
+        """A materialized view: on a cluster, on each node's local ``source`` into the local target."""
+        if not self.cluster:
+            return [ddl]
+        head = _CREATE_VIEW.match(ddl)
+        if not head or not re.search(rf"\bFROM {source}\b", ddl):
+            raise ValueError(f"not a CREATE MATERIALIZED VIEW this layout knows: {ddl[:60]!r}")
+        # qualified: a DDL ON CLUSTER runs on each node outside the initiator's session, and the view's query is
+        # resolved there
+        db = self.database
+        out = _CREATE_VIEW.sub(
+            f"CREATE MATERIALIZED VIEW IF NOT EXISTS {head[1]}_local{self.on} TO {db}.{self.local(head[2])} AS",
+            ddl, count=1,
+        )  # fmt: skip
+        return [re.sub(rf"\bFROM {source}\b", f"FROM {db}.{self.local(source)}", out)]
+
+    def alter(self, table: str, clauses: str, distributed: bool = True) -> list[str]:
+        """ALTER TABLE: on a cluster, of the local tables and (columns) of the Distributed table too."""
+        if not self.cluster:
+            return [f"ALTER TABLE {table} {clauses}"]
+        out = [f"ALTER TABLE {self.local(table)}{self.on} {clauses}"]
+        return out + [f"ALTER TABLE {table}{self.on} {clauses}"] if distributed else out
+
+    def bookkeeping(self) -> str:
+        """The table of applied migrations."""
+        engine = (f"ReplicatedMergeTree('{MIGRATIONS_PATH}', '{MIGRATIONS_REPLICA_NAME}')" if self.cluster
+                  else "MergeTree")  # fmt: skip
+        return (f"CREATE TABLE IF NOT EXISTS kaudit_migrations{self.on} (version UInt32, name String, "
+                f"applied_at DateTime DEFAULT now()) ENGINE = {engine} ORDER BY version")  # fmt: skip
+
+    def ttl(self, days: int) -> list[str]:
+        return self.alter("audit_events", f"MODIFY TTL toDateTime(request_received_ts) + INTERVAL {int(days)} DAY",
+                          distributed=False)  # fmt: skip
+
+
+def layout_of(s: Settings, database: str = "default") -> Layout:
+    return Layout(s.clickhouse_cluster.strip(), database)
+
+
 LATENCY_ANNOTATION = "apiserver.latency.k8s.io/total"
 # Go duration text ("1.5ms", "2m3.1s") -> microseconds.
 _GO_DURATION_US = (
@@ -152,50 +274,62 @@ LATENCY_MATERIALIZED = (
 )
 # latency_us's codec (migration 8): T64 keeps only the bits the values of a block use (latencies fit in ~20-30 of
 # 64), then LZ4. In chDB it reads 4x cheaper than with the default compression (reading the column at 10M rows, as
-# `groupby verb, percentile(latency, 99)` does: ~250 ms CPU -> ~60 ms; make bench-query ARGS=--compare), 25% smaller.
+# `groupby verb, percentile(latency, 99)` does: ~250 ms CPU -> ~60 ms; python -m pipeline.bench.query --compare), 25% smaller.
 LATENCY_CODEC = "CODEC(T64, LZ4)"
 LATENCY_COLUMN = f"latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED} {LATENCY_CODEC}"
 
 
-def _latency_from_annotation(client: Client) -> None:
-    """Migration 4 on a table made before it: new rows get the new latency_us on insert, stored rows are
-    rewritten by a background mutation. A table migration 1 made with it already is left alone (no mutation)."""
-    rows = client.query(
-        "SELECT default_expression FROM system.columns WHERE database = currentDatabase() "
-        "AND table = 'audit_events' AND name = 'latency_us'"
-    ).result_rows
-    if rows and "apiserver.latency.k8s.io" in rows[0][0]:
-        return
-    verb = "MODIFY" if rows else "ADD"
-    client.command(f"ALTER TABLE audit_events {verb} COLUMN {LATENCY_COLUMN}")
-    if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
-        client.command("ALTER TABLE audit_events MATERIALIZE COLUMN latency_us")
+def _latency_step(layout: Layout) -> Callable[[Client], None]:
+    def _latency_from_annotation(client: Client) -> None:
+        """Migration 4 on a table made before it: new rows get the new latency_us on insert, stored rows are
+        rewritten by a background mutation. A table migration 1 made with it already is left alone (no mutation)."""
+        rows = client.query(
+            "SELECT default_expression FROM system.columns WHERE database = currentDatabase() "
+            "AND table = {t:String} AND name = 'latency_us'", parameters={"t": layout.local("audit_events")},
+        ).result_rows  # fmt: skip
+        if rows and "apiserver.latency.k8s.io" in rows[0][0]:
+            return
+        verb = "MODIFY" if rows else "ADD"
+        for stmt in layout.alter("audit_events", f"{verb} COLUMN latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED}"):
+            client.command(stmt)
+        if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
+            for stmt in layout.alter("audit_events", "MATERIALIZE COLUMN latency_us", distributed=False):
+                client.command(stmt)
+
+    return _latency_from_annotation
 
 
-def _latency_codec(client: Client) -> None:
-    """Migration 8: latency_us stored with LATENCY_CODEC. A codec change alone is metadata (new parts, merges); rows
-    already stored are rewritten by a background mutation of that one column (the same values: the column is
-    recomputed from the row). Migration 1 creates the column without it (so that ``migrate(upto=7)`` is the schema
-    before this one) and this is then metadata only; a column migration 4 added has it already and is left alone."""
-    rows = client.query(
-        "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() "
-        "AND table = 'audit_events' AND name = 'latency_us'"
-    ).result_rows
-    if rows and "T64" in rows[0][0]:
-        return
-    client.command(f"ALTER TABLE audit_events MODIFY COLUMN {LATENCY_COLUMN}")
-    if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
-        client.command("ALTER TABLE audit_events MATERIALIZE COLUMN latency_us")
+def _codec_step(layout: Layout) -> Callable[[Client], None]:
+    def _latency_codec(client: Client) -> None:
+        """Migration 8: latency_us stored with LATENCY_CODEC (on a cluster: the local tables, which hold the data).
+        A codec change alone is metadata (new parts, merges); rows already stored are rewritten by a background
+        mutation of that one column (the same values: the column is recomputed from the row). On a fresh table
+        (migration 1 creates the column without it, so that ``migrate(upto=7)`` is the schema before this one) it is
+        metadata only."""
+        rows = client.query(
+            "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() "
+            "AND table = {t:String} AND name = 'latency_us'", parameters={"t": layout.local("audit_events")},
+        ).result_rows  # fmt: skip
+        if rows and "T64" in rows[0][0]:
+            return
+        for stmt in layout.alter("audit_events", f"MODIFY COLUMN {LATENCY_COLUMN}", distributed=False):
+            client.command(stmt)
+        if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
+            for stmt in layout.alter("audit_events", "MATERIALIZE COLUMN latency_us", distributed=False):
+                client.command(stmt)
+
+    return _latency_codec
 
 
-def _migrations(ttl_days: int) -> list[tuple[int, str, list[Any]]]:
+def _migrations(ttl_days: int, layout: Layout = Layout()) -> list[tuple[int, str, list[Any]]]:
     ttl = f"TTL toDateTime(request_received_ts) + INTERVAL {ttl_days} DAY" if ttl_days > 0 else ""
+    table, view, alter = layout.create_table, layout.create_view, layout.alter
     return [
         (
             1,
             "events, stats, alerts, rollups",
             [
-                f"""CREATE TABLE IF NOT EXISTS audit_events ({EVENT_COLUMNS},
+                *table(f"""CREATE TABLE IF NOT EXISTS audit_events ({EVENT_COLUMNS},
     latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED},
     INDEX idx_auditid auditid TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_username username TYPE bloom_filter(0.01) GRANULARITY 1,
@@ -205,8 +339,8 @@ def _migrations(ttl_days: int) -> list[tuple[int, str, list[Any]]]:
 PARTITION BY toYYYYMM(request_received_ts)
 ORDER BY (cluster, toStartOfHour(request_received_ts), verb, objectref_resource, request_received_ts)
 {ttl}
-SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000""",
-                """CREATE TABLE IF NOT EXISTS verb_stats (
+SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_deduplication_window = 10000"""),
+                *table("""CREATE TABLE IF NOT EXISTS verb_stats (
     cluster LowCardinality(String),
     window_start DateTime64(6, 'UTC'),
     window_seconds UInt32,
@@ -217,8 +351,8 @@ SETTINGS index_granularity = 8192, ttl_only_drop_parts = 1, non_replicated_dedup
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (cluster, window_start, verb, source_id)
-SETTINGS non_replicated_deduplication_window = 10000""",
-                """CREATE TABLE IF NOT EXISTS status_stats (
+SETTINGS non_replicated_deduplication_window = 10000"""),
+                *table("""CREATE TABLE IF NOT EXISTS status_stats (
     cluster LowCardinality(String),
     window_start DateTime64(6, 'UTC'),
     window_seconds UInt32,
@@ -229,8 +363,8 @@ SETTINGS non_replicated_deduplication_window = 10000""",
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(window_start)
 ORDER BY (cluster, window_start, code, source_id)
-SETTINGS non_replicated_deduplication_window = 10000""",
-                """CREATE TABLE IF NOT EXISTS alerts (
+SETTINGS non_replicated_deduplication_window = 10000"""),
+                *table("""CREATE TABLE IF NOT EXISTS alerts (
     alert_id String,
     rule_id LowCardinality(String),
     title String,
@@ -262,8 +396,8 @@ SETTINGS non_replicated_deduplication_window = 10000""",
 ) ENGINE = ReplacingMergeTree
 PARTITION BY toYYYYMM(ts)
 ORDER BY (cluster, rule_id, alert_id)
-SETTINGS non_replicated_deduplication_window = 1000""",
-                """CREATE TABLE IF NOT EXISTS events_1m (
+SETTINGS non_replicated_deduplication_window = 1000"""),
+                *table("""CREATE TABLE IF NOT EXISTS events_1m (
     cluster LowCardinality(String),
     minute DateTime('UTC'),
     verb LowCardinality(String),
@@ -273,55 +407,52 @@ SETTINGS non_replicated_deduplication_window = 1000""",
 ) ENGINE = SummingMergeTree
 PARTITION BY toYYYYMM(minute)
 ORDER BY (cluster, minute, verb, objectref_resource, responsestatus_code)
-SETTINGS non_replicated_deduplication_window = 10000""",
-                """CREATE MATERIALIZED VIEW IF NOT EXISTS events_1m_mv TO events_1m AS
+SETTINGS non_replicated_deduplication_window = 10000"""),
+                *view("""CREATE MATERIALIZED VIEW IF NOT EXISTS events_1m_mv TO events_1m AS
 SELECT cluster, toStartOfMinute(request_received_ts) AS minute, verb, objectref_resource,
        responsestatus_code, count() AS events
 FROM audit_events
-GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""",
+GROUP BY cluster, minute, verb, objectref_resource, responsestatus_code""", "audit_events"),
             ],
         ),
         (
             2,
             "audit_events: plain String where LowCardinality only made writes and merges dearer",
             # a no-op on a table migration 1 created with these types; on an older one, a background mutation
-            [
-                "ALTER TABLE audit_events "
-                + ", ".join(f"MODIFY COLUMN {name} {typ}" for name, typ in PLAIN_STRING_COLUMNS.items())
-            ],
+            alter("audit_events", ", ".join(f"MODIFY COLUMN {name} {typ}" for name, typ in PLAIN_STRING_COLUMNS.items())),
         ),
         (
             3,
             "audit_events.redacted: the credential fields kaudit replaced by hashes (pipeline/redaction)",
             # a no-op on a table migration 1 created with it; older rows read as [] (nothing was flagged then)
-            ["ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS redacted Array(String) AFTER extra"],
+            alter("audit_events", "ADD COLUMN IF NOT EXISTS redacted Array(String) AFTER extra"),
         ),
         (
             4,
             "audit_events.latency_us from the apiserver.latency.k8s.io/total annotation (query language: latency)",
-            [_latency_from_annotation],
+            [_latency_step(layout)],
         ),
         (
             5,
             "saved searches and query alerts (pipeline.searches)",
-            [SAVED_SEARCHES_DDL],
+            table(SAVED_SEARCHES_DDL),
         ),
         (
             6,
             "audit_events: Kubernetes 1.35+ impersonation_constraint and the Forbidden message's authorization_verb",
-            [
-                "ALTER TABLE audit_events ADD COLUMN IF NOT EXISTS impersonation_constraint LowCardinality(String) "
+            alter(
+                "audit_events",
+                "ADD COLUMN IF NOT EXISTS impersonation_constraint LowCardinality(String) "
                 "AFTER source_id, ADD COLUMN IF NOT EXISTS authorization_verb LowCardinality(String) "
-                "AFTER impersonation_constraint"
-            ],
+                "AFTER impersonation_constraint",
+            ),
         ),
         (
             7,
             "volume: audit_events.event_bytes and the hourly volume rollup",
             [
-                "ALTER TABLE audit_events "
-                + ", ".join(f"ADD COLUMN IF NOT EXISTS {n} {t}" for n, t in VOLUME_EVENT_COLUMNS.items()),
-                """CREATE TABLE IF NOT EXISTS volume_1h (
+                *alter("audit_events", ", ".join(f"ADD COLUMN IF NOT EXISTS {n} {t}" for n, t in VOLUME_EVENT_COLUMNS.items())),
+                *table("""CREATE TABLE IF NOT EXISTS volume_1h (
     cluster LowCardinality(String),
     hour DateTime('UTC'),
     username LowCardinality(String),
@@ -345,16 +476,19 @@ PARTITION BY toYYYYMM(hour)
 ORDER BY ("""
                 + ", ".join(VOLUME_KEYS)
                 + """)
-SETTINGS non_replicated_deduplication_window = 10000""",
-                f"CREATE MATERIALIZED VIEW IF NOT EXISTS volume_1h_mv TO volume_1h AS {VOLUME_SELECT} GROUP BY ALL",
-                # events stored before this migration: counted once, sizes unknown (0 bytes)
-                f"INSERT INTO volume_1h {VOLUME_SELECT} WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL",
+SETTINGS non_replicated_deduplication_window = 10000"""),
+                *view(f"CREATE MATERIALIZED VIEW IF NOT EXISTS volume_1h_mv TO volume_1h AS {VOLUME_SELECT} GROUP BY ALL",
+                      "audit_events"),
+                # events stored before this migration: counted once, sizes unknown (0 bytes). Not on a cluster: its
+                # layout is newer than migration 7, so there audit_events is always created empty together with it
+                *([] if layout.cluster else
+                  [f"INSERT INTO volume_1h {VOLUME_SELECT} WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL"]),
             ],
         ),
         (
             8,
             "audit_events.latency_us with CODEC(T64, LZ4): percentile/avg/sd of latency read it 4x cheaper",
-            [_latency_codec],
+            [_codec_step(layout)],
         ),
     ]
 
@@ -363,22 +497,81 @@ def migrate(client: Client, s: Settings | None = None, upto: int | None = None) 
     """Apply pending migrations; return their names. Safe to call from every writer on start. ``upto``: only the
     versions up to it (the schema an older kaudit made: migration tests, ``make bench-query --compare``)."""
     s = s or get_settings()
-    client.command(
-        "CREATE TABLE IF NOT EXISTS kaudit_migrations (version UInt32, name String, "
-        "applied_at DateTime DEFAULT now()) ENGINE = MergeTree ORDER BY version"
-    )
+    layout = Layout()
+    if s.clickhouse_cluster.strip():
+        if s.effective_clickhouse_dsn.startswith("chdb:"):
+            raise RuntimeError("KAUDIT_CLICKHOUSE_CLUSTER needs a ClickHouse server DSN (KAUDIT_CLICKHOUSE_DSN)")
+        layout = layout_of(s, client.query("SELECT currentDatabase()").result_rows[0][0])
+    _check_layout(client, layout)
+    client.command(layout.bookkeeping())
     done = {row[0] for row in client.query("SELECT version FROM kaudit_migrations").result_rows}
+    pending = [m for m in _migrations(s.retention_days, layout) if m[0] not in done and (upto is None or m[0] <= upto)]
+    if layout.cluster:  # the server's parser first: nothing half-applied on the cluster because of a typo
+        for stmt in (st for _, _, sts in pending for st in sts if not callable(st)):
+            client.query("SELECT formatQuerySingleLine({q:String})", parameters={"q": stmt})
     applied = []
-    for version, name, statements in _migrations(s.retention_days):
-        if version in done or (upto is not None and version > upto):
-            continue
+    for version, name, statements in pending:
         for stmt in statements:  # SQL, or a function of the client for a migration that must look first
             stmt(client) if callable(stmt) else client.command(stmt)
         client.insert("kaudit_migrations", [[version, name]], column_names=["version", "name"])
         log.info("applied migration %d: %s", version, name)
         applied.append(f"{version}: {name}")
     if s.retention_days > 0:  # TTL can change after the fact: keep it in line with the setting
-        client.command(
-            f"ALTER TABLE audit_events MODIFY TTL toDateTime(request_received_ts) + INTERVAL {int(s.retention_days)} DAY"
-        )
+        for stmt in layout.ttl(s.retention_days):
+            client.command(stmt)
     return applied
+
+
+def _check_layout(client: Client, layout: Layout) -> None:
+    """Refuse to migrate a database laid out the other way (one node vs cluster): the bookkeeping would call it
+    up to date and every writer would then write into the wrong kind of table. There is no conversion."""
+    rows = client.query(
+        "SELECT engine FROM system.tables WHERE database = currentDatabase() AND name = 'audit_events'"
+    ).result_rows
+    if not rows:
+        return
+    distributed = rows[0][0] == "Distributed"
+    if layout.cluster and not distributed:
+        raise RuntimeError(
+            f"KAUDIT_CLICKHOUSE_CLUSTER={layout.cluster} but this database holds single-node kaudit tables "
+            f"(audit_events is {rows[0][0]}); use a new database for the cluster layout (no conversion)"
+        )
+    if not layout.cluster and distributed:
+        raise RuntimeError(
+            "this database holds kaudit's cluster layout (audit_events is Distributed): set KAUDIT_CLICKHOUSE_CLUSTER"
+        )
+
+
+def migration_statements(s: Settings, database: str = "default") -> list[str]:
+    """Every statement a migration of an empty database runs, for ``kaudit migrate --print`` (steps that look at
+    the database first print as a comment)."""
+    layout = layout_of(s, database)
+    out = [layout.bookkeeping()]
+    for version, name, statements in _migrations(s.retention_days, layout):
+        out.append(f"-- migration {version}: {name}")
+        for stmt in statements:
+            out.append(f"-- ({stmt.__name__}: decided on the live table; nothing on a fresh one)"
+                       if callable(stmt) else stmt)  # fmt: skip
+        out.append(f"INSERT INTO kaudit_migrations (version, name) VALUES ({version}, {_sql_string(name)})")
+    if s.retention_days > 0:
+        out.extend(layout.ttl(s.retention_days))
+    return out
+
+
+def _sql_string(text: str) -> str:
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def syntax_error(stmt: str, run: Callable[[str, dict[str, Any]], Any] | None = None) -> str | None:
+    """ClickHouse's parser on one statement (``formatQuerySingleLine``): None if it parses, else the error.
+    ``run(sql, params)``: a client's query; default in-memory chDB (``kaudit migrate --print``: no server)."""
+    try:
+        if run is not None:
+            run("SELECT formatQuerySingleLine({q:String})", {"q": stmt})
+        else:
+            import chdb
+
+            chdb.query(f"SELECT formatQuerySingleLine({_sql_string(stmt)})", "TSV")
+    except Exception as exc:  # noqa: BLE001 - the engine's message is the answer
+        return str(exc).strip().splitlines()[0][:500]
+    return None

@@ -575,7 +575,7 @@ def _verify_scoped(ast: Any, database: str, clusters: list[str]) -> None:
 
 # --- a read-only user on a ClickHouse server ----------------------------------------------------------------------
 def reader_user_sql(user: str, password_sha256_hex: str, database: str, limits: Mapping[str, Any],
-                    tables: Iterable[str] = READABLE_TABLES) -> list[str]:  # fmt: skip
+                    tables: Iterable[str] = READABLE_TABLES, cluster: str = "") -> list[str]:  # fmt: skip
     """Statements that create the dedicated read-only reader of a ClickHouse server (run by an admin).
 
     - a settings profile ``<user>_profile``: ``readonly=1`` (no writes, no SET; CONST), every limit at its value
@@ -584,8 +584,17 @@ def reader_user_sql(user: str, password_sha256_hex: str, database: str, limits: 
     - a role ``<user>_role`` with SELECT on the project's tables only (no table functions: those need the
       CREATE TEMPORARY TABLE / FILE / URL / S3 / REMOTE ... grants the role does not have; no dictGet);
     - the user, identified by sha256 of its password, with that role and profile as defaults.
+
+    ``cluster`` (the cluster layout, ``Settings.clickhouse_cluster``): every statement ON CLUSTER (users, roles
+    and grants are per node), and SELECT also on each cluster table's ``<table>_local``: with inter-server
+    ``<secret>`` a shard runs a Distributed read as the initial user, who then needs the local table. Safe: kaudit's
+    guard never lets a query name a ``*_local`` table (not in READABLE_TABLES), and what one holds is a part of what
+    its Distributed table shows. ``events_1m_mv`` does not exist there (its view is ``events_1m_mv_local``).
     """
     ident = _ident(user)
+    on = f" ON CLUSTER {_ident(cluster)}" if cluster else ""
+    if cluster:
+        tables = {t for t in tables if t != "events_1m_mv"} | {f"{t}_local" for t in CLUSTER_TABLES}
     profile, role = _ident(f"{user}_profile"), _ident(f"{user}_role")
     settings = ["readonly = 1 CONST", "allow_ddl = 0 CONST", "allow_introspection_functions = 0 CONST"]
     for name in LIMIT_SETTINGS:
@@ -598,12 +607,12 @@ def reader_user_sql(user: str, password_sha256_hex: str, database: str, limits: 
     settings.extend(f"{name} CHANGEABLE_IN_READONLY" for name in NO_EARLY_EVALUATION)  # ditto: evaluation order
     db = _ident(database)
     out = [
-        f"CREATE SETTINGS PROFILE OR REPLACE {profile} SETTINGS " + ", ".join(settings),
-        f"CREATE ROLE OR REPLACE {role}",
-        *(f"GRANT SELECT ON {db}.{_ident(t)} TO {role}" for t in sorted(tables)),
-        f"CREATE USER OR REPLACE {ident} IDENTIFIED WITH sha256_hash BY {_sql_string(password_sha256_hex)} "
+        f"CREATE SETTINGS PROFILE OR REPLACE {profile}{on} SETTINGS " + ", ".join(settings),
+        f"CREATE ROLE OR REPLACE {role}{on}",
+        *(f"GRANT{on} SELECT ON {db}.{_ident(t)} TO {role}" for t in sorted(tables)),
+        f"CREATE USER OR REPLACE {ident}{on} IDENTIFIED WITH sha256_hash BY {_sql_string(password_sha256_hex)} "
         f"DEFAULT ROLE {role} SETTINGS PROFILE {profile} DEFAULT DATABASE {db}",
-        f"GRANT {role} TO {ident}",
+        f"GRANT{on} {role} TO {ident}",
     ]
     return out
 

@@ -1,7 +1,8 @@
 """Dashboard routes added to the query API app: ``setup(app, settings, warehouse)``.
 
 - ``GET /`` and ``/static/*``: the single-page app (plain JS + vendored Chart.js; no CDN).
-- ``GET /api/dashboard/clusters``: cluster names for the picker.
+- ``GET /api/dashboard/clusters[?q=&limit=]``: cluster names for the picker (``q``: containing it, any case;
+  ``limit``: the first n; ``total`` and ``truncated`` say how many matched), so 1,000 clusters are searched.
 - ``GET /api/dashboard/widgets?since=1h|from=&to=&cluster=a,b``: every widget in one answer (queries run
   concurrently; a failing widget reports its error without hiding the others).
 - ``GET /api/dashboard/events?<field>=<value>...|alert=<id>&limit=&offset=``: drill-down events table.
@@ -27,6 +28,7 @@ from aiohttp import web
 
 from pipeline.access import web as access
 from pipeline.config import Settings
+from pipeline.query.clusters import Pick, PickError
 from pipeline.rbac import report as rbac_report
 from pipeline.web import volume as volume_routes
 from pipeline.web import widgets as W
@@ -123,10 +125,15 @@ async def _widget(
 
 
 async def clusters_handler(req: web.Request) -> web.Response:
+    try:
+        pick = Pick.from_query(req.query)  # ?q=&limit=: the picker searches a fleet instead of listing it
+    except PickError as exc:
+        return _json({"error": str(exc)}, 400)
     wh = access.confined(req, req.app[WAREHOUSE_KEY])  # engine filters behind each query's predicate
     _, rows = await aquery(wh, *W.cluster_list(access.allowed_clusters(req)))
-    access.note(req, rows=len(rows))
-    return _json({"clusters": [r[0] for r in rows]})
+    names, total, truncated = pick.cut([r[0] for r in rows if pick.matches(r[0])])
+    access.note(req, rows=len(names))
+    return _json({"clusters": names, "total": total, "truncated": truncated})
 
 
 async def widgets_handler(req: web.Request) -> web.Response:

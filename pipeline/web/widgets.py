@@ -13,6 +13,7 @@ from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.query.clusters import PICK_MAX  # one cap for both pickers' answers (searched beyond it)
 from pipeline.web.timerange import TimeRange, fmt_step
 
 TOP_N = 10
@@ -126,7 +127,7 @@ def base_where(tr: TimeRange, clusters: Iterable[str], time_pred: str, allowed: 
 def cluster_list(allowed: Collection[str] | None = None) -> tuple[str, dict[str, Any]]:
     """The cluster picker: the clusters with events that the reader may see."""
     w = confine(Where(), allowed)
-    return f"SELECT DISTINCT cluster FROM events_1m WHERE {w.sql_text()} ORDER BY cluster LIMIT 1000", w.params
+    return f"SELECT DISTINCT cluster FROM events_1m WHERE {w.sql_text()} ORDER BY cluster LIMIT {PICK_MAX}", w.params
 
 
 def apply_filters(w: Where, filters: dict[str, str]) -> Where:

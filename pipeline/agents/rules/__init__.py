@@ -155,7 +155,7 @@ def key_function(fields: tuple[str, ...]) -> Callable[[EventView, Any], tuple]:
     """(view, view.ev) -> the tuple of the fields' values (lists as tuples), as one generated expression: a
     generator over the fields would cost more than the memo saves."""
     parts = [
-        "(x[0] if (x := ev.get('sourceips')) else '')"  # EventView.derived('sourceip'), inline
+        "(x[-1] if (x := ev.get('sourceips')) else '')"  # EventView.derived('sourceip'), inline
         if f == "sourceip"
         else f"tuple(ev.get({f!r}) or ())"
         if f in LIST_FIELDS

@@ -27,8 +27,10 @@ from confluent_kafka import KafkaException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from pipeline import config
+from pipeline.access.browser import webhook_refusal
 from pipeline.access.tls import make_ssl_context  # noqa: F401 - shared with the query API, re-exported
 from pipeline.config import Settings
+from pipeline.ingest.bridge import split
 from pipeline.ingest.bridge.auth import CLUSTER_RE, Authenticator
 from pipeline.ingest.bridge.metrics import BridgeMetrics
 from pipeline.kafka import deadletter
@@ -244,7 +246,7 @@ class Bridge:
         self.s = settings
         self.auth = auth
         self.opt = options or BridgeOptions()
-        self.metrics = BridgeMetrics()
+        self.metrics = BridgeMetrics(settings.metrics_max_clusters)
         self.raw_topic = settings.topic(config.RAW)
         self.dlq_topic = settings.topic(config.DEADLETTER)
         # Messages that Kafka could not ack within the deadline stay queued a while (they may still land, the
@@ -257,6 +259,9 @@ class Bridge:
         self.producer: AsyncProducer | None = None
         self.queued_bytes = 0
         self.max_queued_bytes = int(1024 * 1024 * 1024 * MAX_QUEUED_FRACTION)  # producer queue is 1 GiB
+        # a batch above this is cut into several raw records (pipeline/ingest/bridge/split.py); the headroom is
+        # for the key, the headers and the record overhead that Kafka's limit counts too
+        self.max_record = max(64 * 1024, settings.max_message_bytes - 64 * 1024)
         self.ready = False
         self.draining = False
         self._ready_task: asyncio.Task | None = None
@@ -348,6 +353,9 @@ class Bridge:
         cluster = request.match_info["cluster"]
         if not CLUSTER_RE.match(cluster):
             raise HTTPProblem(400, "bad_cluster", f"{cluster!r} is not a valid cluster name ([a-z0-9.-_], 1-63)")
+        refusal = webhook_refusal(request.headers, not self.auth.enabled)
+        if refusal:
+            raise HTTPProblem(403, "browser", refusal)
         peercert = None
         if self.auth.mtls and request.transport is not None:
             peercert = request.transport.get_extra_info("peercert")
@@ -365,37 +373,50 @@ class Bridge:
         received_at = time.time_ns() // 1000
         fmt, good, bad = classify(body)
         batch_id = uuid.uuid4().hex
-        await self._produce(cluster, body, fmt, good, bad, batch_id, received_at)
-        return _json(200, {"accepted": good, "deadletter": len(bad), "batch_id": batch_id})
+        records: list[tuple[bytes, list[int]]] = [(body, [i for i, _, _ in bad])] if good else []
+        if len(body) > self.max_record:  # larger than a Kafka record may be: cut it, never refuse it
+            if fmt == "eventlist":
+                parts, bad = split.split(body, self.max_record, bad)
+                records = [(p.body(), p.skip) for p in parts if len(p.items) > len(p.skip)]
+                good = sum(len(p.items) - len(p.skip) for p in parts)
+            elif good:  # one Event larger than a record: dead-lettered (cut), not stored
+                records, good, bad = [], 0, [(-1, split.TOO_LARGE, orjson.Fragment(body))]
+            if len(records) > 1 or bad:
+                log.info("%s: batch %s of %d bytes cut into %d records (limit %d), %d item(s) dead-lettered",
+                         cluster, batch_id, len(body), len(records), self.max_record, len(bad))  # fmt: skip
+        await self._produce(cluster, records, fmt, good, bad, batch_id, received_at, len(body))
+        return _json(200, {"accepted": good, "deadletter": len(bad), "batch_id": batch_id, "records": len(records)})
 
     def _retry_headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.opt.retry_after)}
 
     async def _produce(
-        self, cluster: str, body: bytes, fmt: str, good: int, bad: list[tuple[int, str, Any]], batch_id: str,
-        received_at: int,
+        self, cluster: str, records: list[tuple[bytes, list[int]]], fmt: str, good: int,
+        bad: list[tuple[int, str, Any]], batch_id: str, received_at: int, size: int,
     ) -> None:  # fmt: skip
+        """``records``: the raw records of this batch (one, or its parts when it was cut) with the indexes of
+        their items that the worker must skip (dead-lettered here)."""
         producer = self.producer
         if producer is None:
             raise HTTPProblem(503, "starting", "bridge is starting", self._retry_headers())
-        size = len(body)
         if self.queued_bytes + size > self.max_queued_bytes:
             raise HTTPProblem(
                 503, "overloaded", f"{self.queued_bytes >> 20} MiB already await Kafka acks", self._retry_headers()
             )
         key = cluster.encode()
         futs: list[asyncio.Future] = []
-        if good:
-            skip = ",".join(str(i) for i, _, _ in bad) if bad else None
+        for k, (value, skip) in enumerate(records):
             hdrs = H.make(
-                cluster=cluster, received_at=received_at, source="webhook", batch_id=batch_id, format=fmt,
-                skip_items=skip,
+                cluster=cluster, received_at=received_at, source="webhook",
+                batch_id=batch_id if len(records) == 1 else f"{batch_id}.{k}", format=fmt,
+                skip_items=",".join(map(str, skip)) if skip else None,
             )  # fmt: skip
-            futs.append(self._send(producer, self.raw_topic, body, key, hdrs, size))
+            futs.append(self._send(producer, self.raw_topic, value, key, hdrs, len(value)))
         for index, reason, item in bad:
             value, hdrs = deadletter.record(
                 reason, "bridge", orjson.dumps(item), cluster=cluster,
                 origin=f"webhook:{cluster}:{batch_id}" + (f"#{index}" if index >= 0 else ""), received_at=received_at,
+                max_data=min(deadletter.MAX_DATA, self.max_record // 8),  # room for JSON escaping
             )  # fmt: skip
             futs.append(self._send(producer, self.dlq_topic, value, key, hdrs, len(value)))
         if not futs:  # an empty EventList: nothing to store
@@ -414,11 +435,7 @@ class Bridge:
                 raise HTTPProblem(503, "kafka_error", f"Kafka refused the batch: {exc}", self._retry_headers())
         m = self.metrics
         m.ack_latency.observe(time.perf_counter() - t0)
-        m.events.labels(cluster).inc(good)
-        m.batches.labels(cluster).inc()
-        m.bytes.labels(cluster).inc(size)
-        if bad:
-            m.deadletter.labels(cluster).inc(len(bad))
+        m.count_batch(cluster, good, size, len(bad))
 
     def _send(
         self, producer: AsyncProducer, topic: str, value: bytes, key: bytes, hdrs: list[tuple[str, bytes]], size: int

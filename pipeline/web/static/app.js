@@ -24,6 +24,7 @@ function el(tag, attrs, ...kids) {
     if (v === undefined || v === null || v === false) continue;
     if (k === "class") e.className = v;
     else if (k === "text") e.textContent = v;
+    else if (k === "style") e.style.cssText = v; // CSSOM: the CSP (style-src 'self') refuses style attributes
     else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
     else if (k === "dataset") Object.assign(e.dataset, v);
     else e.setAttribute(k, v === true ? "" : v);
@@ -437,8 +438,10 @@ function syncControls(params) {
   }
   document.getElementById("refresh").value = g.get("refresh") || "0";
   const sel = (g.get("cluster") || "").split(",").filter(Boolean);
-  document.getElementById("cluster-button").textContent = sel.length ? sel.join(", ") : "All clusters";
-  for (const cb of document.querySelectorAll("#cluster-menu input")) cb.checked = sel.includes(cb.value);
+  document.getElementById("cluster-button").textContent = !sel.length ? "All clusters"
+    : sel.length <= 3 ? sel.join(", ") : `${sel.slice(0, 2).join(", ")} +${sel.length - 2}`;
+  document.getElementById("cluster-button").title = sel.join(", ");
+  renderClusterItems();
   for (const a of document.querySelectorAll("nav a")) a.classList.toggle("active", a.dataset.nav === route().view);
 }
 function setGlobal(changes) {
@@ -447,26 +450,67 @@ function setGlobal(changes) {
   params.delete("offset");
   go(view, params);
 }
+/* ---------- the cluster picker: searched, not scrolled (1,000 clusters) ----------
+ * GET /api/dashboard/clusters (names with events) and /api/clusters (groups, labels) with ?q=&limit=: the first
+ * PICK_LIMIT names are listed; typing filters what is loaded at once, and asks the server when the list was cut. */
+const PICK_LIMIT = 200;
+let clusterInfo = {}, clusterGroups = [], clusterTotal = 0, clusterTruncated = false, pickSeq = 0, pickTimer = null, pickQ = "";
+function selectedClusters() { return (globals(route().params).get("cluster") || "").split(",").filter(Boolean); }
+async function fetchClusters(q) {
+  const p = new URLSearchParams({ limit: String(PICK_LIMIT) });
+  if (q) p.set("q", q);
+  const my = ++pickSeq;
+  const [names, files] = await Promise.all([api("/api/dashboard/clusters", p).catch(() => null), api("/api/clusters", p).catch(() => null)]);
+  if (my !== pickSeq) return;  // a later keystroke's answer wins
+  pickQ = (q || "").toLowerCase();
+  clusterList = names ? names.clusters : [];
+  clusterTotal = names ? (names.total ?? clusterList.length) : 0;
+  clusterTruncated = !!(names && names.truncated);
+  clusterInfo = {};
+  if (files) { for (const c of files.clusters) clusterInfo[c.name] = c; if (!q) clusterGroups = files.groups || []; }
+  renderClusterItems();
+}
+async function selectGroup(g) {
+  const cl = await api("/api/clusters", new URLSearchParams({ group: g }));  // all of it, confined like the rest
+  setGlobal({ cluster: cl.clusters.filter((c) => c.seen).map((c) => c.name).join(",") });
+}
+function renderClusterItems() {
+  const box = document.getElementById("cluster-items"), search = document.getElementById("cluster-search");
+  if (!box) return;
+  const q = (search ? search.value : "").trim().toLowerCase();
+  const sel = selectedClusters();
+  const describe = (c) => clusterInfo[c] && clusterInfo[c].group ? ` · ${clusterInfo[c].group}` : "";
+  const labels = (c) => clusterInfo[c] ? Object.entries(clusterInfo[c].labels || {}).map(([k, v]) => `${k}=${v}`).join(", ") : "";
+  const toggle = (c, on) => {
+    const now = selectedClusters().filter((x) => x !== c);
+    if (on) now.push(c);
+    setGlobal({ cluster: now.join(",") });
+  };
+  const item = (c) => el("label", { title: labels(c) }, el("input", { type: "checkbox", value: c, checked: sel.includes(c) || undefined,
+    onchange: (ev) => toggle(c, ev.target.checked) }), " " + c + describe(c));
+  const shown = clusterList.filter((c) => !q || c.toLowerCase().includes(q));
+  const rest = shown.filter((c) => !sel.includes(c));
+  const kids = [...sel.map(item), ...rest.map(item)];  // the selected ones stay on top, whatever the search
+  if (!kids.length) kids.push(el("div", { class: "muted", text: clusterTotal || q ? "no cluster matches" : "no clusters yet" }));
+  if (clusterTruncated) kids.push(el("div", { class: "muted", id: "cluster-more", text: `${fmtInt(shown.length)} of ${fmtInt(clusterTotal)} shown: type to narrow` }));
+  box.replaceChildren(...kids);
+}
 async function loadClusters() {
-  try {
-    clusterList = (await api("/api/dashboard/clusters")).clusters;
-  } catch (e) { clusterList = []; }
-  let info = {}, groups = [];  // the clusters file (GET /api/clusters): group and labels of each cluster
-  try {
-    const cl = await api("/api/clusters");
-    for (const c of cl.clusters) info[c.name] = c;
-    groups = cl.groups || [];
-  } catch (e) { info = {}; }
   const menu = document.getElementById("cluster-menu");
-  const describe = (c) => info[c] && info[c].group ? ` · ${info[c].group}` : "";
-  const labels = (c) => info[c] ? Object.entries(info[c].labels || {}).map(([k, v]) => `${k}=${v}`).join(", ") : "";
-  const groupLinks = groups.map((g) => el("a", { class: "link", dataset: { group: g }, text: g, title: "select this group's clusters",
-    onclick: (ev) => { ev.preventDefault(); setGlobal({ cluster: clusterList.filter((c) => info[c] && info[c].group === g).join(",") }); } }));
-  menu.replaceChildren(...(groupLinks.length ? [el("div", { class: "muted" }, "groups: ", ...groupLinks.flatMap((a) => [a, " "]))] : []),
-    ...(clusterList.length ? clusterList.map((c) => el("label", { title: labels(c) }, el("input", { type: "checkbox", value: c, onchange: () => {
-    const sel = [...menu.querySelectorAll("input:checked")].map((i) => i.value);
-    setGlobal({ cluster: sel.join(",") });
-  } }), " " + c + describe(c))) : [el("div", { class: "muted", text: "no clusters yet" })]));
+  const search = el("input", { type: "search", id: "cluster-search", placeholder: "search clusters…", autocomplete: "off",
+    oninput: () => {
+      renderClusterItems();  // at once, over what is loaded
+      if (pickTimer) clearTimeout(pickTimer);
+      const q = search.value.trim();
+      // the loaded list holds every match when it was not cut and this search only narrows the one it answered
+      if (clusterTruncated || !q.toLowerCase().includes(pickQ)) pickTimer = setTimeout(() => fetchClusters(q), 150);
+    } });
+  const groupsLine = el("div", { class: "muted", id: "cluster-groups" });
+  menu.replaceChildren(groupsLine, search, el("div", { class: "cluster-items", id: "cluster-items" }));
+  await fetchClusters("");
+  groupsLine.replaceChildren(...(clusterGroups.length ? ["groups: ", ...clusterGroups.flatMap((g) => [el("a", { class: "link", dataset: { group: g }, text: g,
+    title: "select this group's clusters", onclick: (ev) => { ev.preventDefault(); selectGroup(g).catch((e) => setStatus(e.message, true)); } }), " "])] : []));
+  groupsLine.hidden = !clusterGroups.length;
   syncControls(route().params);
 }
 

@@ -3,6 +3,7 @@ without losing rows; running them again changes nothing."""
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from pipeline.config import Settings
 from pipeline.warehouse.client import open_client
 from pipeline.warehouse.migrations import (
     EVENT_COLUMNS,
+    LATENCY_ANNOTATION,
     PLAIN_STRING_COLUMNS,
     _migrations,
     event_columns_before_v2,
@@ -91,9 +93,52 @@ def test_migration_6_adds_the_1_35_columns_to_an_older_table(chdb_session_path: 
         client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y'), (3, 'z')")
         client.command("INSERT INTO audit_events (cluster, auditid, request_received_ts) VALUES ('c', 'a1', now64(6))")
         assert "authorization_verb" not in column_types(client)
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6", "7"]
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6", "7", "8"]
         types = column_types(client)
         assert types["impersonation_constraint"] == types["authorization_verb"] == "LowCardinality(String)"
         assert client.query("SELECT auditid, impersonation_constraint, authorization_verb FROM audit_events").result_rows == [("a1", "", "")]
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def latency_codec(client) -> str:  # noqa: ANN001
+    return client.query(
+        "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() AND table = 'audit_events' "
+        "AND name = 'latency_us'"
+    ).result_rows[0][0]
+
+
+def test_migration_8_stores_latency_with_t64_and_keeps_every_value(chdb_session_path: Path):
+    """A table of migrations 1-7 with rows: migration 8 changes latency_us's codec and rewrites the stored rows in
+    the background (a mutation of that column), and every latency reads the same before and after, 64-bit ones
+    included (a 2-hour watch is more than 2^32 µs)."""
+    admin, db, client = fresh_database(chdb_session_path)
+    try:
+        migrate(client, Settings(), upto=7)
+        assert "T64" not in latency_codec(client)
+        rows = [["c", f"a{i}", {LATENCY_ANNOTATION: d} if d else {}, f"0:{i}"]
+                for i, d in enumerate(["", "1.5ms", "2h0m0.25s", "800ns", "", "71m35s"])]  # fmt: skip
+        client.insert("audit_events", rows, column_names=["cluster", "auditid", "annotations", "source_id"])
+        client.command(
+            "INSERT INTO audit_events (cluster, auditid, request_received_ts, stage_ts, source_id) "
+            "SELECT 'c', toString(number), toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMicrosecond(number), "
+            "toDateTime64('2026-01-01 00:00:00', 6, 'UTC') + toIntervalMicrosecond(number * 3 + intHash32(number) % 5000), "
+            "concat('1:', toString(number)) FROM numbers(100000)"
+        )
+        read = "SELECT auditid, latency_us FROM audit_events ORDER BY auditid"
+        before = client.query(read).result_rows
+        assert dict(before)["a2"] == 7_200_250_000 > 2**32 and dict(before)["a1"] == 1500 and dict(before)["a3"] == 1
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["8"]
+        assert latency_codec(client) == "CODEC(T64, LZ4)"
+        for _ in range(600):  # the rewrite of stored rows is a background mutation
+            if client.query("SELECT count() FROM system.mutations WHERE database = currentDatabase() "
+                            "AND NOT is_done").result_rows == [(0,)]:  # fmt: skip
+                break
+            time.sleep(0.1)
+        done = client.query("SELECT groupArray(command) FROM system.mutations WHERE database = currentDatabase() "
+                            "AND is_done").result_rows[0][0]  # fmt: skip
+        assert done == ["(MATERIALIZE COLUMN latency_us)"]
+        assert client.query(read).result_rows == before
+        assert migrate(client, Settings()) == []
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {db}")

@@ -562,8 +562,9 @@ class Compiler:
         if a.func == "sd":
             return [("stddevSamp", "", arg, "")], lambda xs: xs[0]
         if a.func == "count_distinct" and a.field.sql in LOW_CARDINALITY and a.field.map_key is None:
-            # the 128-bit hash uniqExact keeps of a string anyway, computed once per dictionary value: 2-3x faster
-            return [("uniqExact", "", f"sipHash128({arg})", "")], lambda xs: xs[0]
+            # the 128-bit hash uniqExact keeps of a string anyway, computed once per dictionary value; as UInt128,
+            # not sipHash128's FixedString(16), which uniqExact would hash again as a string (3-4x slower)
+            return [("uniqExact", "", f"reinterpretAsUInt128(sipHash128({arg}))", "")], lambda xs: xs[0]
         return [(AGG_SQL[a.func], "", arg, "")], lambda xs: xs[0]
 
     def _agg_sql(self, a: Agg, cond: str) -> str:

@@ -90,7 +90,7 @@ cutToFirstSignificantSubdomain firstSignificantSubdomain
 toString toFixedString toInt8 toInt16 toInt32 toInt64 toUInt8 toUInt16 toUInt32 toUInt64 toFloat32 toFloat64
 toInt64OrZero toInt64OrNull toUInt64OrZero toUInt64OrNull toFloat64OrZero toFloat64OrNull toInt32OrZero
 toInt32OrNull toUInt32OrZero toUInt32OrNull toDecimal64 toBool CAST _CAST accurateCast accurateCastOrNull
-reinterpretAsString toTypeName toUUID toUUIDOrNull toIPv4 toIPv6 toIPv4OrNull toIPv6OrNull
+reinterpretAsString reinterpretAsUInt128 toTypeName toUUID toUUIDOrNull toIPv4 toIPv6 toIPv4OrNull toIPv6OrNull
 IPv4NumToString IPv4StringToNum IPv6NumToString IPv6StringToNum isIPv4String isIPv6String isIPAddressInRange
 IPv4CIDRToRange IPv6CIDRToRange toIPv4OrDefault
 now now64 today yesterday toDate toDate32 toDateTime toDateTime64 toDateOrNull toDateTimeOrNull
@@ -129,7 +129,8 @@ nth_value lag lead
 AGGREGATE_FUNCTIONS = frozenset("""
 count sum avg min max any anyLast anyHeavy argMin argMax uniq uniqExact uniqCombined uniqCombined64 uniqHLL12
 uniqTheta countDistinct groupArray groupArraySample groupUniqArray groupArraySorted groupBitAnd groupBitOr
-groupBitXor groupConcat topK topKWeighted quantile quantiles quantileExact quantilesExact quantileTiming
+groupBitXor groupConcat topK topKWeighted quantile quantiles quantileExact quantilesExact quantileExactInclusive
+quantilesExactInclusive quantileTiming
 quantilesTiming quantileTDigest quantilesTDigest quantileDeterministic median medianExact stddevPop
 stddevSamp varPop varSamp covarPop covarSamp corr skewPop kurtPop sumMap minMap maxMap avgWeighted
 histogram simpleLinearRegression sequenceMatch sequenceCount windowFunnel retention first_value last_value

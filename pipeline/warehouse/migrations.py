@@ -292,7 +292,10 @@ def _latency_step(layout: Layout) -> Callable[[Client], None]:
         verb = "MODIFY" if rows else "ADD"
         for stmt in layout.alter("audit_events", f"{verb} COLUMN latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED}"):
             client.command(stmt)
-        if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
+        # on a cluster the database is always new (the layout cannot be converted to), and a count through the
+        # Distributed table would need every shard up: materialize there anyway (a no-op on empty parts)
+        local = layout.local("audit_events")
+        if layout.cluster or client.query(f"SELECT count() FROM {local}").result_rows[0][0]:
             for stmt in layout.alter("audit_events", "MATERIALIZE COLUMN latency_us", distributed=False):
                 client.command(stmt)
 
@@ -314,7 +317,10 @@ def _codec_step(layout: Layout) -> Callable[[Client], None]:
             return
         for stmt in layout.alter("audit_events", f"MODIFY COLUMN {LATENCY_COLUMN}", distributed=False):
             client.command(stmt)
-        if client.query("SELECT count() FROM audit_events").result_rows[0][0]:
+        # on a cluster the database is always new (the layout cannot be converted to), and a count through the
+        # Distributed table would need every shard up: materialize there anyway (a no-op on empty parts)
+        local = layout.local("audit_events")
+        if layout.cluster or client.query(f"SELECT count() FROM {local}").result_rows[0][0]:
             for stmt in layout.alter("audit_events", "MATERIALIZE COLUMN latency_us", distributed=False):
                 client.command(stmt)
 

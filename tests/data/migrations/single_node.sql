@@ -206,6 +206,9 @@ INSERT INTO volume_1h SELECT cluster, toStartOfHour(request_received_ts) AS hour
            + 18 * (response_object != '')) AS object_bytes
 FROM audit_events WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL
 ;
+-- 8: audit_events.latency_us with CODEC(T64, LZ4): percentile/avg/sd of latency read it 4x cheaper
+<callable _latency_codec>
+;
 -- retention_days=30
 -- 1: events, stats, alerts, rollups
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -413,4 +416,7 @@ INSERT INTO volume_1h SELECT cluster, toStartOfHour(request_received_ts) AS hour
        sum(length(request_object) + length(response_object) + 17 * (request_object != '')
            + 18 * (response_object != '')) AS object_bytes
 FROM audit_events WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL
+;
+-- 8: audit_events.latency_us with CODEC(T64, LZ4): percentile/avg/sd of latency read it 4x cheaper
+<callable _latency_codec>
 ;

@@ -279,25 +279,35 @@ LATENCY_CODEC = "CODEC(T64, LZ4)"
 LATENCY_COLUMN = f"latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED} {LATENCY_CODEC}"
 
 
+def _latency_column(client: Client, layout: Layout, what: str) -> list[Any]:
+    """[(what,)] of audit_events.latency_us in system.columns (the local table on a cluster), [] without it."""
+    return client.query(
+        f"SELECT {what} FROM system.columns WHERE database = currentDatabase() "
+        "AND table = {t:String} AND name = 'latency_us'", parameters={"t": layout.local("audit_events")},
+    ).result_rows  # fmt: skip
+
+
+def _materialize_latency(client: Client, layout: Layout) -> None:
+    """Rewrite the stored latency_us values (a background mutation) when rows exist. On a cluster the database is
+    always new (the layout cannot be converted to) and a count through the Distributed table would need every
+    shard up: materialize there anyway (a no-op on empty parts)."""
+    local = layout.local("audit_events")
+    if layout.cluster or client.query(f"SELECT count() FROM {local}").result_rows[0][0]:
+        for stmt in layout.alter("audit_events", "MATERIALIZE COLUMN latency_us", distributed=False):
+            client.command(stmt)
+
+
 def _latency_step(layout: Layout) -> Callable[[Client], None]:
     def _latency_from_annotation(client: Client) -> None:
         """Migration 4 on a table made before it: new rows get the new latency_us on insert, stored rows are
         rewritten by a background mutation. A table migration 1 made with it already is left alone (no mutation)."""
-        rows = client.query(
-            "SELECT default_expression FROM system.columns WHERE database = currentDatabase() "
-            "AND table = {t:String} AND name = 'latency_us'", parameters={"t": layout.local("audit_events")},
-        ).result_rows  # fmt: skip
+        rows = _latency_column(client, layout, "default_expression")
         if rows and "apiserver.latency.k8s.io" in rows[0][0]:
             return
         verb = "MODIFY" if rows else "ADD"
         for stmt in layout.alter("audit_events", f"{verb} COLUMN latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED}"):
             client.command(stmt)
-        # on a cluster the database is always new (the layout cannot be converted to), and a count through the
-        # Distributed table would need every shard up: materialize there anyway (a no-op on empty parts)
-        local = layout.local("audit_events")
-        if layout.cluster or client.query(f"SELECT count() FROM {local}").result_rows[0][0]:
-            for stmt in layout.alter("audit_events", "MATERIALIZE COLUMN latency_us", distributed=False):
-                client.command(stmt)
+        _materialize_latency(client, layout)
 
     return _latency_from_annotation
 
@@ -309,20 +319,12 @@ def _codec_step(layout: Layout) -> Callable[[Client], None]:
         mutation of that one column (the same values: the column is recomputed from the row). On a fresh table
         (migration 1 creates the column without it, so that ``migrate(upto=7)`` is the schema before this one) it is
         metadata only."""
-        rows = client.query(
-            "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() "
-            "AND table = {t:String} AND name = 'latency_us'", parameters={"t": layout.local("audit_events")},
-        ).result_rows  # fmt: skip
+        rows = _latency_column(client, layout, "compression_codec")
         if rows and "T64" in rows[0][0]:
             return
         for stmt in layout.alter("audit_events", f"MODIFY COLUMN {LATENCY_COLUMN}", distributed=False):
             client.command(stmt)
-        # on a cluster the database is always new (the layout cannot be converted to), and a count through the
-        # Distributed table would need every shard up: materialize there anyway (a no-op on empty parts)
-        local = layout.local("audit_events")
-        if layout.cluster or client.query(f"SELECT count() FROM {local}").result_rows[0][0]:
-            for stmt in layout.alter("audit_events", "MATERIALIZE COLUMN latency_us", distributed=False):
-                client.command(stmt)
+        _materialize_latency(client, layout)
 
     return _latency_codec
 

@@ -3,6 +3,7 @@ without losing rows; running them again changes nothing."""
 
 from __future__ import annotations
 
+import datetime as dt
 import time
 import uuid
 from pathlib import Path
@@ -93,7 +94,7 @@ def test_migration_6_adds_the_1_35_columns_to_an_older_table(chdb_session_path: 
         client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y'), (3, 'z')")
         client.command("INSERT INTO audit_events (cluster, auditid, request_received_ts) VALUES ('c', 'a1', now64(6))")
         assert "authorization_verb" not in column_types(client)
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6", "7", "8"]
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6", "7", "8", "9"]
         types = column_types(client)
         assert types["impersonation_constraint"] == types["authorization_verb"] == "LowCardinality(String)"
         assert client.query("SELECT auditid, impersonation_constraint, authorization_verb FROM audit_events").result_rows == [("a1", "", "")]
@@ -128,7 +129,7 @@ def test_migration_8_stores_latency_with_t64_and_keeps_every_value(chdb_session_
         read = "SELECT auditid, latency_us FROM audit_events ORDER BY auditid"
         before = client.query(read).result_rows
         assert dict(before)["a2"] == 7_200_250_000 > 2**32 and dict(before)["a1"] == 1500 and dict(before)["a3"] == 1
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["8"]
+        assert [a.split(":")[0] for a in migrate(client, Settings(), upto=8)] == ["8"]
         assert latency_codec(client) == "CODEC(T64, LZ4)"
         for _ in range(600):  # the rewrite of stored rows is a background mutation
             if client.query("SELECT count() FROM system.mutations WHERE database = currentDatabase() "
@@ -139,6 +140,50 @@ def test_migration_8_stores_latency_with_t64_and_keeps_every_value(chdb_session_
                             "AND is_done").result_rows[0][0]  # fmt: skip
         assert done == ["(MATERIALIZE COLUMN latency_us)"]
         assert client.query(read).result_rows == before
+        assert migrate(client, Settings(), upto=8) == []
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def column_codec(client, column: str) -> str:  # noqa: ANN001
+    return client.query(
+        "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() AND table = 'audit_events' "
+        "AND name = {c:String}", parameters={"c": column},
+    ).result_rows[0][0]
+
+
+def test_migration_9_stores_request_time_with_t64_and_every_part_reads_the_same(chdb_session_path: Path):
+    """A table of migrations 1-8 with rows: migration 9 changes request_received_ts's codec (metadata: the parts
+    stored before keep theirs until merged), rows of both codecs read the same timestamps, to the microsecond and
+    before 1970, the sort order and time filters still work, and a merge into one part rewrites the old rows."""
+    admin, db, client = fresh_database(chdb_session_path)
+    try:
+        migrate(client, Settings(), upto=8)
+        assert column_codec(client, "request_received_ts") == "CODEC(Delta(8), ZSTD(1))"
+        fill = ("INSERT INTO audit_events (cluster, auditid, request_received_ts, source_id) SELECT 'c', "
+                "concat('{p}', toString(number)), toDateTime64('{t}', 6, 'UTC') + toIntervalMicrosecond(number * 79190011 "
+                "+ intHash32(number) % 1000), concat('{p}:', toString(number)) FROM numbers(50000)")  # fmt: skip
+        client.command(fill.format(p="old", t="2026-03-01 00:00:00"))
+        client.insert("audit_events", [["c", "edge-1969", dt.datetime(1969, 7, 20, 20, 17, 40, 123456, tzinfo=dt.UTC), "e:0"],
+                                       ["c", "edge-2105", dt.datetime(2105, 1, 1, 0, 0, 0, 1, tzinfo=dt.UTC), "e:1"]],
+                      column_names=["cluster", "auditid", "request_received_ts", "source_id"])  # fmt: skip
+        read = "SELECT auditid, toString(request_received_ts) FROM audit_events ORDER BY auditid"
+        before = client.query(read).result_rows
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["9"]
+        assert column_codec(client, "request_received_ts") == "CODEC(T64, LZ4)"
+        assert client.query("SELECT count() FROM system.mutations WHERE database = currentDatabase()").result_rows == [(0,)]
+        client.command(fill.format(p="new", t="2026-03-01 00:00:00"))
+        both = client.query(read).result_rows
+        assert [r for r in both if not r[0].startswith("new")] == before
+        assert dict(both)["edge-1969"] == "1969-07-20 20:17:40.123456" and dict(both)["edge-2105"] == "2105-01-01 00:00:00.000001"
+        assert [r[1] for r in both if r[0].startswith("new")] == [r[1] for r in before if r[0].startswith("old")]
+        window = ("SELECT count(), min(request_received_ts), max(request_received_ts) FROM audit_events WHERE "
+                  "request_received_ts >= '2026-03-02 01:00:00' AND request_received_ts < '2026-03-02 01:30:00'")  # fmt: skip
+        counted = client.query(window).result_rows[0]
+        expected = sum(1 for a, t in before if a.startswith("old") and "2026-03-02 01:00:00" <= t < "2026-03-02 01:30:00")
+        assert counted[0] == 2 * expected > 0
+        client.command("OPTIMIZE TABLE audit_events FINAL")
+        assert client.query(read).result_rows == both and client.query(window).result_rows[0] == counted
         assert migrate(client, Settings()) == []
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {db}")

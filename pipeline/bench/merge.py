@@ -1,13 +1,14 @@
-"""What audit_events costs chDB per row to insert and to merge, for the current schema and the one before
-migration 2 (LowCardinality on every low-cardinality column, arrays and map keys included).
+"""What the warehouse costs chDB per event to insert and to merge, for the schema the migrations make today.
 
-    python -m pipeline.bench.merge [--rows 60000] [--parts 6] [--repeat 2]
+    python -m pipeline.bench.merge [--rows 45000] [--parts 6] [--repeat 2]
 
 Builds one sink-sized batch of the worker bench's realistic mix (the worker's own EventBatch output, as one Avro
-container), then per schema and repeat: inserts it --parts times into a fresh table with merges stopped (so the
-parts are exactly the inserts), and merges them into one (OPTIMIZE FINAL). Prints CPU per row of the process
-(chDB runs in it) for the inserts and for the merge, and the table's bytes. Every row is merged several times in
-its life, which a short end-to-end run does not show. Numbers only; nothing is asserted.
+container; 45,000 events is what a sink batch holds at 30k events/s offered), then per repeat: migrates a fresh
+database, stops merges, inserts the batch --parts times through the sink's own writer (so its materialized views
+run too, and the parts are exactly the inserts), then merges every table into one part (OPTIMIZE FINAL).
+Prints CPU per event of the process (chDB runs in it) for the inserts and for the merge of each table, and the
+bytes on disk. Every row is merged several times in its life (about once per merge level), which a short
+end-to-end run does not show. Numbers only; nothing is asserted.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from pipeline.bench.worker import cpu_seconds
+from pipeline.bench.worker import cpu_seconds, machine_speed
 from pipeline.config import get_settings
 
 
@@ -39,51 +40,54 @@ def events_container(rows: int) -> bytes:
     return container([v for v in values if v])
 
 
-def schemas() -> dict[str, str]:
-    from pipeline.warehouse.migrations import EVENT_COLUMNS, _migrations, event_columns_before_v2
-
-    current = _migrations(0)[0][2][0]
-    return {"current": current, "before migration 2": current.replace(EVENT_COLUMNS, event_columns_before_v2(later_columns=True))}
+TABLES_WITH_PARTS = "SELECT table, count(), sum(rows), sum(bytes_on_disk) FROM system.parts WHERE active AND database = currentDatabase() GROUP BY table ORDER BY table"  # fmt: skip
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", type=int, default=60_000, help="rows per insert (a sink batch at 30k events/s)")
-    ap.add_argument("--parts", type=int, default=6, help="inserts, then merged into one part")
+    ap.add_argument("--rows", type=int, default=45_000, help="events per insert (a sink batch at 30k events/s)")
+    ap.add_argument("--parts", type=int, default=6, help="inserts, then merged into one part per table")
     ap.add_argument("--repeat", type=int, default=2)
     args = ap.parse_args()
     from pipeline.sinks.tables import EventsWriter
     from pipeline.warehouse.client import open_client
+    from pipeline.warehouse.migrations import migrate
 
     tmp = Path(tempfile.mkdtemp(prefix="kaudit-bench-merge-"))
     try:
-        avro = tmp / "batch.avro"
-        avro.write_bytes(events_container(args.rows))
+        container = events_container(args.rows)
         client = open_client(dsn=f"chdb://{tmp / 'chdb'}")
-        head = EventsWriter(client, True, tmp)._insert_head.format(
-            settings="SETTINGS insert_deduplicate = 0, use_structure_from_insertion_table_in_table_functions = 0 "
-        )
-        print(f"bench: {args.parts} inserts of {args.rows:,} realistic rows ({avro.stat().st_size / args.rows:.0f} B "
-              f"of Avro per row), merged into one part")  # fmt: skip
-        for _ in range(args.repeat):
-            for name, ddl in schemas().items():
-                client.command("DROP TABLE IF EXISTS audit_events")
-                client.command(ddl)
-                client.command("SYSTEM STOP MERGES audit_events")
-                t = cpu()
-                for _ in range(args.parts):
-                    client.command(f"{head}file('{avro}', 'Avro') ARRAY JOIN `events` AS r")
-                insert = cpu() - t
-                client.command("SYSTEM START MERGES audit_events")
-                t = cpu()
-                client.command("OPTIMIZE TABLE audit_events FINAL")
-                merge = cpu() - t
-                size = client.query("SELECT sum(bytes_on_disk) FROM system.parts "
-                                    "WHERE table = 'audit_events' AND active").result_rows[0][0]  # fmt: skip
-                n = args.rows * args.parts
-                print(f"{name:20s} insert {insert / n * 1e6:5.2f} us/row   merge {merge / n * 1e6:5.2f} us/row   "
-                      f"{size / n:5.1f} bytes/row on disk")  # fmt: skip
-        client.command("DROP TABLE IF EXISTS audit_events")
+        print(f"bench: {args.parts} inserts of {args.rows:,} realistic events ({len(container) / args.rows:.0f} B of "
+              f"Avro per event), then every table merged into one part; {machine_speed()}")  # fmt: skip
+        n = args.rows * args.parts
+        for rep in range(args.repeat):
+            db = f"bench_merge_{rep}"
+            client.command(f"DROP DATABASE IF EXISTS {db}")
+            client.command(f"CREATE DATABASE {db}")
+            client.command(f"USE {db}")
+            client.database = db
+            migrate(client)
+            client.command("SYSTEM STOP MERGES")
+            writer = EventsWriter(client, True, tmp, read_threads=1)
+            t = cpu()
+            for i in range(args.parts):
+                writer.insert_container(container, f"bench-{rep}-{i}")
+            insert = cpu() - t
+            client.command("SYSTEM START MERGES")
+            merged = []
+            for table, parts, _, _ in client.query(TABLES_WITH_PARTS).result_rows:
+                if parts > 1:
+                    t = cpu()
+                    client.command(f"OPTIMIZE TABLE {table} FINAL")
+                    merged.append((table, cpu() - t))
+            size = sum(r[3] for r in client.query(TABLES_WITH_PARTS).result_rows)
+            total_merge = sum(c for _, c in merged)
+            print(f"insert {insert / n * 1e6:5.2f} us/event   merge into one part {total_merge / n * 1e6:5.2f} us/event ("
+                  + ", ".join(f"{t} {c / n * 1e6:.2f}" for t, c in merged)
+                  + f")   {size / n:5.1f} bytes/event on disk")  # fmt: skip
+            client.command(f"DROP DATABASE {db}")
+            client.command("USE default")
+            client.database = "default"
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0

@@ -103,10 +103,7 @@ def test_migration_6_adds_the_1_35_columns_to_an_older_table(chdb_session_path: 
 
 
 def latency_codec(client) -> str:  # noqa: ANN001
-    return client.query(
-        "SELECT compression_codec FROM system.columns WHERE database = currentDatabase() AND table = 'audit_events' "
-        "AND name = 'latency_us'"
-    ).result_rows[0][0]
+    return column_codec(client, "latency_us")
 
 
 def test_migration_8_stores_latency_with_t64_and_keeps_every_value(chdb_session_path: Path):

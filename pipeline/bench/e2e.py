@@ -2,8 +2,9 @@
 
 Starts its own Kafka (port 9192, state under var/bench-e2e), a sink (embedded chDB + query API), a worker and
 the bridge, then POSTs EventList batches built from the samples (auditIDs made unique) at a fixed rate and
-polls the sink for stored rows (its /metrics; --poll sql: a count() through the query API). Prints the sustained rate (events visible in a query per second) and freshness (bridge
-2xx -> visible in `SELECT count()`) p50/p99 per batch, the CPU of each component, and the CPU per event with the
+polls the sink for stored rows (its /metrics; --poll sql: a count() through the query API). Prints the
+sustained rate (events visible in a query per second) and freshness (bridge 2xx -> stored, hence visible to
+every query) p50/p99 per batch, the CPU of each component, and the CPU per event with the
 rate the machine's cores could carry at that cost (sizing: cores per 10k events/s).
 """
 

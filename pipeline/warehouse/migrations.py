@@ -279,7 +279,7 @@ LATENCY_CODEC = "CODEC(T64, LZ4)"
 LATENCY_COLUMN = f"latency_us UInt64 MATERIALIZED {LATENCY_MATERIALIZED} {LATENCY_CODEC}"
 
 
-def _latency_column(client: Client, layout: Layout, what: str, column: str = "latency_us") -> list[Any]:
+def _audit_column(client: Client, layout: Layout, what: str, column: str = "latency_us") -> list[Any]:
     """[(what,)] of audit_events.<column> in system.columns (the local table on a cluster), [] without it."""
     return client.query(
         f"SELECT {what} FROM system.columns WHERE database = currentDatabase() "
@@ -301,7 +301,7 @@ def _latency_step(layout: Layout) -> Callable[[Client], None]:
     def _latency_from_annotation(client: Client) -> None:
         """Migration 4 on a table made before it: new rows get the new latency_us on insert, stored rows are
         rewritten by a background mutation. A table migration 1 made with it already is left alone (no mutation)."""
-        rows = _latency_column(client, layout, "default_expression")
+        rows = _audit_column(client, layout, "default_expression")
         if rows and "apiserver.latency.k8s.io" in rows[0][0]:
             return
         verb = "MODIFY" if rows else "ADD"
@@ -319,7 +319,7 @@ def _codec_step(layout: Layout) -> Callable[[Client], None]:
         mutation of that one column (the same values: the column is recomputed from the row). On a fresh table
         (migration 1 creates the column without it, so that ``migrate(upto=7)`` is the schema before this one) it is
         metadata only."""
-        rows = _latency_column(client, layout, "compression_codec")
+        rows = _audit_column(client, layout, "compression_codec")
         if rows and "T64" in rows[0][0]:
             return
         for stmt in layout.alter("audit_events", f"MODIFY COLUMN {LATENCY_COLUMN}", distributed=False):
@@ -343,7 +343,7 @@ def _time_codec_step(layout: Layout) -> Callable[[Client], None]:
         it with the new codec. Parts stored before keep theirs until a merge rewrites them (ClickHouse refuses to
         materialize a sort-key column, and a forced rewrite of a large table would be hours of I/O); both read the
         same values."""
-        rows = _latency_column(client, layout, "compression_codec", "request_received_ts")
+        rows = _audit_column(client, layout, "compression_codec", "request_received_ts")
         if rows and "T64" in rows[0][0]:
             return
         for stmt in layout.alter("audit_events", f"MODIFY COLUMN request_received_ts DateTime64(6, 'UTC') {TIME_CODEC}",

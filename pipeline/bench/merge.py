@@ -48,6 +48,8 @@ def main() -> int:
     ap.add_argument("--rows", type=int, default=45_000, help="events per insert (a sink batch at 30k events/s)")
     ap.add_argument("--parts", type=int, default=6, help="inserts, then merged into one part per table")
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--table-setting", action="append", default=[], metavar="NAME=VALUE",
+                    help="MergeTree setting applied to audit_events after migrating (compare with and without)")
     args = ap.parse_args()
     from pipeline.sinks.tables import EventsWriter
     from pipeline.warehouse.client import open_client
@@ -67,6 +69,8 @@ def main() -> int:
             client.command(f"USE {db}")
             client.database = db
             migrate(client)
+            for kv in args.table_setting:
+                client.command(f"ALTER TABLE audit_events MODIFY SETTING {kv}")
             client.command("SYSTEM STOP MERGES")
             writer = EventsWriter(client, True, tmp, read_threads=1)
             t = cpu()

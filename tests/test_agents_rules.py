@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.agents import conditions as C
 from pipeline.agents.conditions import EventView, compile_condition
 from pipeline.agents.processor import Processor
 from pipeline.agents.rules import RuleError, RuleSet, example_event, example_runs, load_rule_file, load_rules
@@ -204,6 +205,70 @@ def test_request_object_parsed_from_text_when_raw_missing():
     raw = example_event({"verb": "create", "requestObject": {"spec": {"hostPID": True}}})
     ev = normalize_event(raw, "c")
     assert compile_condition({"request_object.spec.hostPID": True}, "t")(EventView(ev))
+
+
+def test_pod_spec_is_the_spec_each_kind_keeps():
+    spec = {"hostPID": True, "containers": [{"name": "a"}]}
+    wrap = {"pods": {"spec": spec}, "deployments": {"spec": {"template": {"spec": spec}}},
+            "replicationcontrollers": {"spec": {"template": {"spec": spec}}},
+            "cronjobs": {"spec": {"jobTemplate": {"spec": {"template": {"spec": spec}}}}},
+            "podtemplates": {"template": {"spec": spec}}}  # fmt: skip
+    test = compile_condition({"pod_spec.hostPID": True, "pod_spec.containers[*].name": "a"}, "t")
+    for resource, obj in wrap.items():
+        assert test(view(verb="create", objectRef={"resource": resource, "namespace": "d"}, requestObject=obj)), resource
+    # the same shapes under the wrong kind, or a kind that makes no pods: no pod spec
+    for resource, obj in [("pods", wrap["deployments"]), ("deployments", wrap["pods"]), ("configmaps", wrap["pods"]),
+                          ("cronjobs", wrap["deployments"])]:  # fmt: skip
+        assert not test(view(verb="create", objectRef={"resource": resource, "namespace": "d"}, requestObject=obj)), resource
+    assert not compile_condition({"pod_spec": {"exists": True}}, "t")(view(verb="create", objectRef={"resource": "pods"}))
+
+
+def test_json_patch_is_read_as_the_object_it_writes():
+    ops = [{"op": "add", "path": "/spec/template/spec/containers/1/securityContext", "value": {"privileged": True}},
+           {"op": "replace", "path": "/spec/template/spec/hostPID", "value": True},
+           {"op": "add", "path": "/spec/template/spec/volumes/-", "value": {"name": "v", "hostPath": {"path": "/"}}},
+           {"op": "add", "path": "/metadata/annotations/a~1b~0c", "value": "x"},
+           {"op": "remove", "path": "/spec/template/spec/hostNetwork"},
+           {"op": "copy", "from": "/a", "path": "/spec/template/spec/hostIPC"},
+           {"op": "test", "path": "/spec/template/spec/hostUsers", "value": False}]  # fmt: skip
+    assert C.json_patch_view(ops) == {
+        "spec": {"template": {"spec": {"containers": [{"securityContext": {"privileged": True}}], "hostPID": True,
+                                       "volumes": [{"name": "v", "hostPath": {"path": "/"}}]}}},
+        "metadata": {"annotations": {"a/b~c": "x"}},
+    }  # fmt: skip
+    assert C.json_patch_view([{"op": "add", "path": "", "value": {"kind": "Pod"}}]) == {"kind": "Pod"}
+    for not_a_patch in ([], [1, 2], [{"op": "add"}], ["x"]):
+        assert C.json_patch_view(not_a_patch) == not_a_patch
+    # through an EventView: parsed from the stored text (compiled path) and from the raw event (Python path)
+    raw = example_event({"verb": "patch", "objectRef": {"resource": "deployments", "namespace": "d", "name": "w"},
+                         "requestObject": ops})  # fmt: skip
+    ev = normalize_event(raw, "c")
+    for v in (EventView(ev), EventView(ev, raw)):
+        assert compile_condition({"pod_spec.hostPID": True, "pod_spec.containers[*].securityContext.privileged": True,
+                                  "request_object.spec.template.spec.volumes[*].hostPath.path": "/"}, "t")(v)  # fmt: skip
+    # only a patch is read that way: a list-valued object of another verb stays a list
+    raw["verb"] = "create"
+    assert not compile_condition({"request_object.spec.template.spec.hostPID": True}, "t")(EventView(normalize_event(raw, "c"), raw))
+
+
+def test_path_operators_compare_paths_as_the_kernel_names_them():
+    assert [C.normalize_path(p) for p in ["//etc/.", "/etc/", "/", "//", "/a//b/./c/", "rel/./x", ""]] == [
+        "/etc", "/etc", "/", "/", "/a/b/c", "rel/x", ""]  # fmt: skip
+    v = lambda p: view(verb="create", objectRef={"resource": "pods", "namespace": "d"},  # noqa: E731
+                       requestObject={"spec": {"volumes": [{"name": "x", "emptyDir": {}}, {"name": "h", "hostPath": {"path": p}}]}})  # fmt: skip
+    f = "pod_spec.volumes[*].hostPath.path"
+    is_etc = compile_condition({f: {"path_in": ["/etc/"]}}, "t")
+    under_k = compile_condition({f: {"path_under": ["/etc/kubernetes"]}}, "t")
+    not_under = compile_condition({f: {"not_path_under": ["/etc/kubernetes", "/proc"]}}, "t")
+    for p in ["/etc", "//etc", "/etc/.", "/./etc//", "/etc/"]:
+        assert is_etc(v(p)) and not under_k(v(p)), p
+    for p in ["/etc/kubernetes", "/etc/kubernetes/pki/ca.key", "//etc//kubernetes/./manifests/"]:
+        assert under_k(v(p)) and not is_etc(v(p)) and not not_under(v(p)), p
+    for p in ["/etc/kubernetesx", "/etc/ssl", "/etc/../etc", "etc"]:
+        assert not under_k(v(p)) and not_under(v(p)), p
+    assert not is_etc(view(verb="create", objectRef={"resource": "pods"}, requestObject={"spec": {"volumes": [{"hostPath": {"path": 7}}]}}))
+    with pytest.raises(C.ConditionError, match="absolute paths"):
+        compile_condition({f: {"path_under": ["etc"]}}, "t")
 
 
 # ---------------------------------------------------------------------------------------------- errors

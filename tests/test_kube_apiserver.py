@@ -78,6 +78,7 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
         facts = scenario.coverage(kc)
         assert facts["statuses"]["patch-json"] == facts["statuses"]["patch-merge"] == 200
         assert facts["statuses"]["patch-strategic"] == 200 and facts["statuses"]["update"] == 200
+        assert facts["statuses"]["patch-json-workload"] == 200
         assert facts["statuses"]["anonymous-namespaces"] == 403 and facts["statuses"]["carol-secrets"] == 403
         assert facts["demo_denied"] == 4
         # enough RequestResponse volume that the API server rotates its 1 MB log several times
@@ -125,6 +126,15 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
             fired = {r[0] for r in lp.sql("SELECT DISTINCT rule_id FROM alerts WHERE cluster = 'local'")}
             time.sleep(0.5)
         assert expected <= fired, f"did not fire: {sorted(expected - fired)}"
+        # the JSON patch of the deployment's template and the hostPath PersistentVolume, as the API server logged them
+        want = {("host-pid-pod", "deployments", "patch"), ("sensitive-hostpath-pod", "deployments", "patch"),
+                ("hostpath-pod", "deployments", "patch"), ("sensitive-hostpath-volume", "persistentvolumes", "create")}  # fmt: skip
+        on: set = set()
+        while time.monotonic() < deadline and not want <= on:
+            on = {tuple(r) for r in lp.sql("SELECT DISTINCT rule_id, objectref_resource, verb FROM alerts WHERE "
+                                           "cluster = 'local' AND objectref_resource IN ('deployments', 'persistentvolumes')")}  # fmt: skip
+            time.sleep(0.5)
+        assert want <= on, f"did not fire: {sorted(want - on)}"
 
         # the rotated log files, read by the shipper as another cluster, give the full logged set
         files = [str(p) for p in kc.audit_log_files()]

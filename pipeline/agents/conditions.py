@@ -4,7 +4,13 @@ A condition is a mapping ``field: test`` (all must hold) plus the combinators ``
 and ``not: {..}``. A test is a scalar (equality) or a mapping of operators:
 
     equals, not_equals, in, not_in, startswith, endswith, contains, not_contains, regex, not_regex,
-    exists (true/false), gt, gte, lt, lte, in_cidr, not_in_cidr, in_list, not_in_list
+    exists (true/false), gt, gte, lt, lte, in_cidr, not_in_cidr, in_list, not_in_list,
+    path_in, not_path_in, path_under, not_path_under
+
+``path_in`` / ``path_under`` compare file paths as the kernel would name them: repeated slashes, ``.`` and a
+trailing slash are dropped first (``//etc/.`` is ``/etc``); ``path_under`` also holds for anything below a listed
+path. ``..`` is not resolved (a symlinked component such as /var/run makes the lexical answer wrong): test for it
+with a regex.
 
 ``in_list: NAME`` tests an IP against a caller list (CIDRs from a user-maintained file named in the rules file's
 ``lists:`` section; see ``pipeline.agents.callers``).
@@ -17,7 +23,14 @@ matching on them would let one header evade every IP rule), ``request_path``
 ``request_subjects`` (the usernames a RoleBinding/ClusterRoleBinding request grants: User name,
 ``system:serviceaccount:NS:NAME`` for a ServiceAccount, ``group:NAME`` for a Group), and JSON paths
 into the parsed objects: ``request_object.spec.containers[*].securityContext.privileged``,
-``response_object.metadata.name``, ``request_object.metadata.annotations["a.b/c"]``.
+``response_object.metadata.name``, ``request_object.metadata.annotations["a.b/c"]``, and ``pod_spec.<path>``:
+the pod spec a request writes, wherever its kind keeps it (a Pod's spec, the template of a Deployment,
+DaemonSet, StatefulSet, ReplicaSet, ReplicationController or Job, a CronJob's job template, a PodTemplate), so
+one rule covers a pod and every controller that would create it.
+
+A JSON patch (``kubectl patch --type json``: a list of operations) is seen as the object its ``add`` and
+``replace`` operations write (``/spec/template/spec/hostPID`` -> ``{"spec": {"template": {"spec": {"hostPID":
+...}}}}``; list indexes and ``-`` become list elements), so rules on object paths read patches of either kind.
 
 List values have "any element" semantics: a positive operator holds if it holds for some element; a negative
 operator (``not_*``) holds if the positive one holds for none. A list met inside a path without ``[*]`` is
@@ -27,6 +40,7 @@ objects as their JSON text (so ``request_object.data: {contains: password}`` sea
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -50,11 +64,22 @@ NORMALIZED_FIELDS = frozenset(
 LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips", "redacted"})
 DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command", "request_subjects"})
 OBJECT_ROOTS = {"request_object": "requestObject", "response_object": "responseObject"}
+POD_SPEC_ROOT = "pod_spec"
+# where each kind of object keeps the pod spec it makes (pipeline.agents.conditions.pod_spec_of)
+POD_SPEC_PATHS: dict[str, tuple[str, ...]] = {
+    "pods": ("spec",),
+    **{r: ("spec", "template", "spec") for r in
+       ("deployments", "daemonsets", "statefulsets", "replicasets", "replicationcontrollers", "jobs")},
+    "cronjobs": ("spec", "jobTemplate", "spec", "template", "spec"),
+    "podtemplates": ("template", "spec"),
+}  # fmt: skip
 MAP_ROOTS = frozenset({"annotations", "user_extra"})
 
-POSITIVE_OPS = ("equals", "in", "startswith", "endswith", "contains", "regex", "gt", "gte", "lt", "lte", "in_cidr", "in_list")
+POSITIVE_OPS = ("equals", "in", "startswith", "endswith", "contains", "regex", "gt", "gte", "lt", "lte", "in_cidr",
+                "in_list", "path_in", "path_under")  # fmt: skip
 NEGATIVE_OPS = {
-    f"not_{op}": op for op in ("equals", "in", "startswith", "endswith", "contains", "regex", "in_cidr", "in_list")
+    f"not_{op}": op
+    for op in ("equals", "in", "startswith", "endswith", "contains", "regex", "in_cidr", "in_list", "path_in", "path_under")
 }
 ALL_OPS = (*POSITIVE_OPS, *NEGATIVE_OPS, "exists")
 FAST_PATHS = True  # specialised predicates for common value types (tests compare them with the general ones)
@@ -94,18 +119,35 @@ class EventView:
         self._cache: dict[str, Any] | None = None
 
     def obj(self, root: str) -> Any:
-        """requestObject / responseObject as parsed JSON (from the raw event, else parsed from the text once)."""
+        """requestObject / responseObject as parsed JSON (from the raw event, else parsed from the text once); a
+        JSON patch request as the object its operations write (see module docstring)."""
         if self.raw is not None:
-            return self.raw.get(root)
+            value = self.raw.get(root)
+            if type(value) is not list or root != "requestObject":
+                return value
         cache = self._cache if self._cache is not None else {}
         self._cache = cache
         if root not in cache:
-            text = self.ev.get("request_object" if root == "requestObject" else "response_object") or ""
-            try:
-                cache[root] = orjson.loads(text) if text else None
-            except orjson.JSONDecodeError:  # truncated text: no object
-                cache[root] = None
+            if self.raw is not None:
+                value = self.raw.get(root)
+            else:
+                text = self.ev.get("request_object" if root == "requestObject" else "response_object") or ""
+                try:
+                    value = orjson.loads(text) if text else None
+                except orjson.JSONDecodeError:  # truncated text: no object
+                    value = None
+            if type(value) is list and root == "requestObject" and self.ev.get("verb") == "patch":
+                value = json_patch_view(value)
+            cache[root] = value
         return cache[root]
+
+    def pod_spec(self) -> Any:
+        """The pod spec the request object carries for its resource (None: not a pod-making kind)."""
+        cache = self._cache if self._cache is not None else {}
+        self._cache = cache
+        if POD_SPEC_ROOT not in cache:
+            cache[POD_SPEC_ROOT] = pod_spec_of(self.ev.get("objectref_resource") or "", self.obj("requestObject"))
+        return cache[POD_SPEC_ROOT]
 
     def derived(self, name: str) -> Any:
         cache = self._cache if self._cache is not None else {}
@@ -126,6 +168,72 @@ class EventView:
             value = " ".join(parse_qs(query).get("command", [])) if "command=" in query else ""
         cache[name] = value
         return value
+
+
+def pod_spec_of(resource: str, obj: Any) -> Any:
+    """The pod spec inside ``obj`` for an object of ``resource`` (POD_SPEC_PATHS), else None."""
+    path = POD_SPEC_PATHS.get(resource)
+    if path is None:
+        return None
+    for key in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(key)
+    return obj if isinstance(obj, dict) else None
+
+
+def _pointer_tokens(path: Any) -> list[str] | None:
+    if not isinstance(path, str) or not path.startswith("/"):
+        return None
+    return [t.replace("~1", "/").replace("~0", "~") for t in path[1:].split("/")]
+
+
+def json_patch_view(ops: list[Any]) -> Any:
+    """The sparse object a JSON patch's ``add``/``replace`` operations write (RFC 6902), for rules to read.
+
+    Tokens that are list indexes (or ``-``) become list elements in order of appearance: a rule reads
+    ``containers[*]`` whatever the index. Anything that is not a list of operations is returned unchanged (a
+    merge patch of a list-valued kind, say); ``copy``/``move`` write values the patch does not carry."""
+    if not ops or not all(isinstance(o, dict) and "op" in o and "path" in o for o in ops):
+        return ops
+    root: dict[str, Any] = {}
+    for o in ops:
+        if o.get("op") not in ("add", "replace") or "value" not in o:
+            continue
+        tokens = _pointer_tokens(o.get("path"))
+        value = copy.deepcopy(o["value"])  # later operations may write inside it; the event stays as it came
+        if not tokens or tokens == [""]:
+            if isinstance(value, dict):
+                root.update(value)  # the whole document replaced
+            continue
+        node = root
+        for tok in tokens[:-1]:
+            nxt = node.get(tok)
+            if not isinstance(nxt, dict):
+                nxt = node[tok] = {}
+            node = nxt
+        node[tokens[-1]] = value
+    return _listify(root)
+
+
+def _is_index(tok: str) -> bool:
+    return tok == "-" or (tok.isdigit() and tok.isascii())
+
+
+def _listify(node: Any) -> Any:
+    """Dicts whose keys are all list indexes (or ``-``) -> lists of their values, depth first."""
+    if not isinstance(node, dict):
+        return node
+    out = {k: _listify(v) for k, v in node.items()}
+    if out and all(_is_index(k) for k in out):
+        return [out[k] for k in sorted(out, key=lambda k: (k == "-", int(k) if k != "-" else 0))]
+    return out
+
+
+def normalize_path(text: str) -> str:
+    """A path as the kernel names it, lexically: repeated slashes and ``.`` dropped, no trailing slash."""
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    return ("/" if text.startswith("/") else "") + "/".join(parts) if parts else ("/" if text.startswith("/") else "")
 
 
 def _subjects(obj: Any, namespace: str) -> list[str]:
@@ -216,6 +324,12 @@ def accessor(field: str, where: str) -> Accessor:
         return lambda v: (v.ev.get(root) or {}).get(rest)
     root_b, _, _ = field.partition("[")
     root_name = root if dot else root_b
+    if root_name == POD_SPEC_ROOT:
+        tail = field[len(root_name) :]
+        if not tail:
+            return lambda v: Many([o] if (o := v.pod_spec()) is not None else [])
+        steps = parse_path(tail.lstrip("."), where)
+        return lambda v: _walk(v.pod_spec(), steps)
     if root_name in OBJECT_ROOTS:
         raw_key = OBJECT_ROOTS[root_name]
         tail = field[len(root_name) :]
@@ -227,7 +341,7 @@ def accessor(field: str, where: str) -> Accessor:
     raise ConditionError(
         where,
         f"unknown field {field!r}; use one of {', '.join(known)}, annotations.<key>, user_extra.<key>, "
-        "request_object.<path> or response_object.<path>",
+        "request_object.<path>, response_object.<path> or pod_spec.<path>",
     )
 
 
@@ -308,6 +422,22 @@ def _scalar_pred(op: str, operand: Any, where: str, lists: Lists | None = None) 
                 return False
 
         return num
+    if op in ("path_in", "path_under"):
+        paths = tuple(normalize_path(p) for p in _strs(operand, where, op))
+        if any(not p.startswith("/") for p in paths):
+            raise ConditionError(where, f"{op} needs absolute paths, got {operand!r}")
+        exact = frozenset(paths)
+        if op == "path_in":
+            return lambda x: isinstance(x, str) and normalize_path(x) in exact
+        prefixes = tuple(p.rstrip("/") + "/" for p in paths)
+
+        def under(x: Any) -> bool:
+            if not isinstance(x, str):
+                return False
+            n = normalize_path(x)
+            return n in exact or n.startswith(prefixes)
+
+        return under
     if op == "in_cidr":
         try:
             nets = [ipaddress.ip_network(n, strict=False) for n in _strs(operand, where, op)]

@@ -77,7 +77,19 @@ def coverage(kc: LocalCluster, say: Callable[[str], None] = lambda _m: None) -> 
                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": POD_SPECS["plain"]}}})  # fmt: skip
     kc.kubectl("-n", "team-a", "scale", "deployment", "web", "--replicas", "2")
+    # a JSON patch that turns the template into a node takeover: host PID namespace and the host's /etc, spelled
+    # //etc/. (the API server accepts it; the kernel mounts /etc)
+    note("patch-json-workload", kc.request(
+        "PATCH", "/apis/apps/v1/namespaces/team-a/deployments/web",
+        body=[{"op": "add", "path": "/spec/template/spec/hostPID", "value": True},
+              {"op": "add", "path": "/spec/template/spec/volumes", "value": [{"name": "etc", "hostPath": {"path": "//etc/."}}]}],
+        content_type="application/json-patch+json")[0])  # fmt: skip
     kc.kubectl("-n", "team-a", "delete", "deployment", "web")
+    # a PersistentVolume on the host's kubelet directory: any pod that claims it mounts the node, with no hostPath
+    apply(kc, {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "node-kubelet"},
+               "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"],
+                        "hostPath": {"path": "/var/lib/kubelet/pods"}}})  # fmt: skip
+    kc.kubectl("delete", "persistentvolume", "node-kubelet", "--wait=false")  # pv-protection: no controller here
     kc.kubectl("-n", "team-a", "delete", "configmap", "settings")
 
     say("RBAC objects: a wildcard ClusterRole, a cluster-admin binding, a Role and RoleBinding")

@@ -27,7 +27,7 @@ from typing import Any
 
 import orjson
 
-from pipeline.agents.conditions import OBJECT_ROOTS, ConditionError, EventView, compile_test
+from pipeline.agents.conditions import OBJECT_ROOTS, POD_SPEC_ROOT, ConditionError, EventView, compile_test
 from pipeline.agents.rules import Rule, fields_of
 
 READS = frozenset({"get", "list", "watch"})
@@ -153,7 +153,8 @@ def _test3(name: str, test: Any, facts: dict[str, list[Any]]) -> bool | None:
 
 def reads_objects(rule: Rule) -> bool:
     names = fields_of(rule.match_spec) | set(rule.group_by)
-    return any(n.partition(".")[0].partition("[")[0] in OBJECT_ROOTS for n in names)
+    roots = {n.partition(".")[0].partition("[")[0] for n in names}
+    return bool(roots & {*OBJECT_ROOTS, POD_SPEC_ROOT})
 
 
 def unknown_inputs(rule: Rule, facts: dict[str, list[Any]]) -> list[str]:

@@ -191,7 +191,7 @@ def _pointer_tokens(path: Any) -> list[str] | None:
 def json_patch_view(ops: list[Any]) -> Any:
     """The sparse object a JSON patch's ``add``/``replace`` operations write (RFC 6902), for rules to read.
 
-    Tokens that are list indexes (or ``-``) become list elements in order of appearance: a rule reads
+    Tokens that are list indexes (or ``-``) become list elements, in index order (``-`` last): a rule reads
     ``containers[*]`` whatever the index. Anything that is not a list of operations is returned unchanged (a
     merge patch of a list-valued kind, say); ``copy``/``move`` write values the patch does not carry."""
     if not ops or not all(isinstance(o, dict) and "op" in o and "path" in o for o in ops):

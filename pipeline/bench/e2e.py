@@ -197,9 +197,9 @@ def remove_previous_run(var: Path, settle: float) -> None:
     """Delete a previous run's state, then let the file system settle before measuring.
 
     ext4 without a journal (this project's VMs) skips every inode freed in the last minute when it creates a
-    file (fs/ext4/ialloc.c, recently_deleted), and a previous run leaves tens of thousands of files (Kafka
-    segments, chDB parts of ~200 files each). Measured right after deleting them, openat() was 15% of the sink's
-    CPU and the pipeline read 56 instead of 48 us per event; after a minute it is 1.5%."""
+    file (fs/ext4/ialloc.c, recently_deleted), and a previous run leaves thousands of files (Kafka segments, chDB
+    parts of ~200 files each). Measured right after runs back to back, openat() was 15% of the sink's CPU and the
+    pipeline read 56 instead of 48 us per event; after a settled minute it was 1.5%."""
     if not var.exists():
         return
     n = sum(1 for _ in var.rglob("*"))

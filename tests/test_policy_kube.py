@@ -114,7 +114,8 @@ def test_anonymous_and_load_balancer_probes_are_stored_but_do_not_alert(settings
     policy.write_text(PROBES_LOGGED)
     with live_pipeline(settings, tmp_path, policy=policy) as lp:
         kc = lp.cluster
-        t0 = int(time.time())
+        t0_us = int(time.time() * 1_000_000)  # exact: the control plane's own readiness probe came just before
+        t0 = t0_us // 1_000_000
         paths = ("/livez", "/readyz", "/healthz", "/version", "/readyz?verbose", "/livez/ping", "/healthz/etcd")
         statuses = {}
         for _ in range(3):
@@ -137,7 +138,7 @@ def test_anonymous_and_load_balancer_probes_are_stored_but_do_not_alert(settings
         t1 = int(time.time()) + 1
         got = wait_rules(lp, t0, t1, {"anonymous-allowed", "forbidden-burst"})
         rows = lp.sql(f"SELECT request_uri, responsestatus_code, count() FROM audit_events WHERE username = 'system:anonymous' "
-                      f"AND request_received_ts >= fromUnixTimestamp64Micro({t0 * 1_000_000}, 'UTC') GROUP BY 1, 2")  # fmt: skip
+                      f"AND request_received_ts >= fromUnixTimestamp64Micro({t0_us}, 'UTC') GROUP BY 1, 2")  # fmt: skip
         alerts = lp.sql("SELECT rule_id, request_uri FROM alerts FINAL WHERE username = 'system:anonymous'")
     stored = {(u, c): n for u, c, n in rows}
     assert all(stored.get((p, statuses[p])) == 6 for p in paths), stored  # still counted and queryable

@@ -157,7 +157,11 @@ impl<'a> S<'a> {
         let mut i = start;
         let mut n = 2;
         loop {
-            let c = *b.get(i).ok_or(Fallback)?;
+            // plain bytes (most of a string) in one pass: each is written as is
+            let run = b[i.min(b.len())..].iter().position(|&c| SPECIAL[c as usize]).ok_or(Fallback)?;
+            i += run;
+            n += run;
+            let c = b[i];
             match c {
                 b'"' => {
                     self.i = i + 1;
@@ -223,6 +227,19 @@ impl<'a> S<'a> {
         Ok(serde_json::to_string(&num).map_err(|_| Fallback)?.len())
     }
 }
+
+/// Bytes that end a run of plain string content: the closing quote, an escape, a control character.
+const SPECIAL: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 0x20 {
+        t[c] = true;
+        c += 1;
+    }
+    t[b'"' as usize] = true;
+    t[b'\\' as usize] = true;
+    t
+};
 
 fn hex4(b: &[u8], at: usize) -> R<u32> {
     let h = b.get(at..at + 4).ok_or(Fallback)?;

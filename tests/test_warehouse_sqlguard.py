@@ -346,8 +346,8 @@ def test_runaway_numbers_is_refused_and_stopped_by_limits(wh, db):
     ({"max_result_rows": 1000}, "SELECT arrayJoin(range(100000))", "max_result_rows"),
     ({"max_result_rows": 1000}, "SELECT * FROM (SELECT arrayJoin(range(100000)))", "max_result_rows"),
     ({"max_result_bytes": 10000}, "SELECT * FROM (SELECT arrayJoin(range(100000)))", "max_result_bytes"),
-    ({"max_execution_time": 1}, "SELECT count() FROM (SELECT arrayJoin(range(1000)) AS a) AS x, "
-     "(SELECT arrayJoin(range(1000)) AS b) AS y, (SELECT arrayJoin(range(1000)) AS c) AS z "
+    ({"max_execution_time": 1}, "SELECT count() FROM (SELECT arrayJoin(range(3000)) AS a) AS x, "
+     "(SELECT arrayJoin(range(3000)) AS b) AS y, (SELECT arrayJoin(range(3000)) AS c) AS z "
      "WHERE cityHash64(a, b, c) = 1", "max_execution_time"),
     ({"max_rows_to_read": 3}, "SELECT count() FROM audit_events WHERE verb != 'x'", "max_rows_to_read"),
     ({"max_bytes_to_read": 10}, "SELECT any(auditid) FROM audit_events", "max_bytes_to_read"),

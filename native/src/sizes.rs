@@ -195,11 +195,7 @@ impl<'a> S<'a> {
                         _ => return Err(Fallback),
                     };
                 }
-                0..=0x1f => return Err(Fallback),
-                _ => {
-                    i += 1;
-                    n += 1;
-                }
+                _ => return Err(Fallback), // a control character (position() stops only at SPECIAL bytes)
             }
         }
     }

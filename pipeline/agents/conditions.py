@@ -121,16 +121,13 @@ class EventView:
     def obj(self, root: str) -> Any:
         """requestObject / responseObject as parsed JSON (from the raw event, else parsed from the text once); a
         JSON patch request as the object its operations write (see module docstring)."""
-        if self.raw is not None:
-            value = self.raw.get(root)
-            if type(value) is not list or root != "requestObject":
-                return value
+        value = self.raw.get(root) if self.raw is not None else None
+        if self.raw is not None and (type(value) is not list or root != "requestObject"):
+            return value
         cache = self._cache if self._cache is not None else {}
         self._cache = cache
         if root not in cache:
-            if self.raw is not None:
-                value = self.raw.get(root)
-            else:
+            if self.raw is None:
                 text = self.ev.get("request_object" if root == "requestObject" else "response_object") or ""
                 try:
                     value = orjson.loads(text) if text else None
@@ -233,7 +230,7 @@ def _listify(node: Any) -> Any:
 def normalize_path(text: str) -> str:
     """A path as the kernel names it, lexically: repeated slashes and ``.`` dropped, no trailing slash."""
     parts = [p for p in text.split("/") if p not in ("", ".")]
-    return ("/" if text.startswith("/") else "") + "/".join(parts) if parts else ("/" if text.startswith("/") else "")
+    return ("/" if text.startswith("/") else "") + "/".join(parts)
 
 
 def _subjects(obj: Any, namespace: str) -> list[str]:
@@ -324,19 +321,17 @@ def accessor(field: str, where: str) -> Accessor:
         return lambda v: (v.ev.get(root) or {}).get(rest)
     root_b, _, _ = field.partition("[")
     root_name = root if dot else root_b
-    if root_name == POD_SPEC_ROOT:
+    if root_name == POD_SPEC_ROOT or root_name in OBJECT_ROOTS:
+        if root_name == POD_SPEC_ROOT:
+            root_of: Callable[[EventView], Any] = EventView.pod_spec
+        else:
+            raw_key = OBJECT_ROOTS[root_name]
+            root_of = lambda v: v.obj(raw_key)  # noqa: E731
         tail = field[len(root_name) :]
         if not tail:
-            return lambda v: Many([o] if (o := v.pod_spec()) is not None else [])
+            return lambda v: Many([o] if (o := root_of(v)) is not None else [])
         steps = parse_path(tail.lstrip("."), where)
-        return lambda v: _walk(v.pod_spec(), steps)
-    if root_name in OBJECT_ROOTS:
-        raw_key = OBJECT_ROOTS[root_name]
-        tail = field[len(root_name) :]
-        if not tail:
-            return lambda v: Many([o] if (o := v.obj(raw_key)) is not None else [])
-        steps = parse_path(tail.lstrip("."), where)
-        return lambda v: _walk(v.obj(raw_key), steps)
+        return lambda v: _walk(root_of(v), steps)
     known = sorted(NORMALIZED_FIELDS | DERIVED_FIELDS)
     raise ConditionError(
         where,

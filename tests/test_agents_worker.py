@@ -229,3 +229,61 @@ def test_bad_rules_file_is_a_startup_error(settings: Settings, tmp_path: Path):
                        capture_output=True, text=True, timeout=60, cwd=str(T.REPO))  # fmt: skip
     assert r.returncode == 2
     assert "rule 'mine'" in r.stderr and "match.verb.inn" in r.stderr and str(f) in r.stderr
+
+
+def test_outputs_kafka_refuses_become_a_dead_letter_and_the_rest_goes_on(settings: Settings):
+    """The events topic takes records of at most 6,000 bytes: a raw record whose event batch is larger is refused
+    by the broker (MESSAGE_TOO_LARGE, no retry can fix it). faust acknowledges a group however its handler ends,
+    so the worker must not return before each record's outputs landed or a dead-letter record says why: the
+    small records of the same group keep their events, the big one is named by a dead letter, the offsets move
+    on and a later record is processed normally."""
+    from confluent_kafka import Consumer, TopicPartition
+    from confluent_kafka.admin import (
+        AdminClient,
+        AlterConfigOpType,
+        ConfigEntry,
+        ConfigResource,
+        ResourceType,
+    )
+
+    s = settings
+    admin = AdminClient({"bootstrap.servers": s.kafka_bootstrap})
+    res = ConfigResource(ResourceType.TOPIC, s.topic(config.EVENTS), incremental_configs=[
+        ConfigEntry("max.message.bytes", "6000", incremental_operation=AlterConfigOpType.SET)])  # fmt: skip
+    for f in admin.incremental_alter_configs([res]).values():
+        f.result(30)
+    rng = random.Random(11)
+    now_us = time.time_ns() // 1000
+    small = [[synth_event(rng, now_us)] for _ in range(3)]
+    big = [synth_event(rng, now_us, requestURI=f"/api/v1/namespaces/default/pods/{uuid.uuid4()}") for _ in range(400)]
+    first = [T.raw_record("one", T.eventlist(small[0])), T.raw_record("one", T.eventlist(big)),
+             T.raw_record("one", T.eventlist(small[1]))]  # fmt: skip
+    T.produce(s, first, partition_of={"one": 0})
+    w = T.start_worker(s, "refused")
+    try:
+        T.produce(s, [T.raw_record("one", T.eventlist(small[2]))], partition_of={"one": 0})
+        want = {e["auditID"] for batch in small for e in batch}
+        deadline = time.monotonic() + 120
+        got: set[str] = set()
+        while time.monotonic() < deadline and got != want:
+            assert w.poll() is None, f"worker exited with {w.returncode}; see {s.var}/worker-refused.log"
+            got = {e["auditid"] for b in T.decode_all("event_batch", T.read_all(s, config.EVENTS, idle=1.0)) for e in b["events"]}
+            time.sleep(1)
+        assert got == want  # every small record's events, none of the big one's
+        dead = [orjson.loads(m.value()) for m in T.read_all(s, config.DEADLETTER, idle=1.0)]
+        refused = [d for d in dead if "refused the outputs" in d["reason"]]
+        assert [d["origin"] for d in refused] == [f"{s.topic(config.RAW)}:0:1"]
+        assert "MSG_SIZE_TOO_LARGE" in refused[0]["reason"] and refused[0]["cluster"] == "one"
+        c = Consumer({"bootstrap.servers": s.kafka_bootstrap, "group.id": f"{s.topic_prefix}kaudit-worker"})
+        try:
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                committed = c.committed([TopicPartition(s.topic(config.RAW), 0)], timeout=10)[0].offset
+                if committed == 4:
+                    break
+                time.sleep(0.5)
+            assert committed == 4  # past the refused record: the partition went on
+        finally:
+            c.close()
+    finally:
+        T.stop_worker(w)

@@ -26,6 +26,7 @@ from confluent_kafka.admin import AdminClient
 from pipeline import config
 from pipeline.agents import testing as T
 from pipeline.config import Settings
+from pipeline.kafka import headers as H
 from pipeline.query.execute import ExecError
 from tests.test_sinks_kafka import sql, start_sink
 
@@ -184,6 +185,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def where_missing(bootstrap: str, s: Settings, missing: set[str]) -> str:
+    """On a mismatch, say where the missing events are: in which raw records (partition, offset, batch id) and
+    whether the events topic holds them, and the worker group's committed raw offsets."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    if not missing:
+        return "nothing missing"
+    needles = {m.encode(): m for m in list(missing)[:50]}
+    out: list[str] = []
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": f"diag-{uuid.uuid4().hex}", "enable.auto.commit": False,
+                  "enable.partition.eof": True, "isolation.level": "read_committed"})  # fmt: skip
+    try:
+        for topic in (s.topic(config.RAW), s.topic(config.EVENTS)):
+            parts = c.list_topics(topic, timeout=20).topics[topic].partitions
+            c.assign([TopicPartition(topic, p, 0) for p in parts])
+            left, hits = set(parts), Counter()
+            deadline = time.monotonic() + 60
+            while left and time.monotonic() < deadline:
+                for m in c.consume(500, timeout=1):
+                    if m.error():
+                        if m.error().code() == -191:  # _PARTITION_EOF
+                            left.discard(m.partition())
+                        continue
+                    v = m.value() or b""
+                    found = [n for n in needles if n in v]
+                    if found:
+                        hdr = {k: (val or b"")[:40] for k, val in (m.headers() or [])}
+                        hits[(m.partition(), m.offset(), len(found), str(hdr.get(H.BATCH_ID) or hdr.get(H.SOURCE_ID) or b""))] += 1
+            c.unassign()
+            out.append(f"{topic}: {sorted(hits)}")
+        group = f"{s.topic_prefix}kaudit-worker"
+        gc = Consumer({"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False})
+        raw = s.topic(config.RAW)
+        committed = gc.committed([TopicPartition(raw, p) for p in range(s.raw_partitions)], timeout=20)
+        out.append(f"worker group {group} committed: {[(t.partition, t.offset) for t in committed]}")
+        gc.close()
+    except Exception as exc:  # noqa: BLE001 - diagnostics must not hide the assertion
+        out.append(f"diagnostics failed: {exc!r}")
+    finally:
+        c.close()
+    return f"{len(missing)} missing; " + "; ".join(out)
+
+
 def test_three_brokers_kill_leaders_under_load_nothing_lost_or_doubled(tmp_path: Path):
     cluster = Cluster(tmp_path / "kvar")
     cluster.run("up")
@@ -246,8 +290,8 @@ def test_three_brokers_kill_leaders_under_load_nothing_lost_or_doubled(tmp_path:
             time.sleep(1)
         time.sleep(3)  # anything doubled would show up now
         rows = sql(api, "SELECT count(), uniqExact(auditid) FROM audit_events")[0]
-        assert rows == [len(expected), len(expected)], (rows, load.errors)
         stored = {r[0] for r in sql(api, "SELECT auditid FROM audit_events")}
+        assert rows == [len(expected), len(expected)], (rows, load.errors, where_missing(cluster.bootstrap, s, expected - stored))
         assert stored == expected
         # aggregates exact: per verb, over all windows (distinct auditIDs counted once, like the reference)
         want = Counter(e["verb"] for e in load.acked)

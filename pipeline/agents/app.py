@@ -6,6 +6,11 @@ confluent-kafka producer) before faust may acknowledge -- and so commit -- the g
 therefore replays records whose outputs may already exist, and the Processor re-emits identical outputs
 (same source_id, same alert ids), which the sink and the alerts table absorb.
 
+``handle`` never returns before that holds, because faust acknowledges a group however its handler ends
+(``take_events`` acks in a ``finally``): a failed rebuild is retried, outputs Kafka did not acknowledge are sent
+again (one raw record at a time, until they land), outputs Kafka refuses for good (too large, invalid) become a
+dead-letter record naming the raw record, and anything else ends the process at once, before faust can commit.
+
 No faust tables or windows: state lives in ``PartitionState`` and is rebuilt from the events topic.
 """
 
@@ -33,6 +38,7 @@ from pipeline.agents.rules import RuleSet
 from pipeline.agents.state import PartitionState
 from pipeline.config import Settings
 from pipeline.gc_tuning import tune_gc
+from pipeline.kafka import deadletter
 from pipeline.kafka import headers as H
 from pipeline.kafka.producer import AsyncProducer
 from pipeline.models.avro import H_FP, codec, header_value
@@ -40,6 +46,11 @@ from pipeline.models.avro import H_FP, codec, header_value
 log = logging.getLogger("kaudit.worker")
 
 SEND_EVERY = 8  # raw records whose outputs are queued to Kafka together (see Worker._send_all)
+RETRY_MAX_SECONDS = 10.0  # backoff cap while Kafka does not take a rebuild read or a group's outputs
+# Delivery errors that no retry can fix: the record itself is refused (its size, its format).
+PERMANENT_DELIVERY_ERRORS = frozenset(
+    {KafkaError.MSG_SIZE_TOO_LARGE, KafkaError.RECORD_LIST_TOO_LARGE, KafkaError.INVALID_RECORD, KafkaError.INVALID_MSG_SIZE}
+)
 
 
 def rebuild_state(
@@ -166,6 +177,17 @@ def rebuild_memory(s: Settings, proc: Processor, state: PartitionState, resume_o
 
 
 JSON_HEADERS = [("content-type", b"application/json")]
+
+
+def _err(err: KafkaError | KafkaException) -> str:
+    e = err.args[0] if isinstance(err, KafkaException) and err.args else err
+    return f"{e.name()}: {e.str()}" if isinstance(e, KafkaError) else str(e)
+
+
+def exit_now(code: int) -> None:
+    """End the process without running faust's shutdown (which would acknowledge the group in hand)."""
+    logging.shutdown()
+    os._exit(code)
 
 
 class GroupAck:
@@ -308,7 +330,13 @@ class Worker:
         @app.agent(raw, name="kaudit-worker-raw")
         async def process_raw(stream: faust.StreamT) -> None:
             async for events in stream.take_events(self.take, within=self.within):
-                await self.handle([e.message for e in events])
+                try:
+                    await self.handle([e.message for e in events])
+                except Exception:  # noqa: BLE001 - faust would ack (and commit) the group on the way out
+                    log.critical("worker %s: a group of %d raw record(s) could not be handled; exiting without "
+                                 "acknowledging it, so the next owner of its partitions replays it", self.worker_id,
+                                 len(events), exc_info=True)  # fmt: skip
+                    exit_now(70)
 
         @app.on_partitions_revoked.connect
         async def on_revoked(sender: Any, revoked: set, **kwargs: Any) -> None:
@@ -349,7 +377,8 @@ class Worker:
 
     # ------------------------------------------------------------------------------------------ work
     async def handle(self, messages: list[Any]) -> None:
-        """Process a group of raw records and wait until Kafka acknowledged every output."""
+        """Process a group of raw records and return only once Kafka acknowledged every output (or, for a record
+        whose outputs it refuses for good, a dead-letter record saying so)."""
         if self.producer is None:
             self.producer = AsyncProducer(self.s)
         loop = asyncio.get_running_loop()
@@ -358,26 +387,30 @@ class Worker:
         if not self.first_handled:
             self.first_handled = time.time()
         outs: list[RecordOutput] = []
+        group: list[tuple[Any, RecordOutput]] = []
+        failed: KafkaException | None = None
         before = dict(self.totals)
         for m in messages:
             st = self.states.get(m.partition)
             if st is None:
-                r0 = time.perf_counter()
-                st = await loop.run_in_executor(None, rebuild_state, self.s, self.proc, m.partition, m.offset)
-                self.states[m.partition] = st
-                self.metrics.rebuilds.inc()
-                self.metrics.rebuild_seconds.labels(str(m.partition)).set(time.perf_counter() - r0)
-                self.metrics.rebuild_keys.labels(str(m.partition)).set(len(st.seen))
+                st = await self._rebuild(m.partition, m.offset)
             headers = m.headers or []
             if isinstance(headers, dict):
                 headers = list(headers.items())
             ts = m.timestamp
-            outs.append(self.proc.process(st, m.offset, m.key, m.value, headers, int(ts * 1000) if ts else None))
+            out = self.proc.process(st, m.offset, m.key, m.value, headers, int(ts * 1000) if ts else None)
+            outs.append(out)
+            group.append((m, out))
             if len(outs) >= SEND_EVERY:
-                self._send_all(outs, acks)
-        self._send_all(outs, acks)
+                failed = self._send_all(outs, acks, failed)
+        failed = self._send_all(outs, acks, failed)
         t1 = time.perf_counter()
-        await acks.wait()
+        try:
+            await acks.wait()
+        except KafkaException as exc:
+            failed = failed or exc
+        if failed is not None:
+            await self._redeliver(group, failed)
         t2 = time.perf_counter()
         self.timing["processing_s"] += t1 - t0
         self.timing["ack_wait_s"] += t2 - t1
@@ -389,14 +422,121 @@ class Worker:
         m_.count_group(before, self.totals, self.totals["deadletters"] - before["deadletters"])
         m_.last_processed.set(self.last_processed)
 
-    def _send_all(self, outs: list[RecordOutput], acks: GroupAck) -> None:
+    async def _rebuild(self, partition: int, offset: int) -> PartitionState:
+        """A partition's state, read back from Kafka; retried while Kafka cannot answer (a broker failing over):
+        the partition's records wait, none is processed without its dedup state."""
+        loop = asyncio.get_running_loop()
+        delay = 0.5
+        while True:
+            r0 = time.perf_counter()
+            try:
+                st = await loop.run_in_executor(None, rebuild_state, self.s, self.proc, partition, offset)
+            except Exception as exc:  # noqa: BLE001 - Kafka unavailable, timeouts: try again
+                self.metrics.retries.labels("rebuild").inc()
+                log.warning("partition %d: state rebuild failed (%s); retrying in %.1fs, its records wait",
+                            partition, exc, delay)  # fmt: skip
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            self.states[partition] = st
+            self.metrics.rebuilds.inc()
+            self.metrics.rebuild_seconds.labels(str(partition)).set(time.perf_counter() - r0)
+            self.metrics.rebuild_keys.labels(str(partition)).set(len(st.seen))
+            return st
+
+    def _send_all(self, outs: list[RecordOutput], acks: GroupAck, failed: KafkaException | None) -> KafkaException | None:
         """Outputs are queued a few records at a time, not one by one: librdkafka sends one produce request per
         partition (each costs the broker ~0.6 ms of CPU here), and linger.ms only merges what is queued together;
-        a long group (a backlog) still has its first records in flight while the rest are processed."""
+        a long group (a backlog) still has its first records in flight while the rest are processed.
+        Once a produce call failed, nothing more of the group is queued: ``_redeliver`` sends it all."""
         for out in outs:
-            self.send(out, acks)
+            if failed is None:
+                try:
+                    self.send(out, acks)
+                except KafkaException as exc:
+                    failed = exc
             self.count(out)
         outs.clear()
+        return failed
+
+    async def _redeliver(self, group: list[tuple[Any, RecordOutput]], error: KafkaException) -> None:
+        """Send a group's outputs again, one raw record at a time, until each lands. Outputs that did land are
+        sent twice: the sink skips a stored source_id and the alerts table an alert id it holds."""
+        log.warning("outputs of %d raw record(s) (%s .. %s) not all acknowledged by Kafka (%s); sending them again",
+                    len(group), group[0][1].source_id, group[-1][1].source_id, _err(error))  # fmt: skip
+        for m, out in group:
+            await self._deliver(m, out)
+
+    async def _deliver(self, m: Any, out: RecordOutput) -> None:
+        delay, attempt = 0.5, 0
+        while True:
+            attempt += 1
+            self.metrics.retries.labels("outputs").inc()
+            err = await self._attempt(lambda acks, out=out: self.send(out, acks))
+            if err is None:
+                return
+            if err.code() in PERMANENT_DELIVERY_ERRORS:
+                await self._refused(m, out, err)
+                return
+            log.warning("raw record %s: outputs not acknowledged (%s, attempt %d); again in %.1fs",
+                        out.source_id, _err(err), attempt, delay)  # fmt: skip
+            await self._maybe_replace_producer(err)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    async def _refused(self, m: Any, out: RecordOutput, err: KafkaError) -> None:
+        """Kafka refuses this record's outputs for good: a dead-letter record names the raw record (it stays in the
+        raw topic) and why; the partition goes on. Retried like any output while Kafka is unavailable."""
+        origin = f"{self.s.topic(config.RAW)}:{m.partition}:{m.offset}"
+        log.error("raw record %s (cluster %s): Kafka refused its outputs (%s); a dead-letter record says so, the raw "
+                  "record stays at %s", out.source_id, out.cluster, _err(err), origin)  # fmt: skip
+        self.metrics.refused.inc()
+        self.totals["kept"] -= out.n_kept  # counted when processed; none of them reached the events topic
+        reason = f"worker: Kafka refused the outputs of this raw record: {_err(err)}"
+        data = m.value or b""
+        delay = 0.5
+        while True:
+            dead = deadletter.record(reason, "worker", data, cluster=out.cluster, origin=origin)
+            e = await self._attempt(lambda acks, dead=dead: self._send_dead(dead, out.cluster, acks))
+            if e is None:
+                self.totals["deadletters"] += 1
+                return
+            if e.code() in PERMANENT_DELIVERY_ERRORS and data:
+                data = b""  # the dead letter itself is too large: keep the reason and the origin
+                continue
+            if e.code() in PERMANENT_DELIVERY_ERRORS:
+                log.error("raw record %s: the dead-letter record was refused too (%s); the raw record stays at %s",
+                          out.source_id, _err(e), origin)  # fmt: skip
+                return
+            await self._maybe_replace_producer(e)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, RETRY_MAX_SECONDS)
+
+    def _send_dead(self, dead: tuple[bytes, list[tuple[str, bytes]]], cluster: str, acks: GroupAck) -> None:
+        assert self.producer is not None
+        acks.producer(self.producer.raw)(self.t_dead, dead[0], cluster.encode(), dead[1], None)
+
+    async def _attempt(self, queue: Any) -> KafkaError | None:
+        """Queue records through ``queue(acks)`` and wait for their delivery reports: the first error, or None."""
+        acks = GroupAck(asyncio.get_running_loop())
+        error: KafkaError | None = None
+        try:
+            queue(acks)
+        except KafkaException as exc:
+            error = exc.args[0]
+        try:
+            await acks.wait()
+        except KafkaException as exc:
+            error = error or exc.args[0]
+        return error
+
+    async def _maybe_replace_producer(self, err: KafkaError) -> None:
+        """An idempotent producer that hit a fatal error refuses everything from then on: start a new one."""
+        if not err.fatal() or self.producer is None:
+            return
+        log.error("worker %s: Kafka producer fatal error (%s): replacing the producer", self.worker_id, _err(err))
+        old, self.producer = self.producer, AsyncProducer(self.s)
+        await asyncio.get_running_loop().run_in_executor(None, old.close, 0)
 
     def send(self, out: RecordOutput, acks: GroupAck) -> None:
         """Queue every output of one raw record; ``acks`` counts their delivery reports."""

@@ -55,6 +55,14 @@ class WorkerMetrics:
         self.rebuild_keys = Gauge(
             "kaudit_worker_rebuild_keys", "Dedup keys read back by the last rebuild of a partition", ["partition"], registry=r
         )
+        self.retries = Counter(
+            "kaudit_worker_retries", "Retries of work Kafka did not take: a state rebuild, or a group's outputs resent",
+            ["what"], registry=r,
+        )  # fmt: skip
+        self.refused = Counter(
+            "kaudit_worker_outputs_refused", "Raw records whose outputs Kafka refused for good (dead-lettered instead)",
+            registry=r,
+        )  # fmt: skip
         self.partitions = Gauge("kaudit_worker_partitions", "Raw partitions with state in this worker", registry=r)
         self.last_processed = Gauge(
             "kaudit_worker_last_processed_timestamp_seconds", "Wall time the last group was acknowledged", registry=r

@@ -104,6 +104,8 @@ def test_picker_in_the_browser_with_1000_clusters(page, fleet) -> None:  # noqa:
     shot(page, "cluster-picker-1000")
     page.check(f"#cluster-items input[value='{want[0]}']")
     page.wait_for_function(f"() => location.hash.includes('cluster={want[0]}')")
+    # the label follows the hash on the next render, not in the same task: wait for it rather than read it once
+    page.wait_for_function("(w) => document.querySelector('#cluster-button').innerText === w", arg=want[0])
     assert page.locator("#cluster-button").inner_text() == want[0]
     # the selected cluster stays listed (first, checked) whatever the search; the menu stayed open
     page.fill("#cluster-search", "prod-eu-west-1-a")

@@ -208,6 +208,23 @@ def test_event_bytes_is_the_compact_json_length():
     assert len(ev["request_object"]) < 200
 
 
+def test_event_bytes_finds_every_special_byte_at_every_position_of_a_word():
+    """sizes.rs scans strings eight bytes at a time: a quote, backslash escape or control character at any
+    offset (in, across and after a word, and in UTF-8 text) must change the size exactly as orjson counts it."""
+    specials = ['"', "\\", "\n", "\t", "\x01", "\x1f", "/", "\u00fc", "\u20ac", "\U0001f433", " "]
+    n = 0
+    for length in (0, 1, 7, 8, 9, 15, 16, 17, 23):
+        for at in range(length + 1):
+            for sp in specials:
+                text = "a" * at + sp + "b" * (length - at)
+                ev = base_event(userAgent=text, requestObject={"k" * (at % 9): text[::-1]})
+                raw = orjson.dumps(ev)
+                (got,) = native.normalize_record(raw, "c", CAP, True)
+                assert got["event_bytes"] == len(raw), (length, at, sp)
+                n += 1
+    assert n == 11 * sum(k + 1 for k in (0, 1, 7, 8, 9, 15, 16, 17, 23))
+
+
 SIZE_FALLBACKS = {
     "repeated known key": b'{"auditID":"x","stage":"ResponseComplete","verb":"get","verb":"list","stageTimestamp":"2024-01-01T00:00:00Z"}',
     "repeated key inside an object": b'{"auditID":"x","stage":"ResponseComplete","stageTimestamp":"2024-01-01T00:00:00Z","requestObject":{"a":1,"a":2}}',

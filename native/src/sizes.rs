@@ -121,14 +121,16 @@ impl<'a> S<'a> {
     fn array(&mut self, depth: usize, record_items: bool) -> R<usize> {
         self.i += 1;
         let mut n = 2;
-        let mut items = Vec::new();
+        let mut items = Vec::new(); // only for the record's items: no allocation for the event's own arrays
         self.ws();
         if self.peek()? == b']' {
             self.i += 1;
         } else {
             loop {
                 let v = self.value(depth + 1)?;
-                items.push(v);
+                if record_items {
+                    items.push(v);
+                }
                 n += v;
                 self.ws();
                 match self.peek()? {
@@ -158,9 +160,9 @@ impl<'a> S<'a> {
         let mut n = 2;
         loop {
             // plain bytes (most of a string) in one pass: each is written as is
-            let run = b[i.min(b.len())..].iter().position(|&c| SPECIAL[c as usize]).ok_or(Fallback)?;
-            i += run;
-            n += run;
+            let end = plain_run(b, i.min(b.len())).ok_or(Fallback)?;
+            n += end - i;
+            i = end;
             let c = b[i];
             match c {
                 b'"' => {
@@ -236,6 +238,26 @@ const SPECIAL: [bool; 256] = {
     t[b'\\' as usize] = true;
     t
 };
+
+/// The index of the first SPECIAL byte at or after `from`: eight bytes at a time while none of them is a quote, a
+/// backslash or a control character (exact tests on the whole word), then byte by byte (4x fewer steps on the
+/// long strings of an event: URIs, user agents, messages, object bodies).
+fn plain_run(b: &[u8], from: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let mut i = from;
+    while let Some(chunk) = b.get(i..i + 8) {
+        let x = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let (q, s) = (x ^ (LO * b'"' as u64), x ^ (LO * b'\\' as u64));
+        // a zero byte in q or s, or a byte below 0x20 in x (each test exact for "is there any", bytes >= 0x80 never hit)
+        let hit = (q.wrapping_sub(LO) & !q) | (s.wrapping_sub(LO) & !s) | (x.wrapping_sub(LO * 0x20) & !x);
+        if hit & HI != 0 {
+            break;
+        }
+        i += 8;
+    }
+    b[i..].iter().position(|&c| SPECIAL[c as usize]).map(|p| i + p)
+}
 
 fn hex4(b: &[u8], at: usize) -> R<u32> {
     let h = b.get(at..at + 4).ok_or(Fallback)?;

@@ -155,6 +155,8 @@ def test_avro_round_trip_is_lossless_for_handmade_records():
         normalize_event(ev(auditID="r1", objectRef={"resource": "pods", "name": "é"}, annotations={"k": "v"}), "c"),
         normalize_event(ev(auditID="r2", stage="Panic", responseStatus={"code": 500}, newField=True), "c"),
     ]
+    for r in recs:
+        r["source_id"] = "0:7"  # as the worker writes them
     c = codec("event_batch")
     batch = {"source_id": "0:7", "cluster": "c", "received_at": 1, "events": recs, "dropped_keys": []}
     assert c.decode(c.encode(batch), c.fp) == batch

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import copy
 import gzip
+import io
 import shutil
 
+import fastavro
 import orjson
 import pytest
 
@@ -18,9 +20,10 @@ from pipeline.agents.state import PartitionState, SeenIndex
 from pipeline.agents.windows import WindowCounts
 from pipeline.config import Settings
 from pipeline.models import native
-from pipeline.models.avro import codec, encode_event_batch
+from pipeline.models.avro import codec, encode_event_batch, source_id_suffix
 from pipeline.models.normalize import normalize_event
 from pipeline.models.readers import RawEvent, read_events
+from pipeline.sinks.avro_ocf import read_batch_header
 from tests.conftest import SAMPLES
 
 if not native.available():
@@ -55,7 +58,7 @@ def assert_same(value: bytes, cluster: str = "c", redact: bool = True) -> int:
         d = ev.to_dict()
         assert d == ref
         assert list(d) == list(ref)
-        assert ev.avro == event_bytes(ref)
+        assert ev.avro + source_id_suffix("") == event_bytes(ref)  # source_id: the worker appends it (join_avro)
     return len(got)
 
 
@@ -284,15 +287,25 @@ def test_worker_outputs_identical_with_and_without_native(tmp_path):
 
 
 def test_event_batch_assembly_matches_the_codec():
+    """encode_event_batch writes the events array as one sized block (negative count, byte size): any Avro reader
+    decodes it to what the codec encodes, and the run of AuditEvent records sits where the header says."""
     evs = native.normalize_record(T.eventlist([base_event(auditID=f"x{i}") for i in range(3)]), "c", CAP, True)
     dropped = [("d1", "ResponseComplete")]
-    want = EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 1_700_000_000_000_000,
-                         "events": [e.to_dict() for e in evs], "dropped_keys": [{"auditid": "d1", "stage": "ResponseComplete"}]})  # fmt: skip
-    joined = native.join_avro(evs, [0, 1, 2])
-    assert joined == b"".join(e.avro for e in evs)
-    assert encode_event_batch("1:2", "c", 1_700_000_000_000_000, joined, 3, dropped) == want
-    assert encode_event_batch("1:2", "c", 5, b"", 0, []) == EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 5, "events": [], "dropped_keys": []})
-    assert native.join_avro(evs, [2, 0]) == evs[2].avro + evs[0].avro
+    record = {"source_id": "1:2", "cluster": "c", "received_at": 1_700_000_000_000_000,
+              "events": [{**e.to_dict(), "source_id": "1:2"} for e in evs],
+              "dropped_keys": [{"auditid": "d1", "stage": "ResponseComplete"}]}  # fmt: skip
+    joined = native.join_avro(evs, [0, 1, 2], source_id_suffix("1:2"))
+    assert joined == b"".join(e.avro + source_id_suffix("1:2") for e in evs)
+    value = encode_event_batch("1:2", "c", 1_700_000_000_000_000, joined, 3, dropped)
+    assert value != EVENT.encode(record)  # the codec writes the count alone ...
+    assert EVENT.decode(value, EVENT.fp) == EVENT.decode(EVENT.encode(record), EVENT.fp) == record  # ... same record
+    assert fastavro.schemaless_reader(io.BytesIO(value), EVENT.schema, None) == record  # and fastavro's own reader
+    h = read_batch_header(value)
+    assert (h.source_id, h.n_events) == ("1:2", 3) and value[h.events_start : h.events_end] == joined
+    empty = encode_event_batch("1:2", "c", 5, b"", 0, [])
+    assert empty == EVENT.encode({"source_id": "1:2", "cluster": "c", "received_at": 5, "events": [], "dropped_keys": []})
+    assert read_batch_header(empty).events_end == read_batch_header(empty).events_start
+    assert native.join_avro(evs, [2, 0]) == evs[2].avro + evs[0].avro  # no suffix: the normalized fields alone
 
 
 def test_native_dedup_pass_equals_the_python_one():

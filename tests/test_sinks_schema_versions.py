@@ -23,7 +23,7 @@ def _event(audit_id: str, cluster: str, **over) -> dict:
     return normalize_event(ev, cluster)
 
 
-@pytest.mark.parametrize("version", ["v1", "v2"])
+@pytest.mark.parametrize("version", ["v1", "v2", "v3"])
 def test_old_writer_schema_and_per_event_clusters(warehouse, tmp_path: Path, version: str):
     client, _s, _db = warehouse
     old = fastavro.parse_schema(json.loads((REPO / "schemas" / f"event_batch.{version}.avsc").read_text()))

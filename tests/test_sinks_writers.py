@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.models.avro import codec
+from pipeline.models.avro import codec, encode_event_batch
 from pipeline.sinks import avro_ocf, tables
 from pipeline.sinks.fixtures import chunks, sample_sources, stats_records
 from pipeline.sinks.tables import AlertsWriter, EventsWriter, Item, StatsWriter
@@ -23,14 +23,23 @@ def _sources(size: int = 50) -> list[tuple[str, str, list[dict]]]:
     return out
 
 
-def _event_items(sources) -> list[Item]:
-    eb = codec("event_batch")
+def _event_items(sources, sized: bool = False) -> list[Item]:
+    """EventBatch items as fastavro writes them (the events array's count alone), or ``sized`` as the worker does
+    (encode_event_batch: one block with its byte size, each event ending with its source_id): the sink inserts
+    those as a run of AuditEvent records."""
+    eb, ae = codec("event_batch"), codec("audit_event")
     items = []
     for sid, cluster, events in sources:
-        value = eb.encode({"source_id": sid, "cluster": cluster, "received_at": 0, "events": events})
+        if sized:
+            joined = b"".join(ae.encode({**ev, "source_id": sid}) for ev in events)
+            value = encode_event_batch(sid, cluster, 0, joined, len(events), [])
+        else:
+            value = eb.encode({"source_id": sid, "cluster": cluster, "received_at": 0, "events": events})
         h = avro_ocf.read_batch_header(value)
         assert h.source_id == sid and h.n_events == len(events)
-        items.append(Item("events", 0, 0, value, sid, h.n_events, eb.fp))
+        span = (h.events_start, h.events_end) if h.events_start >= 0 else None
+        assert (span is not None) is sized
+        items.append(Item("events", 0, 0, value, sid, h.n_events, eb.fp, span=span))
     return items
 
 
@@ -239,9 +248,11 @@ def test_partly_stored_stats_source_gets_only_its_missing_rows(writers):
                           "GROUP BY ALL HAVING c > 1)") == 0  # fmt: skip
 
 
-def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse, tmp_path):
+@pytest.mark.parametrize("sized", [False, True], ids=["eventbatch", "records"])
+def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse, tmp_path, sized):
     """ClickHouse decodes the Avro: a record whose header reads fine but whose body is garbage fails the insert;
-    the sink finds it in Python, dead-letters it, and writes the rest of the batch (events and stats) once."""
+    the sink finds it in Python, dead-letters it, and writes the rest of the batch (events and stats) once.
+    ``records``: the worker's sized arrays, inserted as runs of AuditEvent records, garbage inside the run."""
     import threading
 
     from pipeline.sinks.runner import Batch, Sink
@@ -255,10 +266,16 @@ def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse,
     sink._producer = object()  # noqa: SLF001 - produce_sync is replaced below
     sources = _sources()
     batch = Batch()
-    batch.items["events"] = _event_items(sources)
+    batch.items["events"] = _event_items(sources, sized)
     batch.items["verb"] = _stats_items(sources, "verb_stats")
     bad_ev, bad_st = batch.items["events"][3], batch.items["verb"][5]
     for it in (bad_ev, bad_st):  # keep the header (source_id, counts), break the rows
+        if it.span is not None:  # inside the run of records only: the header still says where it lies
+            a, b = it.span
+            cut = a + (b - a) // 3
+            it.value = it.value[:cut] + b"\xff" * (b - cut) + it.value[b:]
+            assert avro_ocf.read_batch_header(it.value).events_end == b
+            continue
         head = len(it.value) // 3
         it.value = it.value[:head] + b"\xff" * (len(it.value) - head - 1) + b"\x00"
     want_stats = sum(it.n_rows for it in batch.items["verb"]) - bad_st.n_rows
@@ -283,6 +300,34 @@ def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse,
     assert _count(client, f"SELECT count() FROM audit_events WHERE source_id = '{bad_ev.source_id}'") == 0
     assert _count(client, "SELECT count() FROM verb_stats") == want_stats
     assert _count(client, f"SELECT count() FROM verb_stats WHERE source_id = '{bad_st.source_id}'") == 0
+
+
+def test_worker_records_go_in_as_event_records_with_their_source_ids(writers, monkeypatch):
+    """The worker's sized arrays are inserted as runs of AuditEvent records (no ARRAY JOIN): every row has its own
+    source's id and the same columns as the EventBatch way; in one batch with fastavro-written records both land,
+    a second write of all of them is skipped whole."""
+    client, ev, _, _ = writers
+    sources = _sources(37)
+    half = len(sources) // 2
+    items = _event_items(sources[:half], sized=True) + _event_items(sources[half:])
+    ways = []
+    real = ev.insert_container
+    monkeypatch.setattr(ev, "insert_container", lambda *a, **k: (ways.append(k.get("records", "")), real(*a, **k))[1])
+    assert ev.write(items) == (1001, 0)
+    assert sorted(ways) == ["", "audit_event"]  # one insert each way
+    want = {}
+    for sid, _cluster, events in sources:
+        for e in events:
+            want.setdefault(sid, []).append((e["auditid"], e["stage"], e["cluster"], e["request_uri"], e["event_bytes"],
+                                             e["request_object"], tuple(e["usergroups"])))  # fmt: skip
+    got = {}
+    for row in client.query("SELECT source_id, auditid, stage, cluster, request_uri, event_bytes, request_object, "
+                            "usergroups FROM audit_events ORDER BY source_id, auditid, stage").result_rows:  # fmt: skip
+        got.setdefault(row[0], []).append((*row[1:6], row[6] or "", tuple(row[7])))
+    assert {k: sorted(v) for k, v in got.items()} == {k: sorted(v) for k, v in want.items()}
+    fresh = EventsWriter(client, True, ev.tmp_dir)  # a restarted sink: nothing remembered, the table checked
+    assert fresh.write(_event_items(sources[:half], sized=True) + _event_items(sources[half:])) == (0, len(sources))
+    assert _count(client, "SELECT count() FROM audit_events") == 1001
 
 
 class _Msg:

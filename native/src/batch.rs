@@ -89,13 +89,21 @@ pub fn window_counts<'py>(
     Ok((dv, dc))
 }
 
-/// The Avro bytes of the events at `indices`, back to back (the body of the EventBatch's events array).
+/// The Avro bytes of the events at `indices`, back to back (the body of the EventBatch's events array), each
+/// followed by `suffix`: the encoded fields after the ones normalization wrote (today `source_id`).
 #[pyfunction]
-pub fn join_avro<'py>(py: Python<'py>, events: &Bound<'py, PyList>, indices: Vec<usize>) -> PyResult<Bound<'py, PyBytes>> {
+#[pyo3(signature = (events, indices, suffix=None))]
+pub fn join_avro<'py>(
+    py: Python<'py>,
+    events: &Bound<'py, PyList>,
+    indices: Vec<usize>,
+    suffix: Option<&[u8]>,
+) -> PyResult<Bound<'py, PyBytes>> {
     let evs = events_of(events)?;
+    let suffix = suffix.unwrap_or(b"");
     let mut total = 0;
     for &i in &indices {
-        total += evs.get(i).ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(i))?.get().blob(py).len();
+        total += evs.get(i).ok_or_else(|| pyo3::exceptions::PyIndexError::new_err(i))?.get().blob(py).len() + suffix.len();
     }
     PyBytes::new_bound_with(py, total, |buf| {
         let mut at = 0;
@@ -103,6 +111,8 @@ pub fn join_avro<'py>(py: Python<'py>, events: &Bound<'py, PyList>, indices: Vec
             let b = evs[i].get().blob(py);
             buf[at..at + b.len()].copy_from_slice(b);
             at += b.len();
+            buf[at..at + suffix.len()].copy_from_slice(suffix);
+            at += suffix.len();
         }
         Ok(())
     })

@@ -25,7 +25,7 @@ from pipeline.config import Settings
 from pipeline.kafka import deadletter
 from pipeline.kafka import headers as H
 from pipeline.models import native
-from pipeline.models.avro import codec, encode_event_batch
+from pipeline.models.avro import codec, encode_event_batch, source_id_suffix
 from pipeline.models.normalize import NormalizeError, normalize_event
 from pipeline.models.readers import ParseIssue, RawEvent, read_events
 
@@ -73,7 +73,7 @@ class Processor:
         self.window_seconds = settings.window_seconds
         self.count_stages = parse_stages(settings.count_stages)
         self.raw_topic = settings.topic(config.RAW)
-        self.c_events = codec("event_batch")
+        self.c_event = codec("audit_event")
         self.c_verb = codec("verb_stats")
         self.c_status = codec("status_stats")
         self.c_alert = codec("alert")
@@ -215,10 +215,11 @@ class Processor:
 
         out.n_kept = len(kept)
         if kept or dropped_keys:
-            out.events_value = self.c_events.encode(
-                {"source_id": out.source_id, "cluster": cluster, "received_at": received_at, "events": kept,
-                 "dropped_keys": [{"auditid": a, "stage": st} for a, st in dropped_keys]}
-            )  # fmt: skip
+            enc = self.c_event.encode
+            for ev in kept:
+                ev["source_id"] = out.source_id
+            joined = b"".join([enc(ev) for ev in kept])
+            out.events_value = encode_event_batch(out.source_id, cluster, received_at, joined, len(kept), dropped_keys)
         if verbs:
             out.verb_value = self.c_verb.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": verbs.rows("verb")})
             out.status_value = self.c_status.encode({"source_id": out.source_id, "window_seconds": wsize, "rows": codes.rows("code")})
@@ -274,7 +275,7 @@ class Processor:
         out.n_kept = len(kept)
         out.n_dropped = len(dropped_keys)
         if kept or dropped_keys:
-            joined = native.join_avro(evs, kept)
+            joined = native.join_avro(evs, kept, source_id_suffix(out.source_id))
             out.events_value = encode_event_batch(out.source_id, cluster, received_at, joined, len(kept), dropped_keys)
         if counted:
             stages = sorted(self.count_stages) if self.count_stages is not None else None

@@ -299,14 +299,23 @@ def decode_record(stem: str, value: bytes, headers: list[tuple[str, bytes]] | No
     return codec(stem).decode(value, header_value(headers, H_FP))
 
 
+def source_id_suffix(source_id: str) -> bytes:
+    """The bytes an ``AuditEvent`` ends with after the fields normalization writes: its ``source_id``."""
+    return _str_bytes(source_id)
+
+
 def encode_event_batch(
     source_id: str, cluster: str, received_at: int, events: bytes, n_events: int, dropped_keys: list[tuple[str, str]]
 ) -> bytes:
-    """An ``EventBatch`` from ``n_events`` events already encoded as ``AuditEvent``, back to back (the compiled
-    path's output): the same bytes as ``codec("event_batch").encode`` of the decoded events."""
+    """An ``EventBatch`` from ``n_events`` events already encoded as ``AuditEvent``, back to back (both worker paths
+    build it here, so they write the same bytes). The events array is one block written with its byte size (a
+    negative count, then the size: Avro's form for skipping a block), so a reader finds the run of AuditEvent
+    records without decoding them: the sink hands that run to ClickHouse as is (``avro_ocf.read_batch_header``).
+    Any Avro reader decodes it like ``codec("event_batch").encode``'s output, which writes the count alone."""
     parts = [_str_bytes(source_id), _str_bytes(cluster), _varint(received_at)]
     if n_events:
-        parts.append(_varint(n_events))
+        parts.append(_varint(-n_events))
+        parts.append(_varint(len(events)))
         parts.append(events)
     parts.append(b"\x00")
     if dropped_keys:

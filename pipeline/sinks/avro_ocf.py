@@ -63,10 +63,16 @@ class BatchHeader:
     cluster: str
     received_at: int
     n_events: int
+    # where the events array's AuditEvent records lie in the value, when the array is one block written with its
+    # byte size followed by the end of the array (what the worker writes); -1 when the records must be decoded to
+    # be found (fastavro's count-only block, records of older workers)
+    events_start: int = -1
+    events_end: int = -1
 
 
 def read_batch_header(value: bytes) -> BatchHeader:
-    """source_id, cluster, received_at and the event count of an EventBatch (field order of the schema).
+    """source_id, cluster, received_at and the event count of an EventBatch (field order of the schema), and where
+    its AuditEvent records lie if the array says so (see ``BatchHeader``).
 
     fastavro writes an array as one block followed by a 0 block; the count is that block's. A writer that
     splits arrays into several blocks would make the count low: the sink then sees a "partial" source and
@@ -76,12 +82,17 @@ def read_batch_header(value: bytes) -> BatchHeader:
     cluster, pos = read_string(value, pos)
     received_at, pos = read_long(value, pos)
     count, pos = read_long(value, pos)
+    start = end = -1
     if count < 0:  # negative count: block size in bytes follows
         count = -count
-        _, pos = read_long(value, pos)
+        size, pos = read_long(value, pos)
+        if size >= 0 and pos + size < len(value) and value[pos + size] == 0:  # the array ends after this block
+            start, end = pos, pos + size
+    elif count == 0:
+        start = end = pos - 1
     if not value or value[-1] != 0:
         raise HeaderError("array not terminated")
-    return BatchHeader(source_id, cluster, received_at, count)
+    return BatchHeader(source_id, cluster, received_at, count, start, end)
 
 
 def read_rows_header(value: bytes) -> tuple[str, int]:
@@ -146,3 +157,18 @@ def container_chunks(values: list[bytes], writer_fp: str = "", stem: str = "even
 def container(values: list[bytes], writer_fp: str = "", stem: str = "event_batch") -> bytes:
     """``container_chunks`` as one bytes object."""
     return b"".join(container_chunks(values, writer_fp, stem))
+
+
+def record_runs(runs: list[tuple[bytes, tuple[int, int], int]], stem: str = "audit_event") -> list[bytes | memoryview]:
+    """One Avro Object Container File of ``stem``'s records (codec null, the current schema) from runs of records
+    already encoded back to back: (value, (start, end), count) -> one data block per run, holding
+    ``value[start:end]`` as is (memoryviews: nothing is copied before the file write)."""
+    schema = _schema_json("", stem)
+    sync = os.urandom(16)
+    out: list[bytes | memoryview] = [
+        b"".join([MAGIC, zigzag(2), zigzag(11), b"avro.schema", zigzag(len(schema)), schema,
+                  zigzag(10), b"avro.codec", zigzag(4), b"null", zigzag(0), sync])
+    ]  # fmt: skip
+    for value, (start, end), count in runs:
+        out += [zigzag(count) + zigzag(end - start), memoryview(value)[start:end], sync]
+    return out

@@ -215,10 +215,13 @@ class Sink:
             if fp and fp not in known_fps(stem):
                 raise AvroDecodeError(f"unknown writer schema fingerprint {fp} for {codec(stem).name}")
             key = ""
+            span = None
             try:
                 if kind == "events":
                     h = read_batch_header(value)
                     n, sid = h.n_events, h.source_id
+                    if h.events_start >= 0:
+                        span = (h.events_start, h.events_end)
                 elif kind == "alerts":  # alert_id is the record's first field; the worker names the source
                     key, n, sid = read_string(value, 0)[0], 1, header_value(headers, H.SOURCE_ID) or ""
                     if not sid:
@@ -230,7 +233,7 @@ class Sink:
                 sid = rec["source_id"]
                 n = 1 if kind == "alerts" else len(rec["events" if kind == "events" else "rows"])
                 key = rec["alert_id"] if kind == "alerts" else ""
-            it = Item(topic, msg.partition(), msg.offset(), value, sid, n, fp, key=key)
+            it = Item(topic, msg.partition(), msg.offset(), value, sid, n, fp, key=key, span=span)
         except Exception as exc:  # noqa: BLE001 - bad input never stops the sink
             self._dead(batch, f"cannot decode: {exc}", msg)
             return

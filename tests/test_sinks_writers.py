@@ -330,6 +330,19 @@ def test_worker_records_go_in_as_event_records_with_their_source_ids(writers, mo
     assert _count(client, "SELECT count() FROM audit_events") == 1001
 
 
+def test_sized_arrays_read_the_eventbatch_way_too(writers):
+    """A server sink (and a record that cannot go as a run of records) unnests EventBatch with ARRAY JOIN: ClickHouse's
+    Avro reader takes the worker's sized block (negative count, byte size) like fastavro's count-only one."""
+    client, ev, _, _ = writers
+    sources = _sources(37)
+    items = _event_items(sources, sized=True)
+    for it in items:
+        it.span = None
+    assert ev.write(items) == (1001, 0)
+    got = client.query("SELECT source_id, count() FROM audit_events GROUP BY source_id ORDER BY source_id").result_rows
+    assert got == sorted((sid, len(events)) for sid, _c, events in sources)
+
+
 class _Msg:
     """The parts of a confluent_kafka.Message that Sink.route reads."""
 

@@ -56,8 +56,7 @@ def produce(s, n_events: int, per_record: int, mix: str = "metadata") -> int:  #
     """Fill the events and stats topics; returns the number of records per topic."""
     from pipeline.kafka.producer import make_producer
     from pipeline.kafka.topics import ensure_topics
-    from pipeline.models.avro import codec
-    from pipeline.sinks.avro_ocf import zigzag
+    from pipeline.models.avro import codec, encode_event_batch, source_id_suffix
     from pipeline.sinks.fixtures import produce_source
 
     ensure_topics(s)
@@ -78,10 +77,10 @@ def produce(s, n_events: int, per_record: int, mix: str = "metadata") -> int:  #
             events.append(blobs[i][: at[i]] + u + blobs[i][at[i] + len(u) :])
         part = off % s.raw_partitions
         sid = f"{part}:{off}"
-        # EventBatch: source_id, cluster, received_at, events (one block), dropped_keys (empty)
-        value = b"".join(
-            [zigzag(len(sid)), sid.encode(), zigzag(5), b"bench", zigzag(0), zigzag(k), *events, b"\0\0"]
-        )
+        # as the worker writes it: each event ending with its source_id (the blobs end with an empty one), the
+        # events array one sized block (pipeline.models.avro.encode_event_batch)
+        suffix = source_id_suffix(sid)
+        value = encode_event_batch(sid, "bench", 0, b"".join([e[:-1] + suffix for e in events]), k, [])
         p.produce(s.topic("k8s-audit-events"), value, key=b"bench", headers=eb.headers, partition=part)
         produce_source(p, s, part, sid, "bench", [base[i] for i in idx], stats=True, events_topic=False)
         p.poll(0)

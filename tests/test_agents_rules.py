@@ -362,3 +362,28 @@ def test_index_and_guard_memo_give_the_plain_answer():
             fired += len(got)
     assert fired > 100
     assert any(slot.memo for slot in rs._slots.values())  # the memo was used, not bypassed
+
+
+def test_guard_rest_is_what_the_guard_leaves_to_test():
+    """A rule's condition is its guard (memoized per user/verb/resource values) and the rest; an event whose
+    guard holds is tested on the rest alone, so the rest must hold exactly the other parts."""
+    from pipeline.agents.rules import make_guard
+
+    match = {"verb": {"in": ["create", "update"]}, "objectref_resource": "pods", "pod_spec.hostPID": True}
+    g = make_guard(match)
+    assert g is not None and not g.complete and g.fields == ("objectref_resource", "verb")
+    full = compile_condition(match, "t")
+
+    def view(verb: str, host_pid: bool) -> EventView:
+        raw = {"kind": "Event", "auditID": "g", "stage": "ResponseComplete", "verb": verb,
+               "objectRef": {"resource": "pods", "namespace": "d"}, "requestReceivedTimestamp": "2026-11-30T10:00:00Z",
+               "requestObject": {"spec": {"hostPID": host_pid, "containers": [{"name": "a"}]}}}  # fmt: skip
+        return EventView(normalize_event(raw, "c"), raw)
+
+    for verb in ("create", "get"):
+        for pid in (True, False):
+            v = view(verb, pid)
+            assert g.rest(v) is pid  # the guard's parts are not in it: a get with hostPID passes the rest
+            assert full(v) == (g.pred(v) and g.rest(v)) == (verb == "create" and pid)
+    complete = make_guard({"verb": "delete", "objectref_resource": "pods"})
+    assert complete is not None and complete.complete and complete.rest is None

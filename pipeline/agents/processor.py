@@ -251,7 +251,7 @@ class Processor:
                     continue
                 ev = evs[i]
                 if slot.key is None:
-                    survivors = [(r, True) for r in slot.rules]
+                    survivors = [(r, r.match) for r in slot.rules]
                 else:
                     mk = ev.values_hash(slot.hash_fields)
                     survivors = slot.memo.get(mk)
@@ -259,8 +259,8 @@ class Processor:
                         survivors = slot.learn(mk, EventView(ev))
                 if survivors:
                     view = EventView(ev)
-                    for rule, full in survivors:
-                        if not full or rule.match(view):
+                    for rule, test in survivors:  # test: what the rule's guard leaves to check (None: nothing)
+                        if test is None or test(view):
                             self._alert(state, rule, view, cluster, offset, out.source_id, alerts, now)
         # counted events count in the windows, kept or dropped by the noise filter
         kept: list[int] = counted

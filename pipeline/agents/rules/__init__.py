@@ -141,14 +141,17 @@ def fields_of(cond: Any) -> set[str]:
 class Guard:
     """The top-level parts of a rule's condition that read only GUARD_FIELDS: a necessary condition (the rule's
     condition is their conjunction with the rest) and a pure function of those fields' values, so RuleSet
-    remembers its answer per value combination. ``complete``: the guard is the whole condition."""
+    remembers its answer per value combination. ``complete``: the guard is the whole condition; else ``rest`` is
+    the conjunction of the other parts, all that an event whose guard holds still has to pass (the pod rules'
+    ``pod_spec`` tests without their resource, verb and subresource tests again)."""
 
-    __slots__ = ("pred", "fields", "complete")
+    __slots__ = ("pred", "fields", "complete", "rest")
 
-    def __init__(self, pred: Predicate, fields: tuple[str, ...], complete: bool) -> None:
+    def __init__(self, pred: Predicate, fields: tuple[str, ...], complete: bool, rest: Predicate | None = None) -> None:
         self.pred = pred
         self.fields = fields
         self.complete = complete
+        self.rest = rest
 
 
 def key_function(fields: tuple[str, ...]) -> Callable[[EventView, Any], tuple]:
@@ -172,7 +175,9 @@ def make_guard(match: Any, lists: Lists | None = None) -> Guard | None:
     parts = {k: v for k, v in match.items() if (f := fields_of({k: v})) and f <= GUARD_FIELDS}
     if not parts:
         return None
-    return Guard(compile_condition(parts, "match", lists), tuple(sorted(fields_of(parts))), len(parts) == len(match))
+    rest = {k: v for k, v in match.items() if k not in parts}
+    return Guard(compile_condition(parts, "match", lists), tuple(sorted(fields_of(parts))), not rest,
+                 compile_condition(rest, "match", lists) if rest else None)  # fmt: skip
 
 
 def alert_id(*parts: object) -> str:
@@ -430,7 +435,7 @@ class Match:
 
 class _Slot:
     """The rules an event with one (resource, verb, stage, subresource, code) can match, and per combination of
-    their guard fields' values, which of them remain (with whether the full condition must still be tested)."""
+    their guard fields' values, which of them remain, each with the test it must still pass (None: it matches)."""
 
     __slots__ = ("rules", "key", "fields", "hash_fields", "memo")
 
@@ -441,16 +446,16 @@ class _Slot:
         # the same names resolved once, for a native Event's values_hash (it runs per event)
         self.hash_fields = native.FieldSet(self.fields) if native.available() else self.fields
         self.key = key_function(tuple(fields)) if fields else None
-        self.memo: dict[Any, list[tuple[Rule, bool]]] = {}
+        self.memo: dict[Any, list[tuple[Rule, Predicate | None]]] = {}
 
     def matching(self, view: EventView) -> list[Rule]:
         if not self.rules:
             return []
-        return [r for r, full in self.remaining(view) if not full or r.match(view)]
+        return [r for r, test in self.remaining(view) if test is None or test(view)]
 
-    def remaining(self, view: EventView) -> list[tuple[Rule, bool]]:
+    def remaining(self, view: EventView) -> list[tuple[Rule, Predicate | None]]:
         if self.key is None:
-            return [(r, True) for r in self.rules]
+            return [(r, r.match) for r in self.rules]
         ev = view.ev
         # a native Event gives a 128-bit hash of the same values (kaudit_native.Event.values_hash): no Python
         # strings to build and hash per event
@@ -458,9 +463,10 @@ class _Slot:
         found = self.memo.get(k)
         return self.learn(k, view) if found is None else found
 
-    def learn(self, k: Any, view: EventView) -> list[tuple[Rule, bool]]:
+    def learn(self, k: Any, view: EventView) -> list[tuple[Rule, Predicate | None]]:
         """Test the guards on this event and remember the answer under its memo key ``k``."""
-        found = [(r, r.guard is None or not r.guard.complete) for r in self.rules if r.guard is None or r.guard.pred(view)]
+        found = [(r, r.match if r.guard is None else r.guard.rest) for r in self.rules
+                 if r.guard is None or r.guard.pred(view)]  # fmt: skip
         if len(self.memo) >= GUARD_MEMO_MAX:
             self.memo.clear()
         self.memo[k] = found

@@ -330,6 +330,23 @@ def test_worker_records_go_in_as_event_records_with_their_source_ids(writers, mo
     assert _count(client, "SELECT count() FROM audit_events") == 1001
 
 
+def test_event_records_read_by_two_threads_are_one_part(writers, monkeypatch):
+    """The direct way split into two files (a writer catching up): still one block, one part per partition, every
+    row with its own source_id, and a replay skipped by the plan."""
+    client, ev, _, _ = writers
+    monkeypatch.setattr(tables, "PARALLEL_READ_ROWS", 1)
+    sources = _sources(20)
+    items = _event_items(sources, sized=True)
+    assert ev.write(items) == (1001, 0)
+    months = _count(client, "SELECT uniqExact(toYYYYMM(request_received_ts)) FROM audit_events")
+    assert _count(client, "SELECT count() FROM system.parts WHERE active AND table = 'audit_events' "
+                          "AND database = currentDatabase()") == months  # fmt: skip
+    got = client.query("SELECT source_id, count() FROM audit_events GROUP BY source_id ORDER BY source_id").result_rows
+    assert got == sorted((sid, len(events)) for sid, _c, events in sources)
+    assert EventsWriter(client, True, ev.tmp_dir).write(_event_items(sources, sized=True)) == (0, len(sources))
+    assert not list(ev.tmp_dir.glob("*.avro"))
+
+
 def test_sized_arrays_read_the_eventbatch_way_too(writers):
     """A server sink (and a record that cannot go as a run of records) unnests EventBatch with ARRAY JOIN: ClickHouse's
     Avro reader takes the worker's sized block (negative count, byte size) like fastavro's count-only one."""

@@ -312,9 +312,9 @@ def test_worker_records_go_in_as_event_records_with_their_source_ids(writers, mo
     items = _event_items(sources[:half], sized=True) + _event_items(sources[half:])
     ways = []
     real = ev.insert_container
-    monkeypatch.setattr(ev, "insert_container", lambda *a, **k: (ways.append(k.get("records", "")), real(*a, **k))[1])
+    monkeypatch.setattr(ev, "insert_container", lambda *a, **k: (ways.append("records" if k.get("head") else ""), real(*a, **k))[1])
     assert ev.write(items) == (1001, 0)
-    assert sorted(ways) == ["", "audit_event"]  # one insert each way
+    assert sorted(ways) == ["", "records"]  # one insert each way
     want = {}
     for sid, _cluster, events in sources:
         for e in events:

@@ -144,14 +144,15 @@ def container_chunks(values: list[bytes], writer_fp: str = "", stem: str = "even
     """One Avro Object Container File (codec null) holding ``values`` as datums of the writer schema (the
     schema with fingerprint ``writer_fp``, which must be a version of ``stem``'s record; "" = the current),
     as pieces to write one after the other (``writelines``: the values are not copied into one buffer)."""
-    schema = _schema_json(writer_fp, stem)
     sync = os.urandom(16)
-    header = b"".join(
-        [MAGIC, zigzag(2), zigzag(11), b"avro.schema", zigzag(len(schema)), schema,
-         zigzag(10), b"avro.codec", zigzag(4), b"null", zigzag(0), sync,
-         zigzag(len(values)), zigzag(sum(len(v) for v in values))]
-    )  # fmt: skip
-    return [header, *values, sync]
+    block = zigzag(len(values)) + zigzag(sum(len(v) for v in values))
+    return [_file_header(_schema_json(writer_fp, stem), sync) + block, *values, sync]
+
+
+def _file_header(schema: bytes, sync: bytes) -> bytes:
+    """Magic, metadata (the schema, codec null) and sync marker of an Avro Object Container File."""
+    return b"".join([MAGIC, zigzag(2), zigzag(11), b"avro.schema", zigzag(len(schema)), schema,
+                     zigzag(10), b"avro.codec", zigzag(4), b"null", zigzag(0), sync])  # fmt: skip
 
 
 def container(values: list[bytes], writer_fp: str = "", stem: str = "event_batch") -> bytes:
@@ -163,12 +164,8 @@ def record_runs(runs: list[tuple[bytes, tuple[int, int], int]], stem: str = "aud
     """One Avro Object Container File of ``stem``'s records (codec null, the current schema) from runs of records
     already encoded back to back: (value, (start, end), count) -> one data block per run, holding
     ``value[start:end]`` as is (memoryviews: nothing is copied before the file write)."""
-    schema = _schema_json("", stem)
     sync = os.urandom(16)
-    out: list[bytes | memoryview] = [
-        b"".join([MAGIC, zigzag(2), zigzag(11), b"avro.schema", zigzag(len(schema)), schema,
-                  zigzag(10), b"avro.codec", zigzag(4), b"null", zigzag(0), sync])
-    ]  # fmt: skip
+    out: list[bytes | memoryview] = [_file_header(_schema_json("", stem), sync)]
     for value, (start, end), count in runs:
         out += [zigzag(count) + zigzag(end - start), memoryview(value)[start:end], sync]
     return out

@@ -298,9 +298,6 @@ class ContainerWriter(ColumnWriter):
     def rows_of(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         raise NotImplementedError
 
-    def _records_head(self, stem: str) -> str:
-        raise NotImplementedError(f"{self.table} has no direct records path")
-
     def _insert(self, new: list[Item], partial: list[Item]) -> int:
         n = self.insert_values(new, lambda it: f"{it.source_id}:{it.n_rows}")
         rows = self.missing_rows(partial)
@@ -333,7 +330,7 @@ class ContainerWriter(ColumnWriter):
         return n
 
     def insert_container(
-        self, data: bytes | list[bytes] | list[list[bytes]], token: str, fp: str = "", records: str = ""
+        self, data: bytes | list[bytes] | list[list[bytes]], token: str, fp: str = "", head: str = ""
     ) -> None:
         """Insert Avro containers (one, or several read in parallel) of the stem's records with one token. A
         container is bytes, or the list of its pieces (``avro_ocf.container_chunks``).
@@ -346,8 +343,8 @@ class ContainerWriter(ColumnWriter):
         again before every retry: stored sources are skipped by the exact check, which is what exactness rests
         on. A batch above the squash size is cut in read order; for the same reason nothing is lost.)
 
-        ``records``: the containers hold that stem's records, one per row (``EventsWriter``'s direct path), not
-        records of ``self.stem`` with an array to unnest."""
+        ``head``: the ``INSERT ... SELECT ... FROM`` for containers of other records, read one row each and not
+        unnested (``EventsWriter``'s AuditEvent runs); default: ``self.stem``'s, with its array unnested."""
         files = [[data]] if isinstance(data, bytes) else [[f] if isinstance(f, bytes) else f for f in data]
         settings: dict[str, Any] = {**INSERT_SETTINGS, "insert_deduplication_token": token,
                                     "use_structure_from_insertion_table_in_table_functions": 0}  # fmt: skip
@@ -369,13 +366,13 @@ class ContainerWriter(ColumnWriter):
                 else:
                     pattern = str(paths[0])
                 # settings inline: per-call settings cost chDB a snapshot query plus a SET and a reset each
-                head = (self._records_head(records) if records else self._head_for(fp)).format(settings=_settings_clause(settings))
-                self.client.command(f"{head}file({_sql_string(pattern)}, 'Avro'){'' if records else self._tail}")
+                sql = (head or self._head_for(fp)).format(settings=_settings_clause(settings))
+                self.client.command(f"{sql}file({_sql_string(pattern)}, 'Avro'){'' if head else self._tail}")
             finally:
                 for path in paths:
                     path.unlink(missing_ok=True)
         else:  # server: the container is the request body
-            if records:
+            if head:
                 raise ValueError("a server insert takes EventBatch containers")
             if len(files) != 1:
                 raise ValueError("a server insert takes one container")
@@ -419,15 +416,17 @@ class EventsWriter(ContainerWriter):
         files = [avro_ocf.record_runs([(it.value, it.span, it.n_rows) for it in part], RECORDS_STEM)
                  for part in split_rows(direct, threads)]  # fmt: skip
         # its own token: the same sources sent the other way (another sink version) are another insert
-        self.insert_container(files, dedup_token(f"{self.table}:records", map(token_part, direct)), records=RECORDS_STEM)
+        self.insert_container(files, dedup_token(f"{self.table}:records", map(token_part, direct)),
+                              head=self._records_head())  # fmt: skip
         return n + rows
 
-    def _records_head(self, stem: str) -> str:
-        head = self._heads.get(f"records:{stem}")
+    def _records_head(self) -> str:
+        """``INSERT ... SELECT ... FROM `` for containers of AuditEvent records (every column is a field of it)."""
+        head = self._heads.get(RECORDS_STEM)
         if head is None:
-            fields = {f["name"] for f in _writer_schema("", stem)["fields"]}
+            fields = {f["name"] for f in _writer_schema("", RECORDS_STEM)["fields"]}
             cols = ", ".join(c for c in self.columns if c in fields)
-            head = self._heads[f"records:{stem}"] = f"INSERT INTO {self.table} ({cols}) {{settings}}SELECT {cols} FROM "
+            head = self._heads[RECORDS_STEM] = f"INSERT INTO {self.table} ({cols}) {{settings}}SELECT {cols} FROM "
         return head
 
 

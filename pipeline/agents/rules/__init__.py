@@ -141,17 +141,20 @@ def fields_of(cond: Any) -> set[str]:
 class Guard:
     """The top-level parts of a rule's condition that read only GUARD_FIELDS: a necessary condition (the rule's
     condition is their conjunction with the rest) and a pure function of those fields' values, so RuleSet
-    remembers its answer per value combination. ``complete``: the guard is the whole condition; else ``rest`` is
-    the conjunction of the other parts, all that an event whose guard holds still has to pass (the pod rules'
-    ``pod_spec`` tests without their resource, verb and subresource tests again)."""
+    remembers its answer per value combination. ``rest``: the conjunction of the other parts, all that an event
+    whose guard holds still has to pass (the pod rules' ``pod_spec`` tests without their resource, verb and
+    subresource tests again); None when the guard is the whole condition (``complete``)."""
 
-    __slots__ = ("pred", "fields", "complete", "rest")
+    __slots__ = ("pred", "fields", "rest")
 
-    def __init__(self, pred: Predicate, fields: tuple[str, ...], complete: bool, rest: Predicate | None = None) -> None:
+    def __init__(self, pred: Predicate, fields: tuple[str, ...], rest: Predicate | None = None) -> None:
         self.pred = pred
         self.fields = fields
-        self.complete = complete
         self.rest = rest
+
+    @property
+    def complete(self) -> bool:
+        return self.rest is None
 
 
 def key_function(fields: tuple[str, ...]) -> Callable[[EventView, Any], tuple]:
@@ -176,7 +179,7 @@ def make_guard(match: Any, lists: Lists | None = None) -> Guard | None:
     if not parts:
         return None
     rest = {k: v for k, v in match.items() if k not in parts}
-    return Guard(compile_condition(parts, "match", lists), tuple(sorted(fields_of(parts))), not rest,
+    return Guard(compile_condition(parts, "match", lists), tuple(sorted(fields_of(parts))),
                  compile_condition(rest, "match", lists) if rest else None)  # fmt: skip
 
 

@@ -27,7 +27,8 @@ class Settings(BaseSettings):
     kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers.")
     topic_prefix: str = Field("", description="Prefix for every topic name (several installs on one Kafka).")
     raw_partitions: int = Field(
-        4, description="Partitions of the raw, events and stats topics (raw records are keyed by cluster)."
+        4, description="Partitions of the raw, events and memory topics (raw records are keyed by cluster; the stats and "
+        "alerts topics have one)."
     )
     kafka_compression: str = Field(
         "lz4",

@@ -45,6 +45,7 @@ from pipeline.models.avro import H_FP, codec, header_value
 
 log = logging.getLogger("kaudit.worker")
 
+STATS_PARTITION = 0  # every stats record, see Worker.send
 SEND_EVERY = 8  # raw records whose outputs are queued to Kafka together (see Worker._send_all)
 RETRY_MAX_SECONDS = 10.0  # backoff cap while Kafka does not take a rebuild read or a group's outputs
 # Delivery errors that no retry can fix: the record itself is refused (its size, its format).
@@ -546,10 +547,12 @@ class Worker:
         key = out.cluster.encode()
         if out.events_value is not None:
             produce(self.t_events, out.events_value, key, self.h_events, out.partition)
+        # stats go to partition 0 whatever the raw partition (pipeline/kafka/topics.py): one produce request per
+        # group instead of one per raw partition; a raw partition's stats keep their order there
         if out.verb_value is not None:
-            produce(self.t_verb, out.verb_value, key, self.h_verb, out.partition)
+            produce(self.t_verb, out.verb_value, key, self.h_verb, STATS_PARTITION)
         if out.status_value is not None:
-            produce(self.t_status, out.status_value, key, self.h_status, out.partition)
+            produce(self.t_status, out.status_value, key, self.h_status, STATS_PARTITION)
         if out.alerts:  # the source header lets the sink dedup alerts without decoding them
             h_alert = [*self.h_alert, (H.SOURCE_ID, out.source_id.encode())]
             for alert in out.alerts:

@@ -12,15 +12,17 @@ from pipeline.config import Settings, get_settings
 
 
 def topic_specs(s: Settings) -> dict[str, tuple[int, dict[str, str]]]:
-    """name -> (partitions, config). Raw, events and stats share a partition count: the worker keeps
-    a raw partition's output on the same partition number so state can be rebuilt from it."""
+    """name -> (partitions, config). Raw, events and memory share a partition count: the worker keeps a raw
+    partition's events and memory on the same partition number so state can be rebuilt from them. The stats and
+    alerts topics have one partition: their records are small, only the sink reads them (deduplicated by source
+    id or alert id), and the broker's cost is per produce request, which librdkafka sends per partition."""
     big = {"max.message.bytes": str(s.max_message_bytes)}
     p = s.raw_partitions
     return {
         s.topic(config.RAW): (p, big),
         s.topic(config.EVENTS): (p, big),
-        s.topic(config.VERB_STATS): (p, {}),
-        s.topic(config.STATUS_STATS): (p, {}),
+        s.topic(config.VERB_STATS): (1, {}),
+        s.topic(config.STATUS_STATS): (1, {}),
         s.topic(config.DEADLETTER): (1, big),
         s.topic(config.ALERTS): (1, {}),
         s.topic(config.ALERTS_JSON): (1, {}),

@@ -63,7 +63,8 @@ def produce_source(
     received_at: int = 0,
     events_topic: bool = True,
 ) -> None:
-    """Queue the EventBatch (and stats) of one source on `partition` of the output topics (call flush())."""
+    """Queue the EventBatch of one source on `partition` of the events topic, its stats on the stats topics' one
+    partition (call flush())."""
     if events_topic:
         eb = codec("event_batch")
         producer.produce(s.topic(config.EVENTS), eb.encode({"source_id": source_id, "cluster": cluster,
@@ -77,7 +78,7 @@ def produce_source(
         ):
             c = codec(stem)
             producer.produce(
-                s.topic(topic), c.encode(rec), key=cluster.encode(), headers=c.headers, partition=partition
+                s.topic(topic), c.encode(rec), key=cluster.encode(), headers=c.headers, partition=0  # as the worker
             )
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.models import native
 from pipeline.models.avro import codec, encode_event_batch
 from pipeline.sinks import avro_ocf, tables
 from pipeline.sinks.fixtures import chunks, sample_sources, stats_records
@@ -302,19 +303,36 @@ def test_undecodable_records_go_to_deadletter_and_the_rest_lands_once(warehouse,
     assert _count(client, f"SELECT count() FROM verb_stats WHERE source_id = '{bad_st.source_id}'") == 0
 
 
-def test_worker_records_go_in_as_event_records_with_their_source_ids(writers, monkeypatch):
-    """The worker's sized arrays are inserted as runs of AuditEvent records (no ARRAY JOIN): every row has its own
-    source's id and the same columns as the EventBatch way; in one batch with fastavro-written records both land,
-    a second write of all of them is skipped whole."""
+def _watch_ways(ev, monkeypatch) -> list[str]:
+    """The way each insert of ``ev`` went: "" (EventBatch, ARRAY JOIN), "records" (AuditEvent runs as Avro),
+    "rowbinary" (the same runs transcoded by native.avro_rowbinary)."""
+    ways: list[str] = []
+    real = ev.insert_files
+
+    def insert_files(*a, **k):
+        ways.append(("rowbinary" if k.get("fmt") == "RowBinary" else "records") if k.get("head") else "")
+        return real(*a, **k)
+
+    monkeypatch.setattr(ev, "insert_files", insert_files)
+    return ways
+
+
+DIRECT_WAYS = ["records", "rowbinary"] if native.available() else ["records"]
+
+
+@pytest.mark.parametrize("way", DIRECT_WAYS)
+def test_worker_records_go_in_as_event_records_with_their_source_ids(writers, monkeypatch, way):
+    """The worker's sized arrays are inserted as runs of AuditEvent records (no ARRAY JOIN), as Avro or transcoded
+    to RowBinary: every row has its own source's id and the same columns as the EventBatch way; in one batch with
+    fastavro-written records both land, a second write of all of them is skipped whole."""
     client, ev, _, _ = writers
+    ev.rowbinary = way == "rowbinary"
     sources = _sources(37)
     half = len(sources) // 2
     items = _event_items(sources[:half], sized=True) + _event_items(sources[half:])
-    ways = []
-    real = ev.insert_container
-    monkeypatch.setattr(ev, "insert_container", lambda *a, **k: (ways.append("records" if k.get("head") else ""), real(*a, **k))[1])
+    ways = _watch_ways(ev, monkeypatch)
     assert ev.write(items) == (1001, 0)
-    assert sorted(ways) == ["", "records"]  # one insert each way
+    assert sorted(ways) == ["", way]  # one insert each way
     want = {}
     for sid, _cluster, events in sources:
         for e in events:
@@ -330,10 +348,12 @@ def test_worker_records_go_in_as_event_records_with_their_source_ids(writers, mo
     assert _count(client, "SELECT count() FROM audit_events") == 1001
 
 
-def test_event_records_read_by_two_threads_are_one_part(writers, monkeypatch):
+@pytest.mark.parametrize("way", DIRECT_WAYS)
+def test_event_records_read_by_two_threads_are_one_part(writers, monkeypatch, way):
     """The direct way split into two files (a writer catching up): still one block, one part per partition, every
     row with its own source_id, and a replay skipped by the plan."""
     client, ev, _, _ = writers
+    ev.rowbinary = way == "rowbinary"
     monkeypatch.setattr(tables, "PARALLEL_READ_ROWS", 1)
     sources = _sources(20)
     items = _event_items(sources, sized=True)
@@ -344,7 +364,7 @@ def test_event_records_read_by_two_threads_are_one_part(writers, monkeypatch):
     got = client.query("SELECT source_id, count() FROM audit_events GROUP BY source_id ORDER BY source_id").result_rows
     assert got == sorted((sid, len(events)) for sid, _c, events in sources)
     assert EventsWriter(client, True, ev.tmp_dir).write(_event_items(sources, sized=True)) == (0, len(sources))
-    assert not list(ev.tmp_dir.glob("*.avro"))
+    assert not list(ev.tmp_dir.glob("*.avro")) and not list(ev.tmp_dir.glob("*.bin"))
 
 
 def test_sized_arrays_read_the_eventbatch_way_too(writers):
@@ -404,3 +424,129 @@ def test_sink_reads_alert_ids_without_decoding_and_falls_back_to_decoding(tmp_pa
     assert [(it.key, it.source_id, it.value) for it in batch.items["alerts"]] == [("a9", "3:7", value)] * 2
     assert len(batch.dead) == 1
     assert batch.offsets == {(topic, 0): 3}
+
+
+# --- the RowBinary transcoder (native/src/rowbinary.rs): the same rows as chDB's Avro reader, or no rows ---------
+
+
+def _zz(n: int) -> bytes:
+    v, out = (n << 1) ^ (n >> 63), bytearray()
+    v &= (1 << 64) - 1
+    while v >= 0x80:
+        out.append((v & 0x7F) | 0x80)
+        v >>= 7
+    out.append(v)
+    return bytes(out)
+
+
+def _avro(ev: dict, blocks: str = "count", raw: dict[str, bytes] | None = None) -> bytes:
+    """The AuditEvent record ``ev`` in Avro binary, its arrays and maps as one block with its count ("count", what
+    fastavro writes), as one block with a negative count and its byte size ("sized"), or one block per item
+    ("split"); ``raw``: fields written as these bytes instead."""
+    out = bytearray()
+
+    def s(x: str | bytes) -> bytes:
+        b = x.encode() if isinstance(x, str) else x
+        return _zz(len(b)) + b
+
+    for f in codec("audit_event").schema["fields"]:
+        t, v = f["type"], ev[f["name"]]
+        kind = t if isinstance(t, str) else t["type"]
+        if raw and f["name"] in raw:
+            out += raw[f["name"]]
+        elif kind == "string":
+            out += s(v)
+        elif kind in ("int", "long"):
+            out += _zz(v)
+        elif kind == "boolean":
+            out.append(1 if v else 0)
+        else:
+            items = [s(x) for x in v] if kind == "array" else [s(k) + s(x) for k, x in v.items()]
+            if items and blocks == "sized":
+                body = b"".join(items)
+                out += _zz(-len(items)) + _zz(len(body)) + body
+            elif items and blocks == "split":
+                out += b"".join(_zz(1) + it for it in items)
+            elif items:
+                out += _zz(len(items)) + b"".join(items)
+            out += b"\x00"
+    return bytes(out)
+
+
+def _edge_events() -> list[dict]:
+    """AuditEvent records at the edges of every field shape: empty, one byte, 127/128/70,000-byte strings (one-,
+    two- and three-byte lengths), non-ASCII text, many array items, map keys, extreme ints and timestamps."""
+    base = codec("audit_event").decode(codec("audit_event").encode(
+        {**_sources(1)[0][2][0], "source_id": "0:1"}), None)  # a real event, every field present  # fmt: skip
+    out = []
+    for i, (text, n_items) in enumerate([("", 0), ("x", 1), ("é" * 64, 3), ("y" * 127, 127), ("z" * 128, 128),
+                                        ("ü" * 35_000, 2)]):  # fmt: skip
+        ev = dict(base)
+        ev.update(auditid=f"edge-{i}", request_uri=text, objectref_name=text[:300], usergroups=[text[:50]] * n_items,
+                  sourceips=[f"10.0.0.{k % 250}" for k in range(n_items)], user_extra={f"k{k}": text[:20] for k in range(n_items % 5)},
+                  annotations={} if i % 2 else {"a": "1", "apiserver.latency.k8s.io/total": "1.5ms", "é": text[:10]},
+                  responsestatus_code=[0, 1, -1, 2**31 - 1, -(2**31), 403][i], event_bytes=[0, 1, 2**40, 2**63 - 1, 127, 128][i],
+                  objects_truncated=bool(i % 2), request_received_ts=[0, 1, 2**50, 1_700_000_000_000_000, 128, 63][i],
+                  stage_ts=1_700_000_000_123_456 + i)  # fmt: skip
+        out.append(ev)
+    return out
+
+
+@pytest.mark.skipif(not native.available(), reason="the native module is not built")
+@pytest.mark.parametrize("blocks", ["count", "sized", "split"])
+def test_rowbinary_rows_equal_the_avro_rows(writers, blocks):
+    """Each edge record goes in transcoded to RowBinary and, in a second table state, as Avro records: every
+    column (the materialized latency_us too) reads back the same."""
+    client, ev, _, _ = writers
+    events = _edge_events()
+    assert _avro(events[2]) == codec("audit_event").encode(events[2])  # the test's encoder is Avro
+    value = b"".join(_avro(e, blocks) for e in events)
+    rows = {}
+    for way in ("rowbinary", "records"):
+        client.command("TRUNCATE TABLE audit_events")
+        w = EventsWriter(client, True, ev.tmp_dir)
+        w.rowbinary = way == "rowbinary"
+        ways: list[str] = []
+        real = w.insert_files
+        w.insert_files = lambda *a, _r=real, _w=ways, **k: (_w.append(k.get("fmt", "Avro")), _r(*a, **k))[1]
+        assert w.write([Item("events", 0, 0, value, "0:1", len(events), "", span=(0, len(value)))]) == (len(events), 0)
+        assert ways == (["RowBinary"] if way == "rowbinary" else ["Avro"])
+        rows[way] = client.query("SELECT *, latency_us FROM audit_events ORDER BY auditid").result_rows
+    assert len(rows["rowbinary"]) == len(events)
+    assert rows["rowbinary"] == rows["records"]
+    assert [r[1] for r in rows["rowbinary"]] == sorted(e["auditid"] for e in events)
+
+
+@pytest.mark.skipif(not native.available(), reason="the native module is not built")
+def test_rowbinary_transcoder_writes_no_row_of_a_run_it_cannot_decode(tmp_path):
+    """A run that does not decode exactly (cut short, a byte too many, a boolean of 2, a string past the end, an
+    11-byte varint, an int past Int32, fewer records than declared) is reported and none of its rows is written;
+    the good runs around it are, exactly as if alone."""
+    codes = tables.rowbinary_types()
+    assert codes is not None and len(codes) == len(codec("audit_event").schema["fields"])
+    good = [_avro(e) for e in _edge_events()[:3]]
+    one, ev0 = good[0], _edge_events()[0]
+
+    def with_field(name: str, raw: bytes) -> bytes:
+        return _avro(ev0, raw={name: raw})
+
+    bad = {
+        "cut short": one[:-1],
+        "a byte too many": one + b"\x00",
+        "boolean 2": with_field("objects_truncated", b"\x02"),
+        "string past the end": with_field("source_id", _zz(1000) + b"ab"),
+        "11-byte varint": with_field("event_bytes", b"\xff" * 10 + b"\x01"),
+        "int past Int32": with_field("responsestatus_code", _zz(2**31)),
+        "negative length": with_field("verb", _zz(-3)),
+    }
+    runs = [(g, 0, len(g), 1) for g in good]
+    runs += [(value, 0, len(value), 1) for value in bad.values()]
+    runs.append((good[1] + good[2], 0, len(good[1] + good[2]), 3))  # declares 3, holds 2
+    runs.append((b"junk" + good[0], 4, 4 + len(good[0]), 1))  # a span inside a larger value: fine
+    failed = native.avro_rowbinary(codes, runs, tmp_path / "all.bin")
+    assert failed == list(range(3, 3 + len(bad) + 1)), failed
+    expect = native.avro_rowbinary(codes, [runs[0], runs[1], runs[2], runs[-1]], tmp_path / "good.bin")
+    assert expect == []
+    assert (tmp_path / "all.bin").read_bytes() == (tmp_path / "good.bin").read_bytes()
+    assert (tmp_path / "good.bin").stat().st_size > sum(map(len, good))  # fixed-width ints: a little larger
+

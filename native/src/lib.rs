@@ -12,6 +12,7 @@ mod event;
 mod objects;
 mod parse;
 mod redact;
+mod rowbinary;
 mod seen;
 mod sizes;
 mod timestamps;
@@ -127,5 +128,6 @@ fn kaudit_native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(batch::window_counts, m)?)?;
     m.add_function(wrap_pyfunction!(batch::join_avro, m)?)?;
     m.add_function(wrap_pyfunction!(batch::encode_alert, m)?)?;
+    m.add_function(wrap_pyfunction!(rowbinary::avro_rowbinary, m)?)?;
     Ok(())
 }

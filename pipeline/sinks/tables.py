@@ -370,7 +370,6 @@ class ContainerWriter(ColumnWriter):
                 data=b"".join(files[0]), settings=settings,
             )  # fmt: skip
 
-
     def file_paths(self, n: int, ext: str) -> list[Path]:
         """Names for the n files of one embedded insert (this process and thread only)."""
         self.tmp_dir.mkdir(parents=True, exist_ok=True)

@@ -310,7 +310,7 @@ def _watch_ways(ev, monkeypatch) -> list[str]:
     real = ev.insert_files
 
     def insert_files(*a, **k):
-        ways.append(("rowbinary" if k.get("fmt") == "RowBinary" else "records") if k.get("head") else "")
+        ways.append(("rowbinary" if k.get("structure") else "records") if k.get("head") else "")
         return real(*a, **k)
 
     monkeypatch.setattr(ev, "insert_files", insert_files)
@@ -508,7 +508,7 @@ def test_rowbinary_rows_equal_the_avro_rows(writers, blocks):
         w.rowbinary = way == "rowbinary"
         ways: list[str] = []
         real = w.insert_files
-        w.insert_files = lambda *a, _r=real, _w=ways, **k: (_w.append(k.get("fmt", "Avro")), _r(*a, **k))[1]
+        w.insert_files = lambda *a, _r=real, _w=ways, **k: (_w.append("RowBinary" if k.get("structure") else "Avro"), _r(*a, **k))[1]
         assert w.write([Item("events", 0, 0, value, "0:1", len(events), "", span=(0, len(value)))]) == (len(events), 0)
         assert ways == (["RowBinary"] if way == "rowbinary" else ["Avro"])
         rows[way] = client.query("SELECT *, latency_us FROM audit_events ORDER BY auditid").result_rows

@@ -39,5 +39,6 @@ if _native is not None:
     window_counts = _native.window_counts  # (events, indices, dropped, cluster, window_us, stages) -> 2 dicts
     join_avro = _native.join_avro  # (events, indices) -> the AuditEvent bytes back to back
     encode_alert = _native.encode_alert  # alert record dict -> Avro Alert bytes (raises on any other shape)
-    # (field type codes, [(value, start, end, n)]) -> (RowBinary rows, indices of runs that did not decode)
+    # (field type codes, [(value, start, end, n)], path): writes the runs' RowBinary rows to path, returns the
+    # indices of the runs that did not decode exactly (none of their rows written)
     avro_rowbinary = _native.avro_rowbinary

@@ -356,8 +356,7 @@ class ContainerWriter(ColumnWriter):
                     with path.open("wb") as f:
                         f.writelines(chunks)
             except BaseException:
-                for path in paths:
-                    path.unlink(missing_ok=True)
+                _remove(paths)
                 raise
             self.insert_files(paths, token, fp=fp, head=head)
         else:  # server: the container is the request body
@@ -376,24 +375,28 @@ class ContainerWriter(ColumnWriter):
         stem = f"{self.table}-{os.getpid()}-{threading.get_ident()}"
         return [self.tmp_dir / f"{stem}-{i}.{ext}" for i in range(n)]
 
-    def insert_files(self, paths: list[Path], token: str, fp: str = "", head: str = "", fmt: str = "Avro") -> None:
-        """Embedded: insert the files (``file_paths``; deleted afterwards) as one block under ``token``."""
+    def insert_files(self, paths: list[Path], token: str, fp: str = "", head: str = "", structure: str = "") -> None:
+        """Embedded: insert the files (``file_paths``; deleted afterwards) as one block under ``token``: Avro
+        containers, or with ``structure`` (a ClickHouse structure literal) RowBinary rows of it."""
         settings: dict[str, Any] = {**INSERT_SETTINGS, "insert_deduplication_token": token,
                                     "use_structure_from_insertion_table_in_table_functions": 0}  # fmt: skip
         try:
             if len(paths) > 1:  # a glob: StorageFile hands each reading thread its own file
-                first = paths[0].name.rpartition("-")[0]
-                pattern = str(paths[0].parent / f"{first}-{{{','.join(str(i) for i in range(len(paths)))}}}{paths[0].suffix}")
+                pattern = str(paths[0].parent / f"{{{','.join(p.name for p in paths)}}}")
                 settings.update(max_threads=len(paths), max_insert_threads=len(paths), parallel_view_processing=1)
             else:
                 pattern = str(paths[0])
             # settings inline: per-call settings cost chDB a snapshot query plus a SET and a reset each
             sql = (head or self._head_for(fp)).format(settings=_settings_clause(settings))
-            source = "'Avro'" if fmt == "Avro" else f"{_sql_string(fmt)}, {_structure_literal(RECORDS_STEM)}"
+            source = f"'RowBinary', {structure}" if structure else "'Avro'"
             self.client.command(f"{sql}file({_sql_string(pattern)}, {source}){'' if head else self._tail}")
         finally:
-            for path in paths:
-                path.unlink(missing_ok=True)
+            _remove(paths)
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in paths:
+        path.unlink(missing_ok=True)
 
 
 class EventsWriter(ContainerWriter):
@@ -442,15 +445,13 @@ class EventsWriter(ContainerWriter):
                     rest.extend(it for i, it in enumerate(part) if i in bad)
                     done.extend(it for i, it in enumerate(part) if i not in bad)
             except BaseException:
-                for path in paths:
-                    path.unlink(missing_ok=True)
+                _remove(paths)
                 raise
             if done:  # its own token, as below
                 self.insert_files(paths, dedup_token(f"{self.table}:rowbinary", map(token_part, done)),
-                                  head=self._records_head(), fmt="RowBinary")  # fmt: skip
+                                  head=self._records_head(), structure=_structure_literal(RECORDS_STEM))  # fmt: skip
             else:
-                for path in paths:
-                    path.unlink(missing_ok=True)
+                _remove(paths)
             if not rest:
                 return n + rows
             parts = [rest]

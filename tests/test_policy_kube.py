@@ -97,6 +97,8 @@ def test_suggested_policy_cuts_what_it_estimated_and_alerts_still_fire(settings,
     assert abs(out["measured"][0] - out["estimate"][0]) <= 0.10, out
     assert abs(out["measured"][1] - out["estimate"][1]) <= 0.10, out
     assert set(before["rules"]) <= set(after["rules"]), (before["rules"], after["rules"], out["debug"])
+    # the runs write no Secret: the setup's (by a user, secret-changed) stays outside the measured window
+    assert "secret-changed" not in before["rules"], out["debug"]
     assert {"pod-exec", "privileged-pod", "rbac-changed", "impersonation", "forbidden-burst", "secret-read",
             "risky-verb"} <= set(before["rules"])  # fmt: skip
 

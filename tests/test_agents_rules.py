@@ -251,6 +251,36 @@ def test_json_patch_is_read_as_the_object_it_writes():
     assert not compile_condition({"request_object.spec.template.spec.hostPID": True}, "t")(EventView(normalize_event(raw, "c"), raw))
 
 
+def test_json_patch_copy_and_move_follow_what_the_patch_wrote_and_name_what_it_did_not():
+    priv = "/spec/template/spec/containers/0/securityContext/privileged"
+    # the source is in the patch: followed (copy keeps it, move takes it away), nothing unseen
+    ops = [{"op": "add", "path": "/spec/template/spec/hostPID", "value": True},
+           {"op": "copy", "from": "/spec/template/spec/hostPID", "path": priv},
+           {"op": "add", "path": "/metadata/annotations/img", "value": "evil.example/x"},
+           {"op": "move", "from": "/metadata/annotations/img", "path": "/spec/template/spec/containers/0/image"}]  # fmt: skip
+    view_, unseen = C._apply_patch(ops)
+    assert unseen == []
+    assert view_ == {"spec": {"template": {"spec": {"hostPID": True, "containers": [
+        {"securityContext": {"privileged": True}, "image": "evil.example/x"}]}}}, "metadata": {"annotations": {}}}  # fmt: skip
+    # the source is the stored object (or only partly written by the patch): its target is unseen
+    ops = [{"op": "copy", "from": "/spec/template/spec/enableServiceLinks", "path": priv},
+           {"op": "add", "path": "/spec/template/spec/containers/1/name", "value": "b"},
+           {"op": "move", "from": "/spec/template/spec/containers/1", "path": "/spec/template/spec/initContainers/0"},
+           {"op": "copy", "from": "", "path": "/x"}]  # fmt: skip
+    view_, unseen = C._apply_patch(ops)
+    assert unseen == [priv, "/spec/template/spec/initContainers/0", "/x"]
+    assert view_ == {"spec": {"template": {"spec": {"containers": {}, "initContainers": [{"name": "b"}]}}}}
+    # as rules read it, from the stored text and from the raw event; a merge patch has no such paths
+    for request, want in ((ops, True), ({"spec": {"replicas": 1}}, False), (ops[1:2], False)):
+        raw = example_event({"verb": "patch", "objectRef": {"resource": "deployments", "namespace": "d", "name": "w"},
+                             "requestObject": request})  # fmt: skip
+        ev = normalize_event(raw, "c")
+        for v in (EventView(ev), EventView(ev, raw)):
+            assert compile_condition({"patch_unseen_paths": {"exists": True}}, "t")(v) is want, request
+    hit = compile_condition({"patch_unseen_paths": {"startswith": "/spec/template/spec/initContainers"}}, "t")
+    assert hit(EventView(normalize_event(example_event({"verb": "patch", "requestObject": ops}), "c")))
+
+
 def test_path_operators_compare_paths_as_the_kernel_names_them():
     assert [C.normalize_path(p) for p in ["//etc/.", "/etc/", "/", "//", "/a//b/./c/", "rel/./x", ""]] == [
         "/etc", "/etc", "/", "/", "/a/b/c", "rel/x", ""]  # fmt: skip

@@ -21,7 +21,8 @@ the API server itself saw; the ones before it come from X-Forwarded-For / X-Real
 matching on them would let one header evade every IP rule), ``request_path``
 (URI without query), ``command`` (exec/attach command from the ``command=`` query parameters) and
 ``request_subjects`` (the usernames a RoleBinding/ClusterRoleBinding request grants: User name,
-``system:serviceaccount:NS:NAME`` for a ServiceAccount, ``group:NAME`` for a Group), and JSON paths
+``system:serviceaccount:NS:NAME`` for a ServiceAccount, ``group:NAME`` for a Group), ``patch_unseen_paths``
+(the target paths of a JSON patch's ``copy``/``move`` operations whose value the event does not carry), and JSON paths
 into the parsed objects: ``request_object.spec.containers[*].securityContext.privileged``,
 ``response_object.metadata.name``, ``request_object.metadata.annotations["a.b/c"]``, and ``pod_spec.<path>``:
 the pod spec a request writes, wherever its kind keeps it (a Pod's spec, the template of a Deployment,
@@ -31,6 +32,9 @@ one rule covers a pod and every controller that would create it.
 A JSON patch (``kubectl patch --type json``: a list of operations) is seen as the object its ``add`` and
 ``replace`` operations write (``/spec/template/spec/hostPID`` -> ``{"spec": {"template": {"spec": {"hostPID":
 ...}}}}``; list indexes and ``-`` become list elements), so rules on object paths read patches of either kind.
+A ``copy`` or ``move`` whose source the patch itself wrote is followed; one whose source is the stored object
+(``copy /spec/enableServiceLinks`` -> ``.../securityContext/privileged`` writes a ``true`` no event shows) names
+its target in ``patch_unseen_paths``: no rule can see that value, so the rule json-patch-unseen-value alerts.
 
 List values have "any element" semantics: a positive operator holds if it holds for some element; a negative
 operator (``not_*``) holds if the positive one holds for none. A list met inside a path without ``[*]`` is
@@ -62,7 +66,7 @@ NORMALIZED_FIELDS = frozenset(
     }
 )  # fmt: skip
 LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips", "redacted"})
-DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command", "request_subjects"})
+DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command", "request_subjects", "patch_unseen_paths"})
 OBJECT_ROOTS = {"request_object": "requestObject", "response_object": "responseObject"}
 POD_SPEC_ROOT = "pod_spec"
 # where each kind of object keeps the pod spec it makes (pipeline.agents.conditions.pod_spec_of)
@@ -134,7 +138,8 @@ class EventView:
                 except orjson.JSONDecodeError:  # truncated text: no object
                     value = None
             if type(value) is list and root == "requestObject" and self.ev.get("verb") == "patch":
-                value = json_patch_view(value)
+                value, unseen = _apply_patch(value)
+                cache["patch_unseen_paths"] = Many(unseen)
             cache[root] = value
         return cache[root]
 
@@ -159,6 +164,9 @@ class EventView:
             value = (ev.get("request_uri") or "").partition("?")[0]
         elif name == "request_subjects":
             value = Many(_subjects(self.obj("requestObject"), ev.get("objectref_namespace") or ""))
+        elif name == "patch_unseen_paths":
+            self.obj("requestObject")  # a JSON patch's view leaves them in the cache
+            return cache.setdefault(name, Many())
         else:  # command
             uri = ev.get("request_uri") or ""
             _, _, query = uri.partition("?")
@@ -186,19 +194,42 @@ def _pointer_tokens(path: Any) -> list[str] | None:
 
 
 def json_patch_view(ops: list[Any]) -> Any:
-    """The sparse object a JSON patch's ``add``/``replace`` operations write (RFC 6902), for rules to read.
+    """The sparse object a JSON patch's operations write (RFC 6902), for rules to read (see ``_apply_patch``)."""
+    return _apply_patch(ops)[0]
 
-    Tokens that are list indexes (or ``-``) become list elements, in index order (``-`` last): a rule reads
-    ``containers[*]`` whatever the index. Anything that is not a list of operations is returned unchanged (a
-    merge patch of a list-valued kind, say); ``copy``/``move`` write values the patch does not carry."""
+
+class _Implied(dict):
+    """A level of the patch view made on the way to a written path: the stored object has more there."""
+
+
+def _apply_patch(ops: list[Any]) -> tuple[Any, list[str]]:
+    """(the sparse object a JSON patch writes, the target paths of values it writes but does not carry).
+
+    ``add``/``replace`` write their ``value``; ``copy``/``move`` write what the patch itself wrote at ``from``
+    (``move`` takes it away there), else their target is unseen: the value comes from the stored object, which
+    the event does not hold. Tokens that are list indexes (or ``-``) become list elements, in index order (``-``
+    last): a rule reads ``containers[*]`` whatever the index. Anything that is not a list of operations is
+    returned unchanged (a merge patch of a list-valued kind, say)."""
     if not ops or not all(isinstance(o, dict) and "op" in o and "path" in o for o in ops):
-        return ops
-    root: dict[str, Any] = {}
+        return ops, []
+    root: dict[str, Any] = _Implied()
+    unseen: list[str] = []
     for o in ops:
-        if o.get("op") not in ("add", "replace") or "value" not in o:
+        op = o.get("op")
+        if op in ("add", "replace") and "value" in o:
+            value = copy.deepcopy(o["value"])  # later operations may write inside it; the event stays as it came
+        elif op in ("copy", "move"):
+            found = _lookup(root, _pointer_tokens(o.get("from")))
+            if found is None or isinstance(found[0], _Implied):
+                unseen.append(o["path"] if isinstance(o["path"], str) else repr(o["path"]))
+                if found is None:
+                    continue
+            value = copy.deepcopy(found[0])
+            if op == "move":
+                del found[1][found[2]]
+        else:
             continue
         tokens = _pointer_tokens(o.get("path"))
-        value = copy.deepcopy(o["value"])  # later operations may write inside it; the event stays as it came
         if not tokens or tokens == [""]:
             if isinstance(value, dict):
                 root.update(value)  # the whole document replaced
@@ -207,10 +238,23 @@ def json_patch_view(ops: list[Any]) -> Any:
         for tok in tokens[:-1]:
             nxt = node.get(tok)
             if not isinstance(nxt, dict):
-                nxt = node[tok] = {}
+                nxt = node[tok] = _Implied()
             node = nxt
         node[tokens[-1]] = value
-    return _listify(root)
+    return _listify(root), unseen
+
+
+def _lookup(root: dict[str, Any], tokens: list[str] | None) -> tuple[Any, dict[str, Any], str] | None:
+    """(value, its parent, its key) at ``tokens`` in the patch view being built; None if the patch wrote nothing
+    there (or the pointer names the whole document, which the patch never holds)."""
+    if not tokens or tokens == [""]:
+        return None
+    node: Any = root
+    for tok in tokens[:-1]:
+        node = node.get(tok) if isinstance(node, dict) else None
+    if not isinstance(node, dict) or tokens[-1] not in node:
+        return None
+    return node[tokens[-1]], node, tokens[-1]
 
 
 def _is_index(tok: str) -> bool:
@@ -221,7 +265,7 @@ def _listify(node: Any) -> Any:
     """Dicts whose keys are all list indexes (or ``-``) -> lists of their values, depth first."""
     if not isinstance(node, dict):
         return node
-    out = {k: _listify(v) for k, v in node.items()}
+    out = {k: _listify(v) for k, v in node.items()}  # plain dicts: what rules read is JSON
     if out and all(_is_index(k) for k in out):
         return [out[k] for k in sorted(out, key=lambda k: (k == "-", int(k) if k != "-" else 0))]
     return out

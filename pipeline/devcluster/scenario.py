@@ -78,11 +78,13 @@ def coverage(kc: LocalCluster, say: Callable[[str], None] = lambda _m: None) -> 
                         "template": {"metadata": {"labels": {"app": "web"}}, "spec": POD_SPECS["plain"]}}})  # fmt: skip
     kc.kubectl("-n", "team-a", "scale", "deployment", "web", "--replicas", "2")
     # a JSON patch that turns the template into a node takeover: host PID namespace and the host's /etc, spelled
-    # //etc/. (the API server accepts it; the kernel mounts /etc)
+    # //etc/. (the API server accepts it; the kernel mounts /etc), and the host network by a copy of a true the
+    # API server's defaults put in the stored object (enableServiceLinks): a value no audit event carries
     note("patch-json-workload", kc.request(
         "PATCH", "/apis/apps/v1/namespaces/team-a/deployments/web",
         body=[{"op": "add", "path": "/spec/template/spec/hostPID", "value": True},
-              {"op": "add", "path": "/spec/template/spec/volumes", "value": [{"name": "etc", "hostPath": {"path": "//etc/."}}]}],
+              {"op": "add", "path": "/spec/template/spec/volumes", "value": [{"name": "etc", "hostPath": {"path": "//etc/."}}]},
+              {"op": "copy", "from": "/spec/template/spec/enableServiceLinks", "path": "/spec/template/spec/hostNetwork"}],
         content_type="application/json-patch+json")[0])  # fmt: skip
     kc.kubectl("-n", "team-a", "delete", "deployment", "web")
     # a PersistentVolume on the host's kubelet directory: any pod that claims it mounts the node, with no hostPath

@@ -279,6 +279,12 @@ def test_json_patch_copy_and_move_follow_what_the_patch_wrote_and_name_what_it_d
             assert compile_condition({"patch_unseen_paths": {"exists": True}}, "t")(v) is want, request
     hit = compile_condition({"patch_unseen_paths": {"startswith": "/spec/template/spec/initContainers"}}, "t")
     assert hit(EventView(normalize_event(example_event({"verb": "patch", "requestObject": ops}), "c")))
+    # inside a list the patch wrote whole, an element is known; past its end, or a path through a scalar, is not
+    in_list = [{"op": "add", "path": "/spec/volumes", "value": [{"name": "a"}, {"hostPath": {"path": "/"}}]},
+               {"op": "move", "from": "/spec/volumes/1/hostPath", "path": "/spec/x"},
+               {"op": "copy", "from": "/spec/volumes/5", "path": "/spec/y"},
+               {"op": "copy", "from": "/spec/volumes/0/name/z", "path": "/spec/z"}]  # fmt: skip
+    assert C._apply_patch(in_list) == ({"spec": {"volumes": [{"name": "a"}, {}], "x": {"path": "/"}}}, ["/spec/y", "/spec/z"])
 
 
 def test_path_operators_compare_paths_as_the_kernel_names_them():

@@ -244,17 +244,20 @@ def _apply_patch(ops: list[Any]) -> tuple[Any, list[str]]:
     return _listify(root), unseen
 
 
-def _lookup(root: dict[str, Any], tokens: list[str] | None) -> tuple[Any, dict[str, Any], str] | None:
+def _lookup(root: dict[str, Any], tokens: list[str] | None) -> tuple[Any, Any, Any] | None:
     """(value, its parent, its key) at ``tokens`` in the patch view being built; None if the patch wrote nothing
     there (or the pointer names the whole document, which the patch never holds)."""
     if not tokens or tokens == [""]:
         return None
     node: Any = root
-    for tok in tokens[:-1]:
-        node = node.get(tok) if isinstance(node, dict) else None
-    if not isinstance(node, dict) or tokens[-1] not in node:
-        return None
-    return node[tokens[-1]], node, tokens[-1]
+    for tok in tokens:
+        if isinstance(node, dict) and tok in node:
+            parent, key, node = node, tok, node[tok]
+        elif isinstance(node, list) and tok.isdigit() and tok.isascii() and int(tok) < len(node):
+            parent, key, node = node, int(tok), node[int(tok)]  # inside a list the patch wrote whole
+        else:
+            return None
+    return node, parent, key
 
 
 def _is_index(tok: str) -> bool:

@@ -165,7 +165,9 @@ class EventView:
         elif name == "request_subjects":
             value = Many(_subjects(self.obj("requestObject"), ev.get("objectref_namespace") or ""))
         elif name == "patch_unseen_paths":
-            self.obj("requestObject")  # a JSON patch's view leaves them in the cache
+            text = ev.get("request_object") if self.raw is None else None
+            if self.raw is not None or (text and text.lstrip().startswith("[")):  # else no JSON patch: no parse
+                self.obj("requestObject")  # a JSON patch's view leaves them in the cache
             return cache.setdefault(name, Many())
         else:  # command
             uri = ev.get("request_uri") or ""

@@ -79,6 +79,7 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
         assert facts["statuses"]["patch-json"] == facts["statuses"]["patch-merge"] == 200
         assert facts["statuses"]["patch-strategic"] == 200 and facts["statuses"]["update"] == 200
         assert facts["statuses"]["patch-json-workload"] == 200
+        assert facts["statuses"]["node-proxy-run"] == 404, facts["statuses"]  # authorized; no such node
         assert facts["statuses"]["anonymous-namespaces"] == 403 and facts["statuses"]["carol-secrets"] == 403
         assert facts["demo_denied"] == 4
         # enough RequestResponse volume that the API server rotates its 1 MB log several times
@@ -120,7 +121,7 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
         deadline = time.monotonic() + 60
         expected = {"risky-verb", "pod-exec", "privileged-pod", "host-network-pod", "sensitive-hostpath-pod",
                     "cluster-admin-binding", "role-wildcard", "rbac-changed", "impersonation", "secret-read",
-                    "secret-access-denied", "namespace-deleted", "deployment-deleted"}  # fmt: skip
+                    "secret-access-denied", "namespace-deleted", "deployment-deleted", "node-proxy-kubelet"}  # fmt: skip
         fired: set = set()
         while time.monotonic() < deadline and not expected <= fired:
             fired = {r[0] for r in lp.sql("SELECT DISTINCT rule_id FROM alerts WHERE cluster = 'local'")}

@@ -108,6 +108,8 @@ def coverage(kc: LocalCluster, say: Callable[[str], None] = lambda _m: None) -> 
     say("exec and port-forward into a pod (the API server answers: no node; the attempt is audited)")
     note("exec", kc.request("POST", "/api/v1/namespaces/team-a/pods/plain/exec?command=sh&stdin=true&tty=true",
                             user="alice")[0])  # fmt: skip
+    # the kubelet's /run through the node proxy: a command in a pod with no pods/exec request (no node here: 404)
+    note("node-proxy-run", kc.request("POST", "/api/v1/nodes/node-1/proxy/run/team-a/plain/web?cmd=id", user="alice")[0])
 
     say("impersonation: admin acts as bob and as a ServiceAccount")
     kc.kubectl("-n", "team-a", "get", "pods", "--as", "bob")

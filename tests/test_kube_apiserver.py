@@ -80,6 +80,7 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
         assert facts["statuses"]["patch-strategic"] == 200 and facts["statuses"]["update"] == 200
         assert facts["statuses"]["patch-json-workload"] == 200
         assert facts["statuses"]["node-proxy-run"] == 404, facts["statuses"]  # authorized; no such node
+        assert facts["statuses"]["csr-node-1-by-alice"] == 201 and facts["statuses"]["csr-mallory"] == 403
         assert facts["statuses"]["anonymous-namespaces"] == 403 and facts["statuses"]["carol-secrets"] == 403
         assert facts["demo_denied"] == 4
         # enough RequestResponse volume that the API server rotates its 1 MB log several times
@@ -121,12 +122,19 @@ def test_webhook_stores_exactly_the_logged_events_and_the_rotated_log_ships_the_
         deadline = time.monotonic() + 60
         expected = {"risky-verb", "pod-exec", "privileged-pod", "host-network-pod", "sensitive-hostpath-pod",
                     "cluster-admin-binding", "role-wildcard", "rbac-changed", "impersonation", "secret-read",
-                    "secret-access-denied", "namespace-deleted", "deployment-deleted", "node-proxy-kubelet"}  # fmt: skip
+                    "secret-access-denied", "namespace-deleted", "deployment-deleted", "node-proxy-kubelet",
+                    "csr-created", "csr-privileged-subject"}  # fmt: skip
         fired: set = set()
         while time.monotonic() < deadline and not expected <= fired:
             fired = {r[0] for r in lp.sql("SELECT DISTINCT rule_id FROM alerts WHERE cluster = 'local'")}
             time.sleep(0.5)
         assert expected <= fired, f"did not fire: {sorted(expected - fired)}"
+        # the decoded CSR subjects: the node identity alice asked for, and system:masters though refused
+        csrs: set = set()
+        while time.monotonic() < deadline and csrs != {"node-1-by-alice", "mallory"}:
+            csrs = {r[0] for r in lp.sql("SELECT objectref_name FROM alerts WHERE rule_id = 'csr-privileged-subject'")}
+            time.sleep(0.5)
+        assert csrs == {"node-1-by-alice", "mallory"}, csrs
         # the JSON patch of the deployment's template and the hostPath PersistentVolume, as the API server logged them
         want = {("host-pid-pod", "deployments", "patch"), ("sensitive-hostpath-pod", "deployments", "patch"),
                 ("hostpath-pod", "deployments", "patch"), ("sensitive-hostpath-volume", "persistentvolumes", "create"),

@@ -22,7 +22,9 @@ matching on them would let one header evade every IP rule), ``request_path``
 (URI without query), ``command`` (exec/attach command from the ``command=`` query parameters) and
 ``request_subjects`` (the usernames a RoleBinding/ClusterRoleBinding request grants: User name,
 ``system:serviceaccount:NS:NAME`` for a ServiceAccount, ``group:NAME`` for a Group), ``patch_unseen_paths``
-(the target paths of a JSON patch's ``copy``/``move`` operations whose value the event does not carry), and JSON paths
+(the target paths of a JSON patch's ``copy``/``move`` operations whose value the event does not carry),
+``csr_common_name`` and ``csr_organizations`` (the user and groups a CertificateSigningRequest's PKCS#10 request asks
+for, decoded: ``pipeline.agents.csr``), and JSON paths
 into the parsed objects: ``request_object.spec.containers[*].securityContext.privileged``,
 ``response_object.metadata.name``, ``request_object.metadata.annotations["a.b/c"]``, and ``pod_spec.<path>``:
 the pod spec a request writes, wherever its kind keeps it (a Pod's spec, the template of a Deployment,
@@ -53,6 +55,8 @@ from urllib.parse import parse_qs
 
 import orjson
 
+from pipeline.agents.csr import requested_subject
+
 # Fields of pipeline.models.normalize.normalize_event
 NORMALIZED_FIELDS = frozenset(
     {
@@ -66,7 +70,8 @@ NORMALIZED_FIELDS = frozenset(
     }
 )  # fmt: skip
 LIST_FIELDS = frozenset({"usergroups", "impersonated_groups", "sourceips", "redacted"})
-DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command", "request_subjects", "patch_unseen_paths"})
+DERIVED_FIELDS = frozenset({"sourceip", "request_path", "command", "request_subjects", "patch_unseen_paths",
+                            "csr_common_name", "csr_organizations"})  # fmt: skip
 OBJECT_ROOTS = {"request_object": "requestObject", "response_object": "responseObject"}
 POD_SPEC_ROOT = "pod_spec"
 # where each kind of object keeps the pod spec it makes (pipeline.agents.conditions.pod_spec_of)
@@ -164,6 +169,10 @@ class EventView:
             value = (ev.get("request_uri") or "").partition("?")[0]
         elif name == "request_subjects":
             value = Many(_subjects(self.obj("requestObject"), ev.get("objectref_namespace") or ""))
+        elif name in ("csr_common_name", "csr_organizations"):
+            got = requested_subject(self.obj("requestObject")) if ev.get("objectref_resource") == "certificatesigningrequests" else None
+            cache["csr_common_name"], cache["csr_organizations"] = (got[0], Many(got[1])) if got else ("", Many())
+            return cache[name]
         elif name == "patch_unseen_paths":
             text = ev.get("request_object") if self.raw is None else None
             if self.raw is not None or (text and text.lstrip().startswith("[")):  # else no JSON patch: no parse

@@ -13,6 +13,24 @@ from typing import Any
 from pipeline.devcluster import LocalCluster
 
 DEMO_SA = "system:serviceaccount:default:demo"
+# PKCS#10 requests (openssl req; the key was thrown away), base64 of their PEM: CN=system:node:node-1,
+# O=system:nodes (a node's identity), and CN=mallory, O=system:masters
+NODE_CSR = (
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0KTUlIdk1JR1dBZ0VBTURReEZUQVRCZ05WQkFvTURITjVjM1JsYlRw"
+    "dWIyUmxjekViTUJrR0ExVUVBd3dTYzNsegpkR1Z0T201dlpHVTZibTlrWlMweE1Ga3dFd1lIS29aSXpqMENBUVlJS29aSXpqMERB"
+    "UWNEUWdBRXJDcEVhR2lqCnFySUxrNnd2eDdLNGc0MUpDYTJ0NnQxVnRlM3JvQjdkOUQyM0FBZTdiamRUZmpncEtuT0REZkN1Tk5S"
+    "WWtlOTEKMWZIMkRUdEh3c0FkRHFBQU1Bb0dDQ3FHU000OUJBTUNBMGdBTUVVQ0lRQ2syblF2WlpTc2VpN2pEV1pSOW9iTgpLc1NL"
+    "VDdhdE52YUQwSmVPZ1RRWVpnSWdPdFBFNnNXU1hqaGpkd3lGcTAwTXhabW4weHZyRjVxYXM2dFI2T2RNClVEWT0KLS0tLS1FTkQg"
+    "Q0VSVElGSUNBVEUgUkVRVUVTVC0tLS0tCg=="
+)
+MASTERS_CSR = (
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0KTUlIbk1JR05BZ0VBTUNzeEZ6QVZCZ05WQkFvTURuTjVjM1JsYlRw"
+    "dFlYTjBaWEp6TVJBd0RnWURWUVFEREFkdApZV3hzYjNKNU1Ga3dFd1lIS29aSXpqMENBUVlJS29aSXpqMERBUWNEUWdBRXJDcEVh"
+    "R2lqcXJJTGs2d3Z4N0s0Cmc0MUpDYTJ0NnQxVnRlM3JvQjdkOUQyM0FBZTdiamRUZmpncEtuT0REZkN1Tk5SWWtlOTExZkgyRFR0"
+    "SHdzQWQKRHFBQU1Bb0dDQ3FHU000OUJBTUNBMGtBTUVZQ0lRRHFDZ2EwemNGYW10UzFOZk1VZDc3bVIzM1NKcGFJNHJ1WQpIZlJS"
+    "Vytqdzd3SWhBTlNrLzZsNFRocSsveUlVNzZIeXhxUitGRW9ZbXEvR21ZYWcySFVabGN3UwotLS0tLUVORCBDRVJUSUZJQ0FURSBS"
+    "RVFVRVNULS0tLS0K"
+)
 
 POD_SPECS: dict[str, dict[str, Any]] = {
     "plain": {"containers": [{"name": "web", "image": "nginx:1.27"}]},
@@ -94,12 +112,19 @@ def coverage(kc: LocalCluster, say: Callable[[str], None] = lambda _m: None) -> 
     kc.kubectl("delete", "persistentvolume", "node-kubelet", "--wait=false")  # pv-protection: no controller here
     kc.kubectl("-n", "team-a", "delete", "configmap", "settings")
 
-    say("RBAC objects: a wildcard ClusterRole, a cluster-admin binding, a Role and RoleBinding")
+    say("RBAC objects: a wildcard ClusterRole, a cluster-admin binding, a Role and RoleBinding, a system:masters CSR")
     apply(kc, {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "everything"},
                "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]})  # fmt: skip
     kc.kubectl("create", "clusterrolebinding", "alice-admin", "--clusterrole", "cluster-admin", "--user", "alice")
     kc.kubectl("-n", "team-a", "create", "role", "pod-reader", "--verb", "get,list,watch", "--resource", "pods")
     kc.kubectl("-n", "team-a", "create", "rolebinding", "bob-reads", "--role", "pod-reader", "--user", "bob")
+    # client certificates: a node's identity requested by alice and approved, and system:masters (cluster-admin
+    # that no RBAC change revokes), which the CertificateSubjectRestriction admission plugin refuses (403): audited
+    for name, request in (("node-1-by-alice", NODE_CSR), ("mallory", MASTERS_CSR)):
+        csr = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest", "metadata": {"name": name},
+               "spec": {"signerName": "kubernetes.io/kube-apiserver-client", "usages": ["client auth"], "request": request}}  # fmt: skip
+        note(f"csr-{name}", kc.request("POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests", body=csr, user="alice")[0])
+    kc.kubectl("certificate", "approve", "node-1-by-alice")
 
     say("pods: plain, privileged, hostNetwork, hostPath (stored, never run: there is no kubelet)")
     for name, kind in (("plain", "plain"), ("priv", "privileged"), ("hostnet", "hostnet"), ("hostpath", "hostpath")):

@@ -185,6 +185,14 @@ def test_include_exclude_sort_limit(db):
     q, rows = run(db, "groupby verb, avg(responsestatus_code) sort by avg(responsestatus_code) desc exclude count")
     assert q.columns == ["verb", "avg(responsestatus_code)"]
     assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+    # ties of a sort are broken by the group keys: a LIMIT always cuts the same groups
+    per_user = Counter()
+    for u, _verb in {(e["username"], e["verb"]) for e in EVENTS}:
+        per_user[u] += 1
+    want = sorted(per_user.items(), key=lambda kv: (-kv[1], kv[0]))[:5]
+    assert sum(1 for n in per_user.values() if n == want[-1][1]) > 1  # a tie at the cut, else this cannot fail
+    q, rows = run(db, "groupby username, count_distinct(verb) sort by count_distinct(verb) desc exclude count limit 5")
+    assert [tuple(r) for r in rows] == want
     q, rows = run(db, "sort by responsestatus_code asc limit 5")
     assert [r[q.columns.index("responsestatus_code")] for r in rows] == [0] * 5 or len(rows) == 5
 

@@ -478,6 +478,9 @@ class Compiler:
                 raise error_at(f'cannot sort by "{name}": it is not a column of the result ({", ".join(alias)})',
                                k.col)  # fmt: skip
             order.append(f"{target} {'DESC' if k.desc else 'ASC'}")
+        if order:  # one answer under LIMIT: ties of the sort broken by the group keys it does not name
+            named = {o.rpartition(" ")[0] for o in order}
+            order += [f"k{i} ASC" for i in range(len(keys)) if f"k{i}" not in named]
         rank_by = None
         if q.top:
             if not keys:

@@ -710,16 +710,14 @@ def test_the_error_oracle_is_real_without_the_evaluation_settings(wh):
 def test_compiled_aggregates_pass_the_guard_and_its_confinement(wh, text):
     """The SQL the API shows for a query (`"sql"`) runs as an admin's raw SQL too: every function the compiler
     emits (quantileExactInclusive, reinterpretAsUInt128(sipHash128(..)), ...) is allowed, with the same answer,
-    and confined to clusters the same way as the compiled query. (Not latency: the confining subquery's
-    SELECT * leaves out the MATERIALIZED latency_us, so a scoped raw statement cannot name it.)"""
+    and confined to clusters the same way as the compiled query (latency too: the MATERIALIZED latency_us passes
+    through the confining subquery)."""
     from pipeline.query import compile_query
 
     cq = compile_query(text)
     assert not cq.params  # a raw statement has no parameters
     everything = wh.sql(cq.sql)[1]
     assert everything == wh.query(cq.sql)[1] and sum(r[1] for r in everything) == sum(CLUSTERS.values())
-    if "latency" in text:
-        return
     scoped = wh.sql(cq.sql, clusters=["gamma", "alpha"])[1]
     confined = compile_query(text, allowed_clusters=["gamma", "alpha"])
     compiled = wh.query(confined.sql, confined.params, wh.cluster_settings(["gamma", "alpha"]))[1]

@@ -388,8 +388,12 @@ def scope_to_clusters(
     rebuilt = rows[0][0]
     again = check_statement(run, rebuilt, CLUSTER_TABLES, existing)
     _verify_scoped(again.ast, checked.database, wanted)
-    return again.sql, {**cluster_filters(checked.database, wanted), **NO_EARLY_EVALUATION}
+    return again.sql, {**cluster_filters(checked.database, wanted), **NO_EARLY_EVALUATION, **SCOPED_COLUMNS}
 
+
+# The confining subquery's SELECT * would leave out MATERIALIZED columns (audit_events.latency_us), which a
+# reader may name: with this setting they pass through it (and a scoped SELECT * shows them).
+SCOPED_COLUMNS: dict[str, Any] = {"asterisk_include_materialized_columns": 1}
 
 # A scoped reader's expressions must only ever see rows of its clusters: were a predicate of theirs moved to
 # PREWHERE or pushed into the confining subquery, it would run on other clusters' rows too, and an error it raises
@@ -605,6 +609,7 @@ def reader_user_sql(user: str, password_sha256_hex: str, database: str, limits: 
         settings.append(f"{name} = 'throw' CONST")
     settings.append("additional_table_filters CHANGEABLE_IN_READONLY")  # scope_to_clusters: it only narrows
     settings.extend(f"{name} CHANGEABLE_IN_READONLY" for name in NO_EARLY_EVALUATION)  # ditto: evaluation order
+    settings.extend(f"{name} CHANGEABLE_IN_READONLY" for name in SCOPED_COLUMNS)  # what * of a table shows
     db = _ident(database)
     out = [
         f"CREATE SETTINGS PROFILE OR REPLACE {profile}{on} SETTINGS " + ", ".join(settings),

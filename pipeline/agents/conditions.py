@@ -46,7 +46,6 @@ objects as their JSON text (so ``request_object.data: {contains: password}`` sea
 
 from __future__ import annotations
 
-import copy
 import ipaddress
 import re
 from collections.abc import Callable, Mapping
@@ -228,14 +227,14 @@ def _apply_patch(ops: list[Any]) -> tuple[Any, list[str]]:
     for o in ops:
         op = o.get("op")
         if op in ("add", "replace") and "value" in o:
-            value = copy.deepcopy(o["value"])  # later operations may write inside it; the event stays as it came
+            value = _copy_json(o["value"])  # later operations may write inside it; the event stays as it came
         elif op in ("copy", "move"):
             found = _lookup(root, _pointer_tokens(o.get("from")))
             if found is None or isinstance(found[0], _Implied):
                 unseen.append(o["path"] if isinstance(o["path"], str) else repr(o["path"]))
                 if found is None:
                     continue
-            value = copy.deepcopy(found[0])
+            value = _copy_json(found[0])
             if op == "move":
                 del found[1][found[2]]
         else:
@@ -253,6 +252,16 @@ def _apply_patch(ops: list[Any]) -> tuple[Any, list[str]]:
             node = nxt
         node[tokens[-1]] = value
     return _listify(root), unseen
+
+
+def _copy_json(v: Any) -> Any:
+    """A copy of a parsed JSON value's dicts and lists; anything else (strings, numbers, the orjson.Fragment of a
+    value nested too deep: pipeline.models.deepjson) is immutable and shared."""
+    if isinstance(v, dict):
+        return {k: _copy_json(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_copy_json(x) for x in v]
+    return v
 
 
 def _lookup(root: dict[str, Any], tokens: list[str] | None) -> tuple[Any, Any, Any] | None:

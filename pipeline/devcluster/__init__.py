@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.config import REPO_ROOT
+from pipeline.models import deepjson
 
 SCRIPTS = REPO_ROOT / "infra" / "control-plane"
 USERS = ("admin", "alice", "bob", "carol")
@@ -139,7 +140,7 @@ class LocalCluster:
         for f in self.audit_log_files():
             for line in f.read_bytes().splitlines():
                 if line.strip():
-                    out.append(json.loads(line))
+                    out.append(deepjson.loads(line, check=True))  # a PATCH body is logged as deep as it came
         return out
 
     def kubeconfig(self, user: str = "admin") -> Path:
@@ -191,7 +192,7 @@ class LocalCluster:
         except urllib.error.HTTPError as e:
             status, raw = e.code, e.read()
         try:
-            return status, json.loads(raw)
+            return status, deepjson.loads(raw)
         except ValueError:
             return status, raw.decode(errors="replace")
 

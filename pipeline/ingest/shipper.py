@@ -36,6 +36,7 @@ from pipeline.ingest.bridge.server import validate_item
 from pipeline.kafka import deadletter
 from pipeline.kafka import headers as H
 from pipeline.kafka.producer import make_producer
+from pipeline.models import deepjson
 from pipeline.models.readers import ParseIssue, unwrap
 
 log = logging.getLogger("kaudit.ship")
@@ -305,7 +306,7 @@ class Shipper:
                 data = b"".join(c.doc)
                 c.doc, c.doc_size = [], 0
                 try:
-                    doc = orjson.loads(data)
+                    doc = deepjson.loads(data)
                 except orjson.JSONDecodeError as exc:
                     self._bad(c, data, c.doc_line, end, ln, f"invalid JSON document: {exc}")
                     return
@@ -320,7 +321,7 @@ class Shipper:
             self._good(c, line, off, ln, end, ln)
             return
         try:
-            doc = orjson.loads(line)
+            doc = deepjson.loads(line)  # as deep as Go writes it (a PATCH body is logged as it came)
         except orjson.JSONDecodeError as exc:
             if stripped[:1] in (b"{", b"[") and not stripped.endswith((b"}", b"]")):
                 c.doc, c.doc_start, c.doc_line, c.doc_size = [line], off, ln, len(line)  # pretty-printed document

@@ -17,6 +17,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.models import deepjson
+
 _decoder = json.JSONDecoder()
 _WS = " \t\r\n"
 
@@ -45,7 +47,7 @@ def _iter_documents(text: str) -> Iterator[tuple[int, Any] | ParseIssue]:
         if not line.strip():
             continue
         try:
-            out.append((i, orjson.loads(line)))
+            out.append((i, deepjson.loads(line, check=True)))  # as deep as Go writes it, cut where too deep
         except orjson.JSONDecodeError:
             fast_ok = False
             break
@@ -77,11 +79,12 @@ def _iter_documents(text: str) -> Iterator[tuple[int, Any] | ParseIssue]:
             break
         try:
             doc, end = _decoder.raw_decode(text, pos)
-        except json.JSONDecodeError as exc:
+        except (json.JSONDecodeError, RecursionError) as exc:
             line = line_of(pos)
             nl = text.find("\n", pos)
             bad = text[pos : nl if nl >= 0 else n]
-            yield ParseIssue(line, f"invalid JSON: {exc.msg} (column {exc.colno})", bad[:2000])
+            why = f"{exc.msg} (column {exc.colno})" if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+            yield ParseIssue(line, f"invalid JSON: {why}", bad[:2000])
             pos = n if nl < 0 else nl + 1
             continue
         yield (line_of(pos), doc)

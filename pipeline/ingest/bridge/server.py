@@ -36,6 +36,7 @@ from pipeline.ingest.bridge.metrics import BridgeMetrics
 from pipeline.kafka import deadletter
 from pipeline.kafka import headers as H
 from pipeline.kafka.producer import AsyncProducer
+from pipeline.models import deepjson
 from pipeline.models.normalize import STAGES
 
 log = logging.getLogger("kaudit.bridge")
@@ -128,7 +129,7 @@ def _classify_fast(body: bytes) -> tuple[str, int, list] | None:
         return None
     try:
         doc = _fast_decoder.decode(body)
-    except _FAST_ERRORS:
+    except (*_FAST_ERRORS, RecursionError):  # nested deeper than msgspec recurses: the exact path reads it
         return None
     items = doc.items
     if items is None or doc.kind not in (None, "EventList"):
@@ -145,7 +146,7 @@ def classify(body: bytes, *, fast: bool = True) -> tuple[str, int, list[tuple[in
     if quick is not None:
         return quick
     try:
-        doc = orjson.loads(body)
+        doc = deepjson.loads(body)  # as deep as Go writes it (a PATCH body is logged as it came)
     except orjson.JSONDecodeError as exc:
         raise HTTPProblem(400, "bad_json", f"body is not JSON: {exc}") from None
     if not isinstance(doc, dict):

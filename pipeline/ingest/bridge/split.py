@@ -18,6 +18,8 @@ from typing import Any
 
 import orjson
 
+from pipeline.models import deepjson
+
 try:
     import msgspec
 
@@ -48,8 +50,15 @@ class Part:
 def item_bytes(body: bytes) -> list[bytes]:
     """The exact bytes of each item of an EventList body (already validated by ``classify``)."""
     if _raw_decoder is not None:
-        return [bytes(r) for r in (_raw_decoder.decode(body).items or [])]
-    return [orjson.dumps(it) for it in (orjson.loads(body).get("items") or [])]
+        try:
+            return [bytes(r) for r in (_raw_decoder.decode(body).items or [])]
+        except RecursionError:  # an item nested deeper than msgspec recurses: cut by a bracket scan instead
+            items = deepjson.loads(body).get("items") or []
+            spans = deepjson.item_spans(body)
+            if spans is not None and len(spans) == len(items):
+                return [body[a:b] for a, b in spans]
+            return [orjson.dumps(it) for it in items]
+    return [orjson.dumps(it) for it in (deepjson.loads(body).get("items") or [])]
 
 
 def split(body: bytes, limit: int, bad: list[tuple[int, str, Any]]) -> tuple[list[Part], list[tuple[int, str, Any]]]:

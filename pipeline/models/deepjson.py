@@ -1,0 +1,137 @@
+"""JSON as deep as an API server writes it, read without losing the event around it.
+
+Go's encoder accepts nesting up to 10,000 levels, and an API server logs a PATCH body as the event's
+``requestObject`` as it came (before validating it; the request then fails, but it is audited). orjson stops at
+1,024 levels, Python's json and msgspec at the interpreter's recursion limit. Without this module one such request
+turned its whole webhook batch into a parse error: the bridge answered 500 to every retry, the API server dropped the
+batch, and every other event in it (the sender's own included) was never stored; a log line like it was
+dead-lettered, and in the worker it raised RecursionError.
+
+``loads`` is ``orjson.loads`` for every ordinary document. For one nested too deep, each object or array that
+starts at depth ``CUT`` is found by a bracket scan (strings skipped by a regular expression, no recursion), swapped
+for a placeholder string, the rest parsed by orjson, and the placeholders put back as ``orjson.Fragment`` of their
+exact text: ``orjson.dumps`` writes the document back byte for byte (event sizes stay exact), and everything that
+reads objects sees a value that is not a dict or list (rules find no field in it; the normalizer stores it as cut,
+``objects_truncated``, like an object over the size cap).
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from typing import Any
+
+import orjson
+
+CUT = 64  # depth (1 = the document's own braces) at which deeper values are kept as text
+_TOKENS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+_TOKENS_KEYS = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}:,]')
+
+
+def too_deep(exc: Exception) -> bool:
+    """Whether a decoder error is about nesting (orjson's depth limit, or a recursion limit)."""
+    return isinstance(exc, RecursionError) or "depth limit" in str(exc) or "recursion" in str(exc).lower()
+
+
+def loads(data: bytes | str, *, check: bool = False) -> Any:
+    """orjson.loads, also for documents nested deeper than orjson allows (see the module docstring). Raises
+    orjson.JSONDecodeError for text that is not JSON.
+
+    ``check``: also cut a document orjson reads but cannot write back (deeper than 254 levels; one orjson.dumps
+    tells): what the worker's Python path normalizes and tests rules on, which serialize objects and recurse
+    into them."""
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError as exc:
+        if not too_deep(exc):
+            raise
+    else:
+        if not check:
+            return doc
+        try:
+            orjson.dumps(doc)
+            return doc
+        except orjson.JSONEncodeError:
+            pass  # nested too deep to write: cut below
+    raw = data.encode() if isinstance(data, str) else bytes(data)
+    spans = _deep_spans(raw)
+    if not spans:
+        raise orjson.JSONDecodeError("nesting too deep and no value to cut", raw.decode("utf-8", "replace"), 0)
+    tag = secrets.token_hex(8)
+    parts, pos, kept = [], 0, {}
+    for n, (start, end) in enumerate(spans):
+        key = f"\u0000kaudit-deep-{tag}-{n}"
+        parts += [raw[pos:start], orjson.dumps(key)]
+        kept[key] = orjson.Fragment(raw[start:end])
+        pos = end
+    parts.append(raw[pos:])
+    doc = orjson.loads(b"".join(parts))  # shallow now; JSONDecodeError if the text was not JSON after all
+    return _restore(doc, kept)
+
+
+def _deep_spans(raw: bytes) -> list[tuple[int, int]]:
+    """(start, end) of every object or array that opens at depth CUT, outermost only."""
+    spans: list[tuple[int, int]] = []
+    depth, start = 0, -1
+    for m in _TOKENS.finditer(raw):
+        c = raw[m.start()]
+        if c == 0x22:  # a string: nothing inside counts
+            continue
+        if c in (0x7B, 0x5B):  # { [
+            depth += 1
+            if depth == CUT:
+                start = m.start()
+        else:
+            if depth == CUT and start >= 0:
+                spans.append((start, m.end()))
+                start = -1
+            depth -= 1
+    return spans
+
+
+def item_spans(raw: bytes) -> list[tuple[int, int]] | None:
+    """(start, end) of each item of an EventList body's top-level ``items`` array, by a bracket scan (any depth);
+    None if the body has no such array."""
+    spans: list[tuple[int, int]] = []
+    depth, key, in_items, start, found = 0, b"", False, -1, False
+    for m in _TOKENS_KEYS.finditer(raw):
+        c = raw[m.start()]
+        if c == 0x22:
+            if depth == 1:
+                key = m.group()
+            continue
+        if c in (0x3A, 0x2C):  # : ,
+            if c == 0x2C and depth == 1:
+                key = b""
+            continue
+        if c in (0x7B, 0x5B):
+            depth += 1
+            if depth == 2 and c == 0x5B and key == b'"items"':
+                in_items = found = True
+            elif depth == 3 and in_items:
+                start = m.start()
+        else:
+            if depth == 3 and in_items and start >= 0:
+                spans.append((start, m.end()))
+                start = -1
+            elif depth == 2 and in_items:
+                in_items = False
+            depth -= 1
+    return spans if found else None
+
+
+def _restore(doc: Any, kept: dict[str, Any]) -> Any:
+    """The placeholders of ``doc`` replaced by their fragments (iterative: the document is CUT levels deep)."""
+    if isinstance(doc, str):
+        return kept.get(doc, doc)
+    stack = [doc]
+    while stack:
+        node = stack.pop()
+        items = node.items() if isinstance(node, dict) else enumerate(node)
+        for k, v in list(items):
+            if isinstance(v, str):
+                if v in kept:
+                    node[k] = kept[v]
+            elif isinstance(v, dict | list):
+                stack.append(v)
+    return doc

@@ -65,6 +65,7 @@ def component_env(s: Settings, api_port: int) -> dict[str, str]:
         "KAUDIT_KAFKA_BOOTSTRAP": s.kafka_bootstrap, "KAUDIT_TOPIC_PREFIX": s.topic_prefix,
         "KAUDIT_CLICKHOUSE_DSN": s.clickhouse_dsn, "KAUDIT_VAR": str(s.var), "KAUDIT_API_PORT": str(api_port),
         "KAUDIT_API_URL": "", "KAUDIT_RAW_PARTITIONS": str(s.raw_partitions), "PYTHONUNBUFFERED": "1",
+        "KAUDIT_MAX_MESSAGE_BYTES": str(s.max_message_bytes),
     })  # fmt: skip
     return env
 

@@ -77,3 +77,54 @@ def test_worker_python_path_stores_and_flags_the_batch():
     assert (out.n_events, out.n_kept, out.n_bad, out.deadletters) == (3, 3, 0, [])
     rules = {a.record["rule_id"] for a in out.alerts}
     assert {"risky-verb", "deployment-deleted", "host-pid-pod"} <= rules  # the deep JSON patch's hostPID is seen
+
+
+def test_lone_surrogate_escapes_read_as_go_reads_them():
+    # Go's decoder reads a lone surrogate escape as U+FFFD; an escaped backslash before "u" is no escape at all
+    cases = {rb'"\ud800"': "\ufffd", rb'"x\udc00y"': "x\ufffdy", rb'"\ud83d\ude00"': "\U0001f600",
+             rb'"\\ud800"': "\\ud800", rb'"\\\ud800"': "\\\ufffd", rb'"\uD800\u0041"': "\ufffdA"}  # fmt: skip
+    for text, want in cases.items():
+        assert deepjson.loads(text) == want, text
+        assert len(deepjson.go_surrogates(text)) == len(text)  # six bytes for six: event sizes stay exact
+    with pytest.raises(orjson.JSONDecodeError):
+        deepjson.loads(rb'{"a": "\ud800"')  # still not JSON
+    deep = rb'{"s":"\ud800","d":' + nested(1200, rb'"\udc00"') + b"}"  # both at once
+    doc = deepjson.loads(deep, check=True)
+    assert doc["s"] == "\ufffd" and orjson.dumps(doc["d"]) == nested(1200, rb'"\ufffd"')  # read as Go does
+
+
+def test_a_batch_with_a_lone_surrogate_is_accepted_split_and_stored():
+    lone = event("s", rb'{"metadata":{"annotations":{"x":"\ud800"}}}', verb="patch")
+    body = b'{"kind":"EventList","items":[' + lone + b"," + event("b", b'{"kind":"DeleteOptions"}', verb="delete") + b"]}"
+    assert classify(body) == ("eventlist", 2, [])  # was a 400 for the whole batch, which the API server drops
+    assert split.item_bytes(body) == [lone, event("b", b'{"kind":"DeleteOptions"}', verb="delete")]
+    out = Processor(Settings(), RuleSet(load_rules())).process(PartitionState(0, 900), 0, b"c1", body, [])
+    assert (out.n_events, out.n_kept, out.n_bad, out.deadletters) == (2, 2, 0, [])
+    assert "deployment-deleted" in {a.record["rule_id"] for a in out.alerts}
+
+
+def test_numbers_past_float64_are_kept_as_their_text():
+    # Go's scanner takes any number; orjson refuses 1e400 (msgspec too) and reads a 30-digit integer as a float
+    text = b'{"x":1e400,"y":-2E+999,"z":123456789012345678901234567890,"w":1.5,"v":7,"s":"\\ud800","d":' + nested(1100) + b"}"
+    doc = deepjson.loads(text, check=True)
+    assert [doc[k] for k in "wvs"] == [1.5, 7, "\ufffd"]
+    assert [orjson.dumps(doc[k]) for k in "xyz"] == [b"1e400", b"-2E+999", b"123456789012345678901234567890"]
+    assert orjson.dumps(doc["d"]) == nested(1100)
+    body = b'{"kind":"EventList","items":[' + event("n", b'{"x":1e400}') + b"," + event("b", b"{}", verb="delete") + b"]}"
+    assert classify(body) == ("eventlist", 2, [])
+    out = Processor(Settings(), RuleSet(load_rules())).process(PartitionState(0, 900), 0, b"c1", body, [])
+    assert (out.n_events, out.n_kept, out.deadletters) == (2, 2, [])
+    for bad in (b"[NaN]", b"[1e400, Infinity]", b'{"x":1e400'):
+        with pytest.raises(orjson.JSONDecodeError):
+            deepjson.loads(bad)
+
+
+def test_bytes_that_are_not_utf8_read_as_the_worker_decodes_them():
+    # a PATCH sent in Latin-1: the API server applies it (200) and logs its body as it came
+    latin = event("l", b'{"metadata":{"annotations":{"x":"caf\xe9"}}}')
+    assert deepjson.loads(latin)["requestObject"]["metadata"]["annotations"]["x"] == "caf\ufffd"
+    body = b'{"kind":"EventList","items":[' + latin + b"," + event("b", b"{}", verb="delete") + b"]}"
+    assert classify(body) == ("eventlist", 2, [])  # was a 400 for the whole batch
+    assert split.item_bytes(body)[0] == latin  # the raw record keeps the bytes as they came
+    out = Processor(Settings(), RuleSet(load_rules())).process(PartitionState(0, 900), 0, b"c1", body, [])
+    assert (out.n_events, out.n_kept, out.deadletters) == (2, 2, [])

@@ -1,7 +1,8 @@
 """A webhook batch larger than a Kafka record may be is cut into records that fit (pipeline/ingest/bridge/split.py)
 instead of refused (the API server would drop it after five attempts): every item's exact bytes are stored once,
-invalid items still go to the dead-letter topic in their place, an item too large for any record is dead-lettered
-and the rest is kept, a retried batch is not stored twice by the worker. Real bridge, real Kafka, real worker."""
+invalid items still go to the dead-letter topic in their place, an item too large for any record is stored without
+its objects (pipeline/ingest/oversize.py) and dead-lettered whole, a retried batch is not stored twice by the worker.
+Real bridge, real Kafka, real worker."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 
 from pipeline import config
 from pipeline.agents import testing as T
+from pipeline.ingest import oversize
 from pipeline.ingest.bridge import split
 from pipeline.ingest.bridge.server import classify
 from pipeline.ingest.bridge.threaded import bridge_thread
@@ -48,11 +50,35 @@ def test_split_keeps_item_bytes_and_places() -> None:
         assert len(evs) == len(p.items)
 
 
-def test_an_item_too_large_for_any_record_is_dead_lettered_alone() -> None:
-    items = [event(0), event(1, pad=LIMIT), event(2)]
+def truncated(item: dict) -> dict:
+    """What the bridge stores of an item too large for any record: the API server truncate backend's form."""
+    cut = {k: v for k, v in item.items() if k not in ("requestObject", "responseObject")}
+    size = str(len(orjson.dumps(item)))
+    return {**cut, "annotations": {**item.get("annotations", {}), oversize.TRUNCATED: "true", oversize.ORIGINAL_BYTES: size}}
+
+
+def test_an_item_too_large_for_any_record_is_stored_without_its_objects() -> None:
+    big = {**event(1, pad=LIMIT), "annotations": {"authorization.k8s.io/decision": "allow"}}
+    items = [event(0), big, event(2)]
+    parts, bad = split.split(body_of(items), LIMIT, [])
+    assert [len(p.items) for p in parts] == [3] and [(i, r) for i, r, _ in bad] == [(1, split.TRUNCATED)]
+    assert orjson.dumps(bad[0][2]) == orjson.dumps(big)  # the original goes to the dead-letter topic
+    assert parts[0].items[0] == orjson.dumps(items[0]) and parts[0].items[2] == orjson.dumps(items[2])
+    assert orjson.loads(parts[0].items[1]) == truncated(big)
+    assert orjson.loads(parts[0].items[1])["annotations"]["authorization.k8s.io/decision"] == "allow"
+
+
+def test_an_item_too_large_even_without_objects_is_only_dead_lettered() -> None:
+    items = [event(0), {**event(1), "requestURI": "/api/v1/pods?x=" + "y" * LIMIT}, event(2)]
     parts, bad = split.split(body_of(items), LIMIT, [])
     assert [len(p.items) for p in parts] == [2] and [(i, r) for i, r, _ in bad] == [(1, split.TOO_LARGE)]
-    assert orjson.dumps(bad[0][2]) == orjson.dumps(items[1])
+
+
+def test_truncate_refuses_what_is_not_one_event_object() -> None:
+    assert oversize.truncate(b"[1, 2]", LIMIT) is None
+    assert oversize.truncate(b"{not json", LIMIT) is None
+    got = orjson.loads(oversize.truncate(orjson.dumps({**EV, "annotations": "bad"}), LIMIT) or b"")
+    assert got["annotations"] == {oversize.TRUNCATED: "true", oversize.ORIGINAL_BYTES: str(len(orjson.dumps({**EV, "annotations": "bad"})))}
 
 
 @pytest.mark.kafka
@@ -67,18 +93,21 @@ def test_large_batches_are_stored_whole(settings, tokens_file) -> None:  # noqa:
     with bridge_thread(make_bridge(s, tokens_file)) as url:
         status, reply, _ = post(f"{url}/audit/alpha", body)
         assert status == 200, reply
-        assert reply["accepted"] == 399 and reply["deadletter"] == 2 and reply["records"] >= 5
+        assert reply["accepted"] == 400 and reply["deadletter"] == 2 and reply["records"] >= 5
         assert post(f"{url}/audit/alpha", body)[0] == 200  # the API server retrying after a lost answer
         status, reply, _ = post(f"{url}/audit/alpha", lone)
-        assert (status, reply["accepted"], reply["deadletter"]) == (200, 0, 1)
-    raws = read_topic(s.kafka_bootstrap, s.topic(config.RAW))
+        assert (status, reply["accepted"], reply["deadletter"]) == (200, 1, 1)
+    raws = read_topic(s.kafka_bootstrap, s.topic(config.RAW))  # one partition: the cluster is the key
+    lone_raw, raws = raws[-1], raws[:-1]
     assert len(raws) == 2 * reply_records(raws)
-    assert all(len(r.value) <= LIMIT for r in raws)
+    assert all(len(r.value) <= LIMIT for r in [*raws, lone_raw])
     stored = [raw for r in raws[: len(raws) // 2] for raw in split.item_bytes(r.value)]
-    assert stored == [orjson.dumps(it) for it in items if it is not huge]
+    assert stored[:-1] == [orjson.dumps(it) for it in items if it is not huge]
+    assert orjson.loads(stored[-1]) == truncated(huge)
+    assert orjson.loads(lone_raw.value) == truncated(orjson.loads(lone))
     dlq = read_topic(s.kafka_bootstrap, s.topic(config.DEADLETTER))
     reasons = sorted(orjson.loads(r.value)["reason"] for r in dlq)
-    assert reasons.count(split.TOO_LARGE) == 3 and len(reasons) == 5  # (huge + invalid) x 2 attempts + lone
+    assert reasons.count(split.TRUNCATED) == 3 and len(reasons) == 5  # (huge + invalid) x 2 attempts + lone
 
     # the worker stores each good event once, across the retry, and skips the invalid one
     w = T.start_worker(s, "split")
@@ -86,9 +115,11 @@ def test_large_batches_are_stored_whole(settings, tokens_file) -> None:  # noqa:
         batches = T.decode_all("event_batch", T.read_all(s, config.EVENTS, idle=3.0, timeout=120))
     finally:
         T.stop_worker(w)
-    ids = [e["auditid"] for b in batches for e in b["events"]]
-    want = sorted(it["auditID"] for i, it in enumerate(items) if i != 7 and it is not huge)
-    assert sorted(ids) == want and len(ids) == 399
+    events = [e for b in batches for e in b["events"]]
+    want = sorted([it["auditID"] for i, it in enumerate(items) if i != 7] + [event(901)["auditID"]])
+    assert sorted(e["auditid"] for e in events) == want and len(events) == 401
+    cut = [e for e in events if e["auditid"] in (huge["auditID"], event(901)["auditID"])]
+    assert [(e["request_object"], e["annotations"][oversize.TRUNCATED]) for e in cut] == [("", "true")] * 2
 
 
 def reply_records(raws: list) -> int:

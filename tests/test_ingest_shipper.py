@@ -17,6 +17,7 @@ import pytest
 
 from pipeline import config
 from pipeline.config import Settings
+from pipeline.ingest import oversize
 from pipeline.ingest.shipper import CheckpointStore, Shipper
 from pipeline.ingest.testing import read_topic
 from pipeline.redaction import hash_value
@@ -186,6 +187,41 @@ def test_once_gzip_pretty_printed_and_invalid_lines(settings: Settings, tmp_path
     # run again: checkpoints say everything is done
     again = Shipper(settings, "backfill", [str(gz), str(pretty)], once=True).run()
     assert (again.lines, again.records) == (0, 0)
+
+
+def test_a_line_too_large_for_kafka_is_stored_without_its_objects(settings: Settings, tmp_path: Path) -> None:
+    """A line larger than any record (a list response at RequestResponse): its event is stored the way the API
+    server's truncate backend writes it, the original goes to the dead-letter topic, the lines around it as they
+    are. Before, the event was only dead-lettered: no row, no alert."""
+    s = settings.model_copy(update={"max_message_bytes": 1024 * 1024 + 64 * 1024})  # records of 1 MiB
+    big = orjson.loads(line(1))
+    big.update(level="RequestResponse", responseObject={"kind": "SecretList", "items": [{"data": {"k": "x" * 1_200_000}}]})
+    big_line = orjson.dumps(big) + b"\n"
+    log = tmp_path / "audit.log"
+    log.write_bytes(line(0) + big_line + line(2))
+    stats = Shipper(s, "big", [str(log)], once=True).run()
+    assert stats.deadletter == 1
+    recs = sorted(read_topic(s.kafka_bootstrap, s.topic(config.RAW)), key=lambda r: r.offset)
+    data = b"".join(r.value for r in recs)
+    cut = {k: v for k, v in big.items() if k != "responseObject"}
+    cut["annotations"] = {"audit.k8s.io/truncated": "true", "kaudit.io/original-bytes": str(len(big_line))}
+    assert data == line(0) + orjson.dumps(cut) + b"\n" + line(2)
+    dead = read_topic(s.kafka_bootstrap, s.topic(config.DEADLETTER))
+    assert [orjson.loads(d.value)["origin"] for d in dead] == [f"{log}:2"]
+    assert orjson.loads(dead[0].value)["reason"].startswith(oversize.REASON_TRUNCATED)
+
+
+def test_records_fit_a_one_mib_kafka(settings: Settings, tmp_path: Path) -> None:
+    """With KAUDIT_MAX_MESSAGE_BYTES at a managed Kafka's 1 MiB, records of lines stay under it (they were cut at
+    1 MiB of lines, which with headers Kafka refused, and the shipper then waited for an ack that never came)."""
+    s = settings.model_copy(update={"max_message_bytes": 1024 * 1024})
+    lines = [line(i) for i in range(12_000)]  # ~3.5 MB
+    log = tmp_path / "audit.log"
+    log.write_bytes(b"".join(lines))
+    stats = Shipper(s, "mib", [str(log)], once=True).run()
+    recs = sorted(read_topic(s.kafka_bootstrap, s.topic(config.RAW)), key=lambda r: r.offset)
+    assert stats.deadletter == 0 and len(recs) >= 4 and all(len(r.value) <= 1024 * 1024 - 64 * 1024 for r in recs)
+    assert b"".join(r.value for r in recs) == b"".join(lines)
 
 
 def test_killed_mid_import_resends_at_most_the_unacknowledged_tail(settings: Settings, tmp_path: Path) -> None:

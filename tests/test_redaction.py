@@ -254,3 +254,17 @@ def test_events_of_the_previous_schema_still_reach_the_warehouse(warehouse, tmp_
                                              "dropped_keys": []})  # fmt: skip
     EventsWriter(client, True, tmp_path).write([Item("events", 1, 5, buf.getvalue(), "1:5", 1, old[0])])
     assert client.query("SELECT auditid, redacted FROM audit_events").result_rows == [("h-pod", [])]
+
+
+def test_dead_letter_fits_the_record_limit_whatever_its_data():
+    """A dead letter Kafka refuses for its size would stop the component writing it: the data is cut until the
+    whole value fits KAUDIT_MAX_MESSAGE_BYTES, JSON escaping included (control characters take 6 bytes each)."""
+    limit = 1024 * 1024
+    for data in (orjson.dumps({"kind": "Event", "verb": "get", "x": "y" * 2_000_000}),
+                 orjson.dumps({"kind": "Event", "x": "\u0001" * 900_000})):  # fmt: skip
+        value, _ = deadletter.record("r", "shipper", data, origin="o", limit=limit)
+        assert len(value) <= limit - deadletter.HEADROOM
+        got = orjson.loads(value)["data"]
+        assert len(got) > 100_000  # cut, not emptied
+    small = orjson.dumps({"kind": "Event", "verb": "get"})
+    assert orjson.loads(deadletter.record("r", "shipper", small, limit=limit)[0])["data"] == small.decode()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import orjson
 import pytest
 
 from pipeline.models import native
@@ -230,6 +231,41 @@ def test_rollup_reconcile_restores_what_a_killed_insert_left_out(writers):
         ).result_rows
         == by_min
     )
+
+
+def test_a_batch_spanning_hundreds_of_months_is_stored(writers):
+    """The tables are partitioned by month and ClickHouse refuses an insert that touches more than 100 partitions
+    (Code 252): a cluster whose clock jumped, a backfill, or one client posting a timestamp per month would have
+    failed every retry of the batch and stopped the sink for everyone. Worker outputs, as the sink writes them."""
+    from pipeline.agents.processor import Processor
+    from pipeline.agents.rules import RuleSet
+    from pipeline.agents.state import PartitionState
+    from pipeline.config import get_settings
+    from pipeline.sinks.runner import reconcile_rollup
+    from pipeline.volume.rollup import reconcile_volume
+
+    client, ev, verb, status = writers
+    stamps = [f"{1990 + i // 12}-{i % 12 + 1:02d}-01T00:00:00.000001Z" for i in range(150)]
+    stamps += ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"]
+    items = [{"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": f"m-{i}",
+              "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "bob"},
+              "requestReceivedTimestamp": ts, "stageTimestamp": ts} for i, ts in enumerate(stamps)]  # fmt: skip
+    body = orjson.dumps({"kind": "EventList", "items": items})
+    out = Processor(get_settings(), RuleSet([])).process(PartitionState(0, 900), 7, b"c", body, [])
+    assert out.n_kept == len(stamps)
+    h = avro_ocf.read_batch_header(out.events_value)
+    eitem = Item("events", 0, 7, out.events_value, out.source_id, h.n_events, codec("event_batch").fp,
+                 span=(h.events_start, h.events_end) if h.events_start >= 0 else None)  # fmt: skip
+    assert ev.write([eitem]) == (len(stamps), 0)
+    for w, value, stem in ((verb, out.verb_value, "verb_stats"), (status, out.status_value, "status_stats")):
+        sid, n = avro_ocf.read_rows_header(value)
+        assert n == len(stamps) and w.write([Item(stem, 0, 7, value, sid, n, codec(stem).fp)]) == (n, 0)
+    months = "SELECT uniq(toYYYYMM(request_received_ts)), count() FROM audit_events"
+    assert client.query(months).result_rows == [(len(stamps), len(stamps))]
+    assert _count(client, "SELECT sum(count) FROM verb_stats") == len(stamps)
+    client.command("TRUNCATE TABLE events_1m")  # the repairs after a killed sink insert the same spread
+    client.command("TRUNCATE TABLE volume_1h")
+    assert reconcile_rollup(client) == len(stamps) and reconcile_volume(client) == len(stamps)
 
 
 def test_partly_stored_stats_source_gets_only_its_missing_rows(writers):

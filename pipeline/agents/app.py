@@ -497,7 +497,8 @@ class Worker:
         data = m.value or b""
         delay = 0.5
         while True:
-            dead = deadletter.record(reason, "worker", data, cluster=out.cluster, origin=origin)
+            dead = deadletter.record(reason, "worker", data, cluster=out.cluster, origin=origin,
+                                     limit=self.s.max_message_bytes)
             e = await self._attempt(lambda acks, dead=dead: self._send_dead(dead, out.cluster, acks))
             if e is None:
                 self.totals["deadletters"] += 1

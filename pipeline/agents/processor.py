@@ -109,7 +109,7 @@ class Processor:
             received_at = (timestamp_ms or 0) * 1000
         if not value:
             out.n_bad = 1
-            out.deadletters.append(deadletter.record("empty raw record", "worker", b"", cluster=cluster, origin=origin, received_at=received_at))
+            out.deadletters.append(deadletter.record("empty raw record", "worker", b"", cluster=cluster, origin=origin, received_at=received_at, limit=self.s.max_message_bytes))
             return out
         now = time.time() if now is None else now
         state.memory_horizons = self.memory_horizons
@@ -123,7 +123,7 @@ class Processor:
             log.exception("raw record %s could not be processed; sent to the dead-letter topic", origin)
             out = RecordOutput(source_id, partition, cluster, n_bad=1)
             out.deadletters.append(
-                deadletter.record(f"worker error: {type(exc).__name__}: {exc}", "worker", value, cluster=cluster, origin=origin, received_at=received_at)
+                deadletter.record(f"worker error: {type(exc).__name__}: {exc}", "worker", value, cluster=cluster, origin=origin, received_at=received_at, limit=self.s.max_message_bytes)
             )
         state.records += 1
         state.last_offset = offset
@@ -156,7 +156,7 @@ class Processor:
             reasons = "; ".join(f"line {it.line}: {it.reason}" for it in items if isinstance(it, ParseIssue))
             out.n_bad = 1
             out.deadletters.append(
-                deadletter.record(f"no audit event in raw record: {reasons or 'empty'}"[:2000], "worker", value, cluster=cluster, origin=origin, received_at=received_at)
+                deadletter.record(f"no audit event in raw record: {reasons or 'empty'}"[:2000], "worker", value, cluster=cluster, origin=origin, received_at=received_at, limit=self.s.max_message_bytes)
             )
             return
         for index, item in enumerate(items):
@@ -165,7 +165,7 @@ class Processor:
             if isinstance(item, ParseIssue):
                 out.n_bad += 1
                 out.deadletters.append(
-                    deadletter.record(item.reason, "worker", item.text, cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
+                    deadletter.record(item.reason, "worker", item.text, cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at, limit=self.s.max_message_bytes)
                 )
                 continue
             out.n_events += 1
@@ -176,7 +176,7 @@ class Processor:
             except NormalizeError as exc:
                 out.n_bad += 1
                 out.deadletters.append(
-                    deadletter.record(str(exc), "worker", orjson.dumps(raw), cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at)
+                    deadletter.record(str(exc), "worker", orjson.dumps(raw), cluster=cluster, origin=f"{origin}:item{index}", received_at=received_at, limit=self.s.max_message_bytes)
                 )
 
         wsize = self.window_seconds

@@ -50,6 +50,8 @@ def main() -> int:
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--table-setting", action="append", default=[], metavar="NAME=VALUE",
                     help="MergeTree setting applied to audit_events after migrating (compare with and without)")
+    ap.add_argument("--alter", action="append", default=[], metavar="SQL",
+                    help="statement run after migrating, e.g. 'ALTER TABLE audit_events DROP INDEX idx_source'")
     args = ap.parse_args()
     from pipeline.sinks.tables import EventsWriter
     from pipeline.warehouse.client import open_client
@@ -71,6 +73,8 @@ def main() -> int:
             migrate(client)
             for kv in args.table_setting:
                 client.command(f"ALTER TABLE audit_events MODIFY SETTING {kv}")
+            for sql in args.alter:
+                client.command(sql)
             client.command("SYSTEM STOP MERGES")
             writer = EventsWriter(client, True, tmp, read_threads=1)
             t = cpu()

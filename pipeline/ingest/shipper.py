@@ -32,6 +32,7 @@ from confluent_kafka import KafkaError, Producer
 
 from pipeline import config
 from pipeline.config import Settings
+from pipeline.ingest import oversize
 from pipeline.ingest.bridge.server import validate_item
 from pipeline.kafka import deadletter
 from pipeline.kafka import headers as H
@@ -189,7 +190,9 @@ class Shipper:
         self.stop_event = threading.Event()
         self.error: KafkaError | None = None
         self.progress = progress
-        self.max_record = max(CHUNK_BYTES, settings.max_message_bytes - 64 * 1024)
+        # a record: lines up to CHUNK_BYTES, never more than Kafka takes (a 1 MiB managed Kafka refused 1 MiB records)
+        self.max_record = max(64 * 1024, settings.max_message_bytes - 64 * 1024)
+        self.chunk_bytes = min(CHUNK_BYTES, self.max_record)
 
     # --- opening and rotation --------------------------------------------------------------------------
     def _open(self, c: Cursor, fname: str, offset: int, line: int) -> bool:
@@ -339,13 +342,18 @@ class Shipper:
         if reason:
             self._bad(c, data, first, end, last, reason)
         elif len(data) > self.max_record:
-            self._bad(c, data, first, end, last, f"{len(data)} bytes: larger than the largest Kafka record")
+            # one plain Event: stored without its objects (pipeline/ingest/oversize.py), the original dead-lettered
+            small = oversize.truncate(data, self.max_record - 1) if isinstance(doc, dict) and "auditID" in doc else None
+            if small is not None:
+                self._good(c, small + b"\n", start, first, end, last)
+            why = oversize.REASON if small is None else oversize.REASON_TRUNCATED
+            self._bad(c, data, first, end, last, f"{why} ({len(data)} bytes: larger than the largest Kafka record)")
         else:
             self._good(c, data, start, first, end, last)
 
     def _good(self, c: Cursor, data: bytes, start: int, first: int, end: int, last: int) -> None:
         n = last - first + 1
-        if c.parts and (c.rec_size + len(data) > CHUNK_BYTES or c.rec_lines + n > CHUNK_LINES):
+        if c.parts and (c.rec_size + len(data) > self.chunk_bytes or c.rec_lines + n > CHUNK_LINES):
             self._flush_record(c)
         if not c.parts:
             c.rec_start, c.rec_first = start, first
@@ -357,7 +365,7 @@ class Shipper:
     def _bad(self, c: Cursor, data: bytes, first: int, end: int, last: int, reason: str) -> None:
         self._flush_record(c)
         value, hdrs = deadletter.record(
-            reason, "shipper", data, cluster=self.cluster, origin=f"{c.fname}:{first}"
+            reason, "shipper", data, cluster=self.cluster, origin=f"{c.fname}:{first}", limit=self.s.max_message_bytes
         )
         self.stats.deadletter += 1
         log.warning("%s:%d: %s (to the dead-letter topic)", c.fname, first, reason)
@@ -379,7 +387,6 @@ class Shipper:
 
     def _produce(self, c: Cursor, topic: str, value: bytes, hdrs: list, end: int, last: int) -> None:
         p = _Pending(c.ident, end, last)
-        c.pending.append(p)
 
         def on_delivery(err: KafkaError | None, _msg: Any) -> None:
             if err is not None:
@@ -394,6 +401,7 @@ class Shipper:
                 break
             except BufferError:
                 self.producer.poll(0.1)
+        c.pending.append(p)  # only once produced: a refused record must not be waited for
         self.producer.poll(0)
 
     # --- checkpoints -------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""JSON as deep as an API server writes it, read without losing the event around it.
+r"""JSON as an API server writes it (what Go reads), read without losing the event around it.
 
 Go's encoder accepts nesting up to 10,000 levels, and an API server logs a PATCH body as the event's
 ``requestObject`` as it came (before validating it; the request then fails, but it is audited). orjson stops at
@@ -13,12 +13,24 @@ for a placeholder string, the rest parsed by orjson, and the placeholders put ba
 exact text: ``orjson.dumps`` writes the document back byte for byte (event sizes stay exact), and everything that
 reads objects sees a value that is not a dict or list (rules find no field in it; the normalizer stores it as cut,
 ``objects_truncated``, like an object over the size cap).
+
+Lone UTF-16 surrogate escapes (``"\ud800"`` with no low half) are the same story: Go reads each as U+FFFD and
+an API server logs a PATCH body with them as it came, while orjson and msgspec refuse the whole document (one
+such PATCH made its batch a 400, which the API server retried and dropped). ``loads`` then reads a copy in which
+each lone surrogate escape is ``\ufffd``, as Go would decode it (six bytes for six: sizes stay exact). And
+numbers: Go's scanner takes any number (``1e400``, a 30-digit integer; an API server logs such a PATCH, then answers
+400), orjson refuses one past float64; such a document is read by Python's parser, with those numbers and integers
+past 64 bits kept as ``orjson.Fragment`` of their exact text. And bytes that are not UTF-8 inside a string (a PATCH
+sent in Latin-1: Go reads the bytes as U+FFFD, applies it, 200, and logs the body as it came): read as U+FFFD.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import re
 import secrets
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -33,15 +45,70 @@ def too_deep(exc: Exception) -> bool:
     return isinstance(exc, RecursionError) or "depth limit" in str(exc) or "recursion" in str(exc).lower()
 
 
+# a JSON string escape of a backslash, a valid surrogate pair, or a lone surrogate (only the last is replaced)
+_SURROGATE = re.compile(rb"\\\\|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def go_surrogates(raw: bytes) -> bytes:
+    r"""``raw`` with every lone UTF-16 surrogate escape replaced by ``\ufffd``, as Go's decoder reads it."""
+    return _SURROGATE.sub(lambda m: m.group() if len(m.group()) != 6 else rb"\ufffd", raw)
+
+
 def loads(data: bytes | str, *, check: bool = False) -> Any:
-    """orjson.loads, also for documents nested deeper than orjson allows (see the module docstring). Raises
-    orjson.JSONDecodeError for text that is not JSON.
+    """orjson.loads, also for what Go reads and orjson does not: nesting deeper than orjson allows, lone surrogate
+    escapes, numbers past float64 (see the module docstring). Raises orjson.JSONDecodeError for text that is not
+    JSON.
 
     ``check``: also cut a document orjson reads but cannot write back (deeper than 254 levels; one orjson.dumps
     tells): what the worker's Python path normalizes and tests rules on, which serialize objects and recurse
     into them."""
+    parse: Callable[[Any], Any] = orjson.loads
+    while True:
+        try:
+            return _loads(data, check, parse)
+        except orjson.JSONDecodeError as exc:
+            why = str(exc)
+            raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+            if "not valid UTF-8" in why and (fixed := raw.decode("utf-8", "replace").encode()) != raw:
+                data = fixed  # bytes that are not UTF-8 in a string: U+FFFD, as the worker's reader decodes them
+            elif "surrogate" in why and (fixed := go_surrogates(raw)) != raw:
+                data = fixed
+            elif "infinity" in why and parse is orjson.loads:  # 1e400: Python's parser, numbers kept as text
+                data, parse = go_surrogates(raw), _loads_wide  # (it would keep lone surrogates nothing writes)
+            else:
+                raise
+
+
+def _wide_float(text: str) -> Any:
+    value = float(text)
+    return value if math.isfinite(value) else orjson.Fragment(text)
+
+
+def _wide_int(text: str) -> Any:
+    if len(text) > 19:  # maybe past 64 bits (orjson cannot write it) or past Python's int() digit limit
+        value = int(text) if len(text) <= 21 else None
+        return value if value is not None and -(2**63) <= value < 2**64 else orjson.Fragment(text)
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def _loads_wide(data: bytes) -> Any:
+    """json.loads for a document with numbers past float64 (Go's scanner takes any number): such numbers, and
+    integers past 64 bits, become ``orjson.Fragment`` of their exact text."""
     try:
-        doc = orjson.loads(data)
+        return json.loads(data, parse_float=_wide_float, parse_int=_wide_int, parse_constant=_no_constant)
+    except RecursionError:
+        raise orjson.JSONDecodeError("recursion limit: nested too deep", "", 0) from None
+    except ValueError as exc:  # json.JSONDecodeError included
+        raise orjson.JSONDecodeError(str(exc), "", 0) from None
+
+
+def _loads(data: bytes | str, check: bool, parse: Callable[[Any], Any] = orjson.loads) -> Any:
+    try:
+        doc = parse(data)
     except orjson.JSONDecodeError as exc:
         if not too_deep(exc):
             raise
@@ -65,7 +132,7 @@ def loads(data: bytes | str, *, check: bool = False) -> Any:
         kept[key] = orjson.Fragment(raw[start:end])
         pos = end
     parts.append(raw[pos:])
-    doc = orjson.loads(b"".join(parts))  # shallow now; JSONDecodeError if the text was not JSON after all
+    doc = parse(b"".join(parts))  # shallow now; JSONDecodeError if the text was not JSON after all
     return _restore(doc, kept)
 
 

@@ -345,7 +345,7 @@ class Notifier:
         origin = ",".join(f"{self.topic}:{p}:{o}" for p, o in offsets)
         value, headers = deadletter.record(
             reason, "notify", orjson.dumps(alert) if alert is not None else data,
-            cluster=(alert or {}).get("cluster", ""), origin=origin,
+            cluster=(alert or {}).get("cluster", ""), origin=origin, limit=self.s.max_message_bytes,
         )  # fmt: skip
         headers.append(("kaudit-alert-id", (alert or {}).get("alert_id", "").encode()))
         assert self.producer is not None

@@ -28,7 +28,7 @@ from pipeline.kafka.producer import make_producer, produce_sync
 from pipeline.models.avro import H_FP, H_SCHEMA, AvroDecodeError, codec, decode_record, header_value
 from pipeline.sinks.avro_ocf import HeaderError, known_fps, read_batch_header, read_rows_header, read_string
 from pipeline.sinks.metrics import M
-from pipeline.sinks.tables import AlertsWriter, EventsWriter, Item, StatsWriter
+from pipeline.sinks.tables import INSERT_SETTINGS, AlertsWriter, EventsWriter, Item, StatsWriter
 from pipeline.volume.rollup import reconcile_volume
 from pipeline.warehouse.client import WarehouseLockedError, is_embedded, open_client
 from pipeline.warehouse.migrations import migrate
@@ -251,6 +251,7 @@ class Sink:
                 msg.value() or b"",
                 cluster=(key or b"").decode("utf-8", "replace"),
                 origin=origin,
+                limit=self.s.max_message_bytes,
             )
         )
 
@@ -392,7 +393,8 @@ class Sink:
             batch.items[kind].remove(it)
             origin = f"{it.topic}:{it.partition}:{it.offset}"
             log.warning("dead-letter %s: %s", origin, exc)
-            batch.dead.append(deadletter.record(f"cannot decode: {exc}", "sink", it.value, origin=origin))
+            batch.dead.append(deadletter.record(f"cannot decode: {exc}", "sink", it.value, origin=origin,
+                                                limit=self.s.max_message_bytes))
         return bool(bad)
 
     def _commit_done(self) -> None:
@@ -438,7 +440,7 @@ def reconcile_rollup(client: Any) -> int:
     added = client.query(f"SELECT sum(events) FROM ({missing})").result_rows[0][0] or 0
     if added:
         client.command(
-            f"INSERT INTO events_1m ({ROLLUP_KEYS}, events) {missing}", settings={"async_insert": 0}
+            f"INSERT INTO events_1m ({ROLLUP_KEYS}, events) {missing}", settings=INSERT_SETTINGS
         )
     return int(added)
 

@@ -39,7 +39,11 @@ log = logging.getLogger("kaudit.sink")
 
 LRU_SIZE = 200_000
 PARALLEL_READ_ROWS = 100_000  # a container this big is read by several threads (ContainerWriter.read_threads)
-INSERT_SETTINGS = {"async_insert": 0}
+# max_partitions_per_insert_block: the tables are partitioned by month, and ClickHouse refuses an insert that
+# touches more than 100 partitions (Code 252). A batch is whatever the clusters sent: one cluster whose clock
+# jumped, a backfill of old logs, or a client posting a timestamp per month would make every retry of the batch
+# fail, and the sink, retrying, would stop storing for every cluster. 0 = no limit (a part per month touched).
+INSERT_SETTINGS = {"async_insert": 0, "max_partitions_per_insert_block": 0}
 
 
 @dataclass(slots=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pipeline.sinks.tables import INSERT_SETTINGS
 from pipeline.warehouse.migrations import VOLUME_KEYS, VOLUME_SELECT
 
 
@@ -21,5 +22,5 @@ def reconcile_volume(client: Any) -> int:
     added = client.query(f"SELECT sum(events) FROM ({missing})").result_rows[0][0] or 0
     if added:
         client.command(f"INSERT INTO volume_1h ({keys}, events, bytes, object_bytes) {missing}",
-                       settings={"async_insert": 0})  # fmt: skip
+                       settings=INSERT_SETTINGS)  # fmt: skip
     return int(added)

@@ -30,6 +30,7 @@ from pipeline import config
 from pipeline.access.browser import webhook_refusal
 from pipeline.access.tls import make_ssl_context  # noqa: F401 - shared with the query API, re-exported
 from pipeline.config import Settings
+from pipeline.ingest import oversize
 from pipeline.ingest.bridge import split
 from pipeline.ingest.bridge.auth import CLUSTER_RE, Authenticator
 from pipeline.ingest.bridge.metrics import BridgeMetrics
@@ -380,8 +381,10 @@ class Bridge:
                 parts, bad = split.split(body, self.max_record, bad)
                 records = [(p.body(), p.skip) for p in parts if len(p.items) > len(p.skip)]
                 good = sum(len(p.items) - len(p.skip) for p in parts)
-            elif good:  # one Event larger than a record: dead-lettered (cut), not stored
-                records, good, bad = [], 0, [(-1, split.TOO_LARGE, orjson.Fragment(body))]
+            elif good:  # one Event larger than a record: stored without its objects, the original dead-lettered
+                small = oversize.truncate(body, self.max_record)
+                records, good = ([(small, [])], 1) if small is not None else ([], 0)
+                bad = [(-1, split.TOO_LARGE if small is None else split.TRUNCATED, orjson.Fragment(body))]
             if len(records) > 1 or bad:
                 log.info("%s: batch %s of %d bytes cut into %d records (limit %d), %d item(s) dead-lettered",
                          cluster, batch_id, len(body), len(records), self.max_record, len(bad))  # fmt: skip
@@ -417,7 +420,7 @@ class Bridge:
             value, hdrs = deadletter.record(
                 reason, "bridge", orjson.dumps(item), cluster=cluster,
                 origin=f"webhook:{cluster}:{batch_id}" + (f"#{index}" if index >= 0 else ""), received_at=received_at,
-                max_data=min(deadletter.MAX_DATA, self.max_record // 8),  # room for JSON escaping
+                limit=self.s.max_message_bytes,
             )  # fmt: skip
             futs.append(self._send(producer, self.dlq_topic, value, key, hdrs, len(value)))
         if not futs:  # an empty EventList: nothing to store

@@ -7,8 +7,9 @@ managed Kafka's 1 MiB default): refusing it would lose every event in it. So the
 boundaries into several raw records, each a valid EventList holding the **exact bytes** of its items (the
 contract the worker and the exactness tests rely on is per item: auditID, stage and content byte for byte).
 Retries stay exact: a retried batch is cut the same way and the worker's (cluster, auditID, stage) dedup drops
-what an earlier attempt already stored. An item that alone exceeds the limit cannot be stored as an event; it
-becomes a dead-letter record (cut, redacted) and the rest of the batch goes on.
+what an earlier attempt already stored. An item that alone exceeds the limit is stored without its objects
+(``pipeline.ingest.oversize``: as the API server's truncating backend would) and its original goes to the
+dead-letter topic (cut, redacted); the rest of the batch goes on.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import orjson
 
+from pipeline.ingest import oversize
 from pipeline.models import deepjson
 
 try:
@@ -32,7 +34,8 @@ except ImportError:  # pragma: no cover - msgspec is a dependency; the fallback 
 
 HEAD = b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":['
 TAIL = b"]}"
-TOO_LARGE = "event_too_large_for_kafka"
+TOO_LARGE = oversize.REASON
+TRUNCATED = oversize.REASON_TRUNCATED
 
 
 @dataclass
@@ -52,7 +55,8 @@ def item_bytes(body: bytes) -> list[bytes]:
     if _raw_decoder is not None:
         try:
             return [bytes(r) for r in (_raw_decoder.decode(body).items or [])]
-        except RecursionError:  # an item nested deeper than msgspec recurses: cut by a bracket scan instead
+        except (RecursionError, msgspec.DecodeError):  # nested deeper than msgspec recurses, or a lone surrogate
+            # escape msgspec refuses (deepjson reads both as Go does): cut by a bracket scan instead
             items = deepjson.loads(body).get("items") or []
             spans = deepjson.item_spans(body)
             if spans is not None and len(spans) == len(items):
@@ -72,10 +76,14 @@ def split(body: bytes, limit: int, bad: list[tuple[int, str, Any]]) -> tuple[lis
     cur = Part()
     for i, raw in enumerate(item_bytes(body)):
         need = len(raw) + (1 if cur.items else 0)
-        if Part().size + len(raw) > limit:  # alone too large for a record: dead-letter it, keep the rest
-            if i not in invalid:
-                out_bad.append((i, TOO_LARGE, orjson.Fragment(raw)))
-            continue
+        if Part().size + len(raw) > limit:  # alone too large for a record: store it without its objects
+            if i in invalid:
+                continue
+            small = oversize.truncate(raw, limit - Part().size)
+            out_bad.append((i, TOO_LARGE if small is None else TRUNCATED, orjson.Fragment(raw)))
+            if small is None:
+                continue
+            raw, need = small, len(small) + (1 if cur.items else 0)
         if cur.size + need > limit and cur.items:
             parts.append(cur)
             cur, need = Part(), len(raw)

@@ -8,6 +8,7 @@ from pathlib import Path
 import orjson
 import pytest
 
+from pipeline import config
 from pipeline.models import native
 from pipeline.models.avro import codec, encode_event_batch
 from pipeline.sinks import avro_ocf, tables
@@ -266,6 +267,76 @@ def test_a_batch_spanning_hundreds_of_months_is_stored(writers):
     client.command("TRUNCATE TABLE events_1m")  # the repairs after a killed sink insert the same spread
     client.command("TRUNCATE TABLE volume_1h")
     assert reconcile_rollup(client) == len(stamps) and reconcile_volume(client) == len(stamps)
+
+
+def test_no_latency_annotation_fails_an_insert(writers):
+    """latency_us is computed by ClickHouse from apiserver.latency.k8s.io/total on insert: a duration of 400 digits
+    parsed as +inf, toUInt64 refused it (Code 70), and since the Avro itself decodes, the sink retried that batch
+    forever. Any text now gives a number and the batch lands."""
+    from pipeline.agents.processor import Processor
+    from pipeline.agents.rules import RuleSet
+    from pipeline.agents.state import PartitionState
+    from pipeline.config import get_settings
+
+    client, ev, _, _ = writers
+    texts = ["9" * 400 + "h", "1e999s", "nan", "inf", "-5s", "1.2.3ms", "12.5ms", "", "µs", "2m3.5s"]
+    items = [{"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": f"l-{i}",
+              "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "bob"},
+              "requestReceivedTimestamp": "2026-01-01T00:00:00.000001Z", "stageTimestamp": "2026-01-01T00:00:00.000002Z",
+              "annotations": {"apiserver.latency.k8s.io/total": t}} for i, t in enumerate(texts)]  # fmt: skip
+    body = orjson.dumps({"kind": "EventList", "items": items})
+    out = Processor(get_settings(), RuleSet([])).process(PartitionState(0, 900), 9, b"c", body, [])
+    h = avro_ocf.read_batch_header(out.events_value)
+    item = Item("events", 0, 9, out.events_value, out.source_id, h.n_events, codec("event_batch").fp,
+                span=(h.events_start, h.events_end) if h.events_start >= 0 else None)  # fmt: skip
+    assert ev.write([item]) == (len(texts), 0)
+    got = dict(client.query("SELECT auditid, latency_us FROM audit_events WHERE auditid LIKE 'l-%'").result_rows)
+    assert got["l-6"] == 12_500 and got["l-9"] == 123_500_000 and got["l-7"] == 0  # real durations as before
+    assert got["l-0"] > 10**18  # capped, not an error
+
+
+def _latency_item(offset: int, latency: str, n: int = 3) -> Item:
+    """Worker outputs of one raw record: ``n`` events whose apiserver.latency.k8s.io/total is ``latency``."""
+    from pipeline.agents.processor import Processor
+    from pipeline.agents.rules import RuleSet
+    from pipeline.agents.state import PartitionState
+    from pipeline.config import get_settings
+
+    items = [{"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": f"o{offset}-{i}",
+              "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "bob"},
+              "requestReceivedTimestamp": "2026-01-01T00:00:00.000001Z", "stageTimestamp": "2026-01-01T00:00:00.000002Z",
+              "annotations": {"apiserver.latency.k8s.io/total": latency}} for i in range(n)]  # fmt: skip
+    body = orjson.dumps({"kind": "EventList", "items": items})
+    out = Processor(get_settings(), RuleSet([])).process(PartitionState(0, 900), offset, b"c", body, [])
+    h = avro_ocf.read_batch_header(out.events_value)
+    return Item("events", 0, offset, out.events_value, out.source_id, h.n_events, codec("event_batch").fp,
+                span=(h.events_start, h.events_end) if h.events_start >= 0 else None)  # fmt: skip
+
+
+@pytest.mark.kafka
+def test_a_record_clickhouse_refuses_is_dead_lettered_and_the_batch_stored(settings, warehouse, tmp_path):
+    """Every record decodes, yet ClickHouse refuses the insert for one value (here: a table whose latency_us is
+    computed by the expression before migration 10, and a 400-digit duration). The sink used to retry such a
+    batch forever; now it writes the batch in halves until the refused record is alone, dead-letters it, and
+    stores the rest."""
+    from pipeline.ingest.testing import read_topic
+    from pipeline.sinks.runner import Batch, Sink
+    from pipeline.warehouse.migrations import LATENCY_COLUMN
+
+    client, _, _ = warehouse
+    old = LATENCY_COLUMN.replace("least(toFloat64OrZero(extract(p, '^[0-9.]+')), 1e12)", "toFloat64OrZero(extract(p, '^[0-9.]+'))")
+    client.command(f"ALTER TABLE audit_events MODIFY COLUMN {old}")
+    sink = Sink(settings)
+    sink.client, sink.embedded = client, True
+    sink.writers = {"events": EventsWriter(client, True, tmp_path), "verb": StatsWriter(client, "verb_stats", "verb", True, tmp_path),
+                    "status": StatsWriter(client, "status_stats", "code", True, tmp_path), "alerts": AlertsWriter(client, True, tmp_path)}  # fmt: skip
+    batch = Batch()
+    batch.items["events"] = [_latency_item(o, "9" * 400 + "h" if o == 5 else "12ms") for o in range(8)]
+    assert sink._write_until_done(batch)
+    stored = dict(client.query("SELECT source_id, count() FROM audit_events GROUP BY 1").result_rows)
+    assert stored == {f"0:{o}": 3 for o in range(8) if o != 5}
+    dead = [orjson.loads(r.value) for r in read_topic(settings.kafka_bootstrap, settings.topic(config.DEADLETTER))]
+    assert [(d["origin"], d["reason"][:40]) for d in dead] == [("events:0:5", "ClickHouse refused it: Code: 70. DB::Exc")]
 
 
 def test_partly_stored_stats_source_gets_only_its_missing_rows(writers):

@@ -8,11 +8,14 @@ import time
 import uuid
 from pathlib import Path
 
+import pytest
+
 from pipeline.config import Settings
 from pipeline.warehouse.client import open_client
 from pipeline.warehouse.migrations import (
     EVENT_COLUMNS,
     LATENCY_ANNOTATION,
+    LATENCY_COLUMN,
     PLAIN_STRING_COLUMNS,
     _migrations,
     event_columns_before_v2,
@@ -94,7 +97,7 @@ def test_migration_6_adds_the_1_35_columns_to_an_older_table(chdb_session_path: 
         client.command("INSERT INTO kaudit_migrations (version, name) VALUES (1, 'x'), (2, 'y'), (3, 'z')")
         client.command("INSERT INTO audit_events (cluster, auditid, request_received_ts) VALUES ('c', 'a1', now64(6))")
         assert "authorization_verb" not in column_types(client)
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6", "7", "8", "9"]
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["4", "5", "6", "7", "8", "9", "10"]
         types = column_types(client)
         assert types["impersonation_constraint"] == types["authorization_verb"] == "LowCardinality(String)"
         assert client.query("SELECT auditid, impersonation_constraint, authorization_verb FROM audit_events").result_rows == [("a1", "", "")]
@@ -166,7 +169,7 @@ def test_migration_9_stores_request_time_with_t64_and_every_part_reads_the_same(
                       column_names=["cluster", "auditid", "request_received_ts", "source_id"])  # fmt: skip
         read = "SELECT auditid, toString(request_received_ts) FROM audit_events ORDER BY auditid"
         before = client.query(read).result_rows
-        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["9"]
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["9", "10"]
         assert column_codec(client, "request_received_ts") == "CODEC(T64, LZ4)"
         assert client.query("SELECT count() FROM system.mutations WHERE database = currentDatabase()").result_rows == [(0,)]
         client.command(fill.format(p="new", t="2026-03-01 00:00:00"))
@@ -181,6 +184,33 @@ def test_migration_9_stores_request_time_with_t64_and_every_part_reads_the_same(
         assert counted[0] == 2 * expected > 0
         client.command("OPTIMIZE TABLE audit_events FINAL")
         assert client.query(read).result_rows == both and client.query(window).result_rows[0] == counted
+        assert migrate(client, Settings()) == []
+    finally:
+        admin.command(f"DROP DATABASE IF EXISTS {db}")
+
+
+def test_migration_10_caps_the_latency_annotation_so_no_insert_fails(chdb_session_path: Path):
+    """A table of migrations 1-9 refuses a row whose apiserver.latency.k8s.io/total holds a 400-digit duration
+    (+inf, and toUInt64 of it is Code 70: the sink would retry that batch forever); after migration 10 (metadata
+    only, no mutation) the same insert lands and real durations read as before."""
+    admin, db, client = fresh_database(chdb_session_path)
+    try:
+        migrate(client, Settings(), upto=9)
+        uncapped = LATENCY_COLUMN.replace("least(toFloat64OrZero(extract(p, '^[0-9.]+')), 1e12)",
+                                          "toFloat64OrZero(extract(p, '^[0-9.]+'))")  # as migrations 4 and 8 left it
+        assert uncapped != LATENCY_COLUMN
+        client.command(f"ALTER TABLE audit_events MODIFY COLUMN {uncapped}")
+        row = [["c", "huge", {"apiserver.latency.k8s.io/total": "9" * 400 + "h"}, "s:0"]]
+        cols = ["cluster", "auditid", "annotations", "source_id"]
+        with pytest.raises(Exception, match="Code: 70"):
+            client.insert("audit_events", row, column_names=cols)
+        client.insert("audit_events", [["c", "real", {"apiserver.latency.k8s.io/total": "2m3.5s"}, "s:1"]], column_names=cols)
+        assert [a.split(":")[0] for a in migrate(client, Settings())] == ["10"]
+        assert client.query("SELECT count() FROM system.mutations WHERE database = currentDatabase()").result_rows == [(0,)]
+        client.insert("audit_events", row, column_names=cols)
+        got = dict(client.query("SELECT auditid, latency_us FROM audit_events").result_rows)
+        assert got["real"] == 123_500_000 and got["huge"] > 10**18
+        assert column_codec(client, "latency_us") == "CODEC(T64, LZ4)"
         assert migrate(client, Settings()) == []
     finally:
         admin.command(f"DROP DATABASE IF EXISTS {db}")

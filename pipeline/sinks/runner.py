@@ -344,7 +344,7 @@ class Sink:
                 return True
             except Exception as exc:  # noqa: BLE001
                 M.warehouse_up.set(0)
-                if any(c in str(exc) for c in DATA_ERROR_CODES) and self._quarantine(batch):
+                if _data_error(exc) and (self._quarantine(batch) or self._try_isolate(batch)):
                     continue  # bad records removed: retry at once
                 M.retries.labels("insert").inc()
                 log.warning("insert failed (%s); retrying in %.1fs, nothing is committed", _short(exc), delay)
@@ -397,6 +397,43 @@ class Sink:
                                                 limit=self.s.max_message_bytes))
         return bool(bad)
 
+    def _isolate(self, batch: Batch) -> bool:
+        """After a data error that no record's decoding explains (every record decodes, yet ClickHouse refuses a
+        value, e.g. one a column's expression cannot compute): write each table's records in halves until those
+        it refuses are alone; they become dead-letter records and the rest is stored. Without this the sink
+        retried the batch forever and stored nothing more, for any cluster."""
+        refused: list[tuple[Item, BaseException]] = []
+        for kind in ("events", "verb", "status", "alerts"):
+            if batch.items[kind]:
+                refused += self._bisect(kind, batch.items[kind])
+                batch.items[kind] = []  # stored, or refused below
+        for it, exc in refused:
+            origin = f"{it.topic}:{it.partition}:{it.offset}"
+            log.error("dead-letter %s: ClickHouse refuses it (%s); the rest of the batch is stored", origin, _short(exc))
+            batch.dead.append(deadletter.record(f"ClickHouse refused it: {_short(exc)}", "sink", it.value,
+                                                origin=origin, limit=self.s.max_message_bytes))  # fmt: skip
+        return bool(refused)
+
+    def _try_isolate(self, batch: Batch) -> bool:
+        try:
+            return self._isolate(batch)
+        except Exception as exc:  # noqa: BLE001 - e.g. the warehouse went away meanwhile: retry the batch
+            log.warning("could not isolate the refused records (%s); retrying the batch", _short(exc))
+            return False
+
+    def _bisect(self, kind: str, items: list[Item]) -> list[tuple[Item, BaseException]]:
+        """Write ``items``; on a data error, each half on its own. Returns the records refused alone."""
+        try:
+            self.writers[kind].write(items)
+            return []
+        except Exception as exc:  # noqa: BLE001 - anything but a data error goes up: the batch is retried
+            if not _data_error(exc):
+                raise
+            if len(items) == 1:
+                return [(items[0], exc)]
+            mid = len(items) // 2
+            return self._bisect(kind, items[:mid]) + self._bisect(kind, items[mid:])
+
     def _commit_done(self) -> None:
         """Commit the offsets of written batches, on the consumer's thread (librdkafka can stall a synchronous
         commit issued from another thread while this one sits in consume())."""
@@ -443,6 +480,10 @@ def reconcile_rollup(client: Any) -> int:
             f"INSERT INTO events_1m ({ROLLUP_KEYS}, events) {missing}", settings=INSERT_SETTINGS
         )
     return int(added)
+
+
+def _data_error(exc: BaseException) -> bool:
+    return any(c in str(exc) for c in DATA_ERROR_CODES)
 
 
 def _fmt_parts(parts: list[TopicPartition]) -> str:

@@ -259,9 +259,10 @@ def layout_of(s: Settings, database: str = "default") -> Layout:
 
 
 LATENCY_ANNOTATION = "apiserver.latency.k8s.io/total"
-# Go duration text ("1.5ms", "2m3.1s") -> microseconds.
+# Go duration text ("1.5ms", "2m3.1s") -> microseconds. Each number is capped (least: migration 10): one of 400
+# digits parsed as +inf, and toUInt64(inf) fails the whole insert (Code 70), which the sink retried forever.
 _GO_DURATION_US = (
-    "arraySum(arrayMap(p -> toFloat64OrZero(extract(p, '^[0-9.]+')) * multiIf("
+    "arraySum(arrayMap(p -> least(toFloat64OrZero(extract(p, '^[0-9.]+')), 1e12) * multiIf("
     "endsWith(p, 'ns'), 0.001, endsWith(p, 'us') OR endsWith(p, 'µs'), 1, endsWith(p, 'ms'), 1000, "
     "endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), "
     f"extractAll(annotations['{LATENCY_ANNOTATION}'], '[0-9.]+[a-zµ]+')))"
@@ -327,6 +328,19 @@ def _codec_step(layout: Layout) -> Callable[[Client], None]:
         _materialize_latency(client, layout)
 
     return _latency_codec
+
+
+def _latency_cap_step(layout: Layout) -> Callable[[Client], None]:
+    def _latency_cap(client: Client) -> None:
+        """Migration 10: latency_us's expression with each annotation number capped (see _GO_DURATION_US). Metadata
+        only: a stored row holds the same value under both (a row the old one could not compute never got in)."""
+        rows = _audit_column(client, layout, "default_expression")
+        if rows and "least(" in rows[0][0]:
+            return
+        for stmt in layout.alter("audit_events", f"MODIFY COLUMN {LATENCY_COLUMN}", distributed=False):
+            client.command(stmt)
+
+    return _latency_cap
 
 
 # request_received_ts's codec (migration 9). Every time range filters on it and every timeslice groups on it, so
@@ -526,6 +540,11 @@ SETTINGS non_replicated_deduplication_window = 10000"""),
             9,
             "audit_events.request_received_ts with CODEC(T64, LZ4): time ranges and timeslices read it 2.5x cheaper",
             [_time_codec_step(layout)],
+        ),
+        (
+            10,
+            "audit_events.latency_us cannot fail an insert: a Go duration of 400 digits was +inf, and toUInt64 refused it",
+            [_latency_cap_step(layout)],
         ),
     ]
 

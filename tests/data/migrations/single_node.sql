@@ -41,7 +41,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
     impersonation_constraint LowCardinality(String),
     authorization_verb LowCardinality(String)
 ,
-    latency_us UInt64 MATERIALIZED toUInt64(round(if(mapContains(annotations, 'apiserver.latency.k8s.io/total'), arraySum(arrayMap(p -> toFloat64OrZero(extract(p, '^[0-9.]+')) * multiIf(endsWith(p, 'ns'), 0.001, endsWith(p, 'us') OR endsWith(p, 'µs'), 1, endsWith(p, 'ms'), 1000, endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), extractAll(annotations['apiserver.latency.k8s.io/total'], '[0-9.]+[a-zµ]+'))), toFloat64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts)))))),
+    latency_us UInt64 MATERIALIZED toUInt64(round(if(mapContains(annotations, 'apiserver.latency.k8s.io/total'), arraySum(arrayMap(p -> least(toFloat64OrZero(extract(p, '^[0-9.]+')), 1e12) * multiIf(endsWith(p, 'ns'), 0.001, endsWith(p, 'us') OR endsWith(p, 'µs'), 1, endsWith(p, 'ms'), 1000, endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), extractAll(annotations['apiserver.latency.k8s.io/total'], '[0-9.]+[a-zµ]+'))), toFloat64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts)))))),
     INDEX idx_auditid auditid TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_username username TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_name objectref_name TYPE bloom_filter(0.01) GRANULARITY 1,
@@ -212,6 +212,9 @@ FROM audit_events WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL
 -- 9: audit_events.request_received_ts with CODEC(T64, LZ4): time ranges and timeslices read it 2.5x cheaper
 <callable _time_codec>
 ;
+-- 10: audit_events.latency_us cannot fail an insert: a Go duration of 400 digits was +inf, and toUInt64 refused it
+<callable _latency_cap>
+;
 -- retention_days=30
 -- 1: events, stats, alerts, rollups
 CREATE TABLE IF NOT EXISTS audit_events (
@@ -255,7 +258,7 @@ CREATE TABLE IF NOT EXISTS audit_events (
     impersonation_constraint LowCardinality(String),
     authorization_verb LowCardinality(String)
 ,
-    latency_us UInt64 MATERIALIZED toUInt64(round(if(mapContains(annotations, 'apiserver.latency.k8s.io/total'), arraySum(arrayMap(p -> toFloat64OrZero(extract(p, '^[0-9.]+')) * multiIf(endsWith(p, 'ns'), 0.001, endsWith(p, 'us') OR endsWith(p, 'µs'), 1, endsWith(p, 'ms'), 1000, endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), extractAll(annotations['apiserver.latency.k8s.io/total'], '[0-9.]+[a-zµ]+'))), toFloat64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts)))))),
+    latency_us UInt64 MATERIALIZED toUInt64(round(if(mapContains(annotations, 'apiserver.latency.k8s.io/total'), arraySum(arrayMap(p -> least(toFloat64OrZero(extract(p, '^[0-9.]+')), 1e12) * multiIf(endsWith(p, 'ns'), 0.001, endsWith(p, 'us') OR endsWith(p, 'µs'), 1, endsWith(p, 'ms'), 1000, endsWith(p, 's'), 1000000, endsWith(p, 'm'), 60000000, endsWith(p, 'h'), 3600000000, 0), extractAll(annotations['apiserver.latency.k8s.io/total'], '[0-9.]+[a-zµ]+'))), toFloat64(greatest(0, dateDiff('microsecond', request_received_ts, stage_ts)))))),
     INDEX idx_auditid auditid TYPE bloom_filter(0.001) GRANULARITY 1,
     INDEX idx_username username TYPE bloom_filter(0.01) GRANULARITY 1,
     INDEX idx_name objectref_name TYPE bloom_filter(0.01) GRANULARITY 1,
@@ -425,4 +428,7 @@ FROM audit_events WHERE (SELECT count() FROM volume_1h) = 0 GROUP BY ALL
 ;
 -- 9: audit_events.request_received_ts with CODEC(T64, LZ4): time ranges and timeslices read it 2.5x cheaper
 <callable _time_codec>
+;
+-- 10: audit_events.latency_us cannot fail an insert: a Go duration of 400 digits was +inf, and toUInt64 refused it
+<callable _latency_cap>
 ;

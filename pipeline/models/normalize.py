@@ -201,8 +201,10 @@ def normalize_event(
     if type(code) is not int:
         try:
             code = int(code) if code is not None else 0
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # a float's inf/nan too
             code = 0
+    if not -(2**31) <= code < 2**31:  # Status.code is an int32 (the Avro int): one past it failed the whole record
+        code = 0
 
     if ev.keys() <= KNOWN_KEYS:
         extra = ""

@@ -70,8 +70,8 @@ def validate_item(item: Any) -> str | None:
 def _check(audit_id: Any, stage: Any, rrt: Any, st: Any, ts: Any, meta: Any, user: Any, ref: Any) -> str | None:
     if not audit_id or not isinstance(audit_id, str):
         return "missing auditID"
-    if stage not in STAGES:
-        return f"missing or unknown stage {stage!r}"
+    if not isinstance(stage, str) or stage not in STAGES:  # a list or object is unhashable: it raised, a 500
+        return f"missing or unknown stage {str(stage)[:40]!r}"
     found = False
     for key, value in (("requestReceivedTimestamp", rrt), ("stageTimestamp", st), ("timestamp", ts)):
         if value:

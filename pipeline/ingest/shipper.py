@@ -18,6 +18,7 @@ import gzip
 import hashlib
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -108,6 +109,7 @@ class Stats:
     deadletter: int = 0
     bytes: int = 0
     acked_records: int = 0
+    nul_lines: int = 0  # lines with NUL bytes (a crash's padding), read piece by piece
 
 
 def _is_gzip(path: str) -> bool:
@@ -319,6 +321,22 @@ class Shipper:
                 c.doc, c.doc_size = [], 0
                 self._bad(c, data, c.doc_line, end, ln, f"JSON document over {MAX_DOC_BYTES} bytes without an end")
             return
+        if b"\0" in line:
+            # NUL bytes: the padding a crash leaves in a log file (a block allocated, never written), after which
+            # the API server appends again, often on the same line. Each piece between NUL runs is read on its
+            # own: the events after the padding are stored, a piece the crash cut is dead-lettered.
+            self.stats.nul_lines += 1
+            pieces = [x for x in re.split(rb"\0+", line) if x.strip()]
+            log.warning("%s:%d: %d NUL byte(s) skipped (a crash's padding?); %d piece(s) read", c.fname, ln,
+                        line.count(b"\0"), len(pieces))  # fmt: skip
+            for x in pieces or [b"\n"]:
+                self._single(c, x if x.endswith(b"\n") else x + b"\n", off, ln, end, documents=False)
+            return
+        self._single(c, line, off, ln, end)
+
+    def _single(self, c: Cursor, line: bytes, off: int, ln: int, end: int, documents: bool = True) -> None:
+        """One line (or a piece of one): ``documents`` False = an unfinished object is bad, not the first line of
+        a pretty-printed document (a piece a crash cut would otherwise swallow the lines after it)."""
         stripped = line.strip()
         if not stripped:
             self._good(c, line, off, ln, end, ln)
@@ -326,7 +344,7 @@ class Shipper:
         try:
             doc = deepjson.loads(line)  # as deep as Go writes it (a PATCH body is logged as it came)
         except orjson.JSONDecodeError as exc:
-            if stripped[:1] in (b"{", b"[") and not stripped.endswith((b"}", b"]")):
+            if documents and stripped[:1] in (b"{", b"[") and not stripped.endswith((b"}", b"]")):
                 c.doc, c.doc_start, c.doc_line, c.doc_size = [line], off, ln, len(line)  # pretty-printed document
                 return
             self._bad(c, line, ln, end, ln, f"invalid JSON: {exc}")

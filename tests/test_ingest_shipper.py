@@ -224,20 +224,22 @@ def test_records_fit_a_one_mib_kafka(settings: Settings, tmp_path: Path) -> None
     assert b"".join(r.value for r in recs) == b"".join(lines)
 
 
-def test_nul_padding_a_crash_left_is_skipped_and_the_events_after_it_stored(settings: Settings, tmp_path: Path) -> None:
+def test_what_a_crash_leaves_in_a_log_file_costs_only_the_event_it_cut(settings: Settings, tmp_path: Path) -> None:
     """A node crash leaves NUL bytes in a log file (blocks allocated, never written); the restarted API server
-    appends after them, on the same line. Before, that line (its good event included) was one invalid-JSON dead
-    letter, withheld; now the pieces between NUL runs are read on their own."""
+    appends after them, on the same line (or right after an event the crash cut, without padding). Before, that
+    line (its good event included) was one invalid-JSON dead letter, withheld; now the pieces between NUL runs, and
+    an event starting after a cut one, are read on their own."""
     cut = line(2)[:40]  # the event the crash cut
     data = line(0) + line(1)[:-1] + b"\0" * 4096 + line(3) + cut + b"\0" * 100 + line(4) + b"\0\0\n" + line(5)
+    data += line(6)[:50] + line(7)  # cut without padding: the next event starts on the same line
     log = tmp_path / "audit.log"
     log.write_bytes(data)
     stats = Shipper(settings, "nul", [str(log)], once=True).run()
-    assert (stats.deadletter, stats.nul_lines) == (1, 3)
+    assert (stats.deadletter, stats.nul_lines) == (2, 3)
     recs = sorted(read_topic(settings.kafka_bootstrap, settings.topic(config.RAW)), key=lambda r: r.offset)
-    assert b"".join(r.value for r in recs) == line(0) + line(1) + line(3) + line(4) + b"\n" + line(5)
+    assert b"".join(r.value for r in recs) == line(0) + line(1) + line(3) + line(4) + b"\n" + line(5) + line(7)
     dead = read_topic(settings.kafka_bootstrap, settings.topic(config.DEADLETTER))
-    assert [orjson.loads(d.value)["origin"] for d in dead] == [f"{log}:3"]
+    assert sorted(orjson.loads(d.value)["origin"] for d in dead) == [f"{log}:3", f"{log}:6"]
 
 
 def test_killed_mid_import_resends_at_most_the_unacknowledged_tail(settings: Settings, tmp_path: Path) -> None:

@@ -44,6 +44,9 @@ from pipeline.models.readers import ParseIssue, unwrap
 log = logging.getLogger("kaudit.ship")
 
 CHUNK_BYTES = 1024 * 1024
+# How the API server's JSON encoder starts every event: where an event after a cut one on the same line begins
+# (unescaped, it cannot be inside a JSON string).
+EVENT_START = b'{"kind":"Event","apiVersion":"audit.k8s.io/'
 CHUNK_LINES = 5000
 READ_BLOCK = 1024 * 1024
 MAX_DOC_BYTES = 16 * 1024 * 1024  # a multi-line document larger than this is given up (dead-letter)
@@ -346,6 +349,11 @@ class Shipper:
         except orjson.JSONDecodeError as exc:
             if documents and stripped[:1] in (b"{", b"[") and not stripped.endswith((b"}", b"]")):
                 c.doc, c.doc_start, c.doc_line, c.doc_size = [line], off, ln, len(line)  # pretty-printed document
+                return
+            at = line.find(EVENT_START, 1)
+            if at > 0:  # a crash cut this line's event and the restarted API server wrote on after it
+                self._bad(c, line[:at] + b"\n", ln, end, ln, f"invalid JSON (an event cut short?): {exc}")
+                self._single(c, line[at:], off, ln, end, documents=False)
                 return
             self._bad(c, line, ln, end, ln, f"invalid JSON: {exc}")
             return

@@ -242,6 +242,29 @@ def test_what_a_crash_leaves_in_a_log_file_costs_only_the_event_it_cut(settings:
     assert sorted(orjson.loads(d.value)["origin"] for d in dead) == [f"{log}:3", f"{log}:6"]
 
 
+def test_an_eventlist_line_is_taken_item_by_item_when_it_must_be(settings: Settings, tmp_path: Path) -> None:
+    """A file of EventList documents (webhook bodies saved to disk): one with a bad item, or one larger than a
+    record, used to be one dead letter for every event in it. Now, as the bridge does, each item goes on its own:
+    good ones stored as lines of their exact bytes, the bad one dead-lettered; a list that is fine stays whole."""
+    s = settings.model_copy(update={"max_message_bytes": 1024 * 1024})
+    def eventlist(*items: bytes) -> bytes:
+        return b'{"kind":"EventList","apiVersion":"audit.k8s.io/v1","metadata":{},"items":[' + b",".join(items) + b"]}\n"
+    ev = [line(i)[:-1] for i in range(3000)]
+    bad = b'{"kind":"Event","stage":"ResponseComplete"}'  # no auditID
+    fine, with_bad = eventlist(ev[0], ev[1]), eventlist(ev[2], bad, ev[3])
+    big = eventlist(*ev[4:], *(line(i, "b")[:-1] for i in range(1000)))  # about 1.2 MB: over 1 MiB
+    log = tmp_path / "audit.log"
+    log.write_bytes(fine + with_bad + big)
+    stats = Shipper(s, "lists", [str(log)], once=True).run()
+    assert stats.deadletter == 1
+    recs = sorted(read_topic(s.kafka_bootstrap, s.topic(config.RAW)), key=lambda r: r.offset)
+    assert all(len(r.value) <= 1024 * 1024 - 64 * 1024 for r in recs)
+    want = fine + ev[2] + b"\n" + ev[3] + b"\n" + b"".join(e + b"\n" for e in ev[4:]) + b"".join(line(i, "b") for i in range(1000))
+    assert b"".join(r.value for r in recs) == want
+    dead = read_topic(s.kafka_bootstrap, s.topic(config.DEADLETTER))
+    assert [(orjson.loads(d.value)["origin"], orjson.loads(d.value)["data"]) for d in dead] == [(f"{log}:2", bad.decode() + "\n")]
+
+
 def test_killed_mid_import_resends_at_most_the_unacknowledged_tail(settings: Settings, tmp_path: Path) -> None:
     """kill -9 while importing; the rerun resumes from the checkpoint: every line arrives, duplicates are whole
     records with the same batch id and the same bytes."""

@@ -365,6 +365,8 @@ class Shipper:
             reason = item.reason if isinstance(item, ParseIssue) else validate_item(item.event)
             if reason:
                 break
+        if (reason or len(data) > self.max_record) and self._by_item(c, data, doc, start, first, end, last):
+            return
         if reason:
             self._bad(c, data, first, end, last, reason)
         elif len(data) > self.max_record:
@@ -376,6 +378,20 @@ class Shipper:
             self._bad(c, data, first, end, last, f"{why} ({len(data)} bytes: larger than the largest Kafka record)")
         else:
             self._good(c, data, start, first, end, last)
+
+    def _by_item(self, c: Cursor, data: bytes, doc: Any, start: int, first: int, end: int, last: int) -> bool:
+        """An EventList document with a bad item, or too large for a record: each item on its own, as the bridge
+        takes such a batch (its exact bytes as a line; a bad one dead-lettered, one too large stored without its
+        objects), instead of one dead letter for every event in it. False: not such a document."""
+        items = doc.get("items") if isinstance(doc, dict) and doc.get("kind") in (None, "EventList") else None
+        if not isinstance(items, list) or len(items) < 2 and len(data) <= self.max_record:
+            return False
+        spans = deepjson.item_spans(data)
+        if spans is None or len(spans) != len(items):
+            return False
+        for (a, b), item in zip(spans, items, strict=True):
+            self._unit(c, data[a:b] + b"\n", item, start, first, end, last)
+        return True
 
     def _good(self, c: Cursor, data: bytes, start: int, first: int, end: int, last: int) -> None:
         n = last - first + 1

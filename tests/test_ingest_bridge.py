@@ -285,3 +285,23 @@ def test_no_auth_only_on_loopback(settings: Settings) -> None:
 
     assert main(["bridge", "--no-auth", "--host", "0.0.0.0", "--kafka", settings.kafka_bootstrap]) == 2
     assert main(["bridge", "--host", "127.0.0.1", "--kafka", settings.kafka_bootstrap]) == 2  # no auth configured
+
+
+def test_a_bearer_token_that_is_not_utf8_is_a_401(settings: Settings, tokens_file: Path) -> None:
+    """Header bytes that are not UTF-8 reach the handler as surrogate escapes; hashing such a token raised (a 500).
+    Raw HTTP, since a client library would encode the header itself."""
+    import socket
+    import urllib.parse
+
+    body = b'{"kind":"EventList","items":[]}'
+    with bridge_thread(make_bridge(settings, tokens_file)) as url:
+        u = urllib.parse.urlsplit(url)
+        for auth in (b"Bearer \xff\xfe", b"Bearer caf\xc3\xa9", b"\xff"):
+            with socket.create_connection((u.hostname, u.port), timeout=10) as sock:
+                sock.sendall(b"POST /audit/alpha HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nAuthorization: "
+                             + auth + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)  # fmt: skip
+                reply = b""
+                while chunk := sock.recv(65536):
+                    reply += chunk
+            assert reply.split(b"\r\n")[0] == b"HTTP/1.1 401 Unauthorized", (auth, reply[:200])
+            assert b'"reason"' in reply

@@ -17,7 +17,9 @@ class SecretFormatError(ValueError):
 
 
 def token_digest(token: str) -> bytes:
-    return hashlib.sha256(token.encode()).digest()
+    """SHA-256 of the token's bytes as sent: aiohttp reads header bytes that are not UTF-8 as surrogate escapes,
+    which plain encode() refused (a 500 instead of a 401 for such a bearer token)."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 def hash_token(token: str) -> str:

@@ -169,6 +169,16 @@ def test_bad_input_is_a_clear_400_and_never_sql(loaded, server):  # noqa: F811
     assert get(server.url, "/api/rbac", expect=400)["error"].startswith("user is required")
 
 
+def test_time_bounds_past_what_the_table_holds_are_clamped_not_a_500(loaded, server):  # noqa: F811
+    # since=999999999d reached ClickHouse as a bound past 64 bits ("Integer exceeds 64-bit range", a 500)
+    huge = get(server.url, "/api/dashboard/widgets", since="999999999d")
+    totals = huge["widgets"]["actions"]["totals"]
+    assert totals == get(server.url, "/api/dashboard/widgets", **ALL)["widgets"]["actions"]["totals"]
+    assert sum(totals.values()) == len(loaded.events)
+    assert get(server.url, "/api/dashboard/events", since="99999999999w")["total"] == len(loaded.events)
+    assert "after" in get(server.url, "/api/dashboard/events", expect=400, **{"from": "9999999999999999"})["error"]
+
+
 def test_static_dashboard_is_served_without_cdn(server):  # noqa: F811
     html = get(server.url, "/")
     assert "/static/vendor/chart.umd.min.js" in html and "http" not in html.split("<body>")[0].replace(

@@ -10,6 +10,16 @@ class TimestampError(ValueError):
     pass
 
 
+# What a DateTime64(6) column holds (1900-01-01 .. 2299-12-31): a time bound of a read outside it (since=999999999d,
+# an epoch of 16 digits) is clamped here instead of overflowing a 64-bit query parameter (a 500).
+MIN_US = -2_208_988_800 * 1_000_000
+MAX_US = 10_413_792_000 * 1_000_000 - 1
+
+
+def clamp_us(us: int) -> int:
+    return min(max(us, MIN_US), MAX_US)
+
+
 @lru_cache(maxsize=65536)
 def _seconds(prefix: str) -> int:
     # prefix is "YYYY-MM-DDTHH:MM:SS"

@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.models.timestamps import TimestampError, parse_ts_us
+from pipeline.models.timestamps import TimestampError, clamp_us, parse_ts_us
 from pipeline.query.clusters import ClusterMap, ClustersFileError
 from pipeline.query.clusters import for_settings as clusters_for_settings
 from pipeline.query.errors import QueryError, error_at
@@ -89,10 +89,10 @@ def time_range(since: str | None = None, from_: str | None = None, to: str | Non
         secs = duration_seconds(since)
         if not secs:
             raise QueryError(f"cannot read duration {since!r}: use e.g. 15m, 1h, 7d")
-        return now_us - secs * 1_000_000, now_us + 1
+        return clamp_us(now_us - secs * 1_000_000), now_us + 1
     if from_ or to:
-        lo = parse_time(from_, now_us) if from_ else 0
-        hi = parse_time(to, now_us) if to else now_us + 1
+        lo = clamp_us(parse_time(from_, now_us)) if from_ else 0
+        hi = clamp_us(parse_time(to, now_us)) if to else now_us + 1
         if hi <= lo:
             raise QueryError("--to must be after --from")
         return lo, hi

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from pipeline.models.timestamps import clamp_us
+
 MINUTE_US = 60_000_000
 SINCE_RE = re.compile(r"^\s*(\d+)\s*([smhdw])\s*$")
 UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -80,8 +82,8 @@ def parse_range(since: str | None, from_: str | None, to: str | None, now_us: in
     """``from``/``to`` win over ``since``; ``since=all`` covers everything stored (from 1970 to now + 1 day)."""
     now = now_us if now_us is not None else int(time.time() * 1_000_000)
     if from_:
-        start = parse_instant_us(from_)
-        end = parse_instant_us(to) if to else now
+        start = clamp_us(parse_instant_us(from_))
+        end = clamp_us(parse_instant_us(to)) if to else now
         if end <= start:
             raise RangeError("'to' must be after 'from'")
         if end - start > MAX_SPAN_S * 1_000_000:
@@ -90,7 +92,7 @@ def parse_range(since: str | None, from_: str | None, to: str | None, now_us: in
     since = (since or "1h").strip()
     if since == "all":
         return TimeRange(0, _ceil(now + 86400 * 1_000_000), "all")
-    return TimeRange(_floor(now - parse_duration_s(since) * 1_000_000), _ceil(now + 1), f"last {since}")
+    return TimeRange(_floor(clamp_us(now - parse_duration_s(since) * 1_000_000)), _ceil(now + 1), f"last {since}")
 
 
 def fmt_step(step_s: int) -> str:

@@ -51,7 +51,7 @@ def api(chdb_session_path, tmp_path_factory):
 
 
 def call(base: str, method: str, path: str, body: Any = None, expect: int = 200) -> Any:
-    data = json.dumps(body).encode() if body is not None else None
+    data = body if isinstance(body, bytes) else json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, method=method, headers={"Content-Type": "application/json"})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
@@ -104,6 +104,13 @@ def test_bad_searches_are_400_with_the_column(api):
     assert call(base, "POST", "/api/searches", {"name": "a2", "query": "count", "alert_every": 60}, expect=400)["field"] == "when"
     before = client.query("SELECT count() FROM saved_searches").result_rows[0][0]
     call(base, "POST", "/api/searches", {"name": "n", "query": "x' OR 1=1"}, expect=400)
+    # wrong types were 500s (a number's .strip(), an int name in a regex, a negative UInt32, int(1e400))
+    for bad, field in (({"name": 5, "query": "count"}, "name"), ({"name": "t1", "query": []}, "query"),
+                       ({"name": "t2", "query": "count", "since": 5}, "since"),
+                       ({"name": "t3", "query": "count", "alert_every": -1}, "alert_every"),
+                       ({"name": "t4", "query": "count", "clusters": {"a": 1}}, "clusters")):  # fmt: skip
+        assert call(base, "POST", "/api/searches", bad, expect=400)["field"] == field, bad
+    assert call(base, "POST", "/api/searches", b'{"name": "t5", "query": "count", "alert_every": 1e400}', expect=400)["error"]
     assert client.query("SELECT count() FROM saved_searches").result_rows[0][0] == before  # nothing stored
 
 

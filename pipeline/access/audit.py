@@ -79,7 +79,10 @@ class AuditLog:
             self._handler = qh
 
     def write(self, record: dict[str, Any]) -> None:
-        line = orjson.dumps(record, default=str).decode()
+        try:
+            line = orjson.dumps(record, default=str).decode()
+        except TypeError:  # a lone surrogate in the request (JSON "\ud800" in a query): raised, the request went
+            line = orjson.dumps(_text_safe(record), default=str).decode()  # unaudited; now it is written, escaped
         log.info("%s", line)
         if self._handler is not None:
             self._handler.handle(logging.makeLogRecord({"msg": line, "levelno": logging.INFO, "levelname": "INFO",
@@ -107,3 +110,14 @@ def clip(text: str | None) -> str | None:
     if text is None:
         return None
     return text if len(text) <= MAX_QUERY_CHARS else text[:MAX_QUERY_CHARS] + "…"
+
+
+def _text_safe(value: Any) -> Any:
+    """``value`` with every string made writable: characters UTF-8 cannot hold become backslash escapes."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_text_safe(k): _text_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_text_safe(v) for v in value]
+    return value

@@ -65,12 +65,22 @@ class SavedSearch:
         if not isinstance(d, dict):
             raise SearchError("a saved search is a JSON object", field="body")
         known = {k: d[k] for k in cls.__dataclass_fields__ if k in d and k != "updated_at"}
+        for k in ("name", "query", "owner", "since", "alert_when", "severity"):  # each one a string (a number raised)
+            if k in known and not isinstance(known[k], str):
+                raise SearchError(f"{k} must be a string", field=k)
+        if isinstance(known.get("clusters"), str):
+            known["clusters"] = [known["clusters"]]
+        if "clusters" in known and not isinstance(known["clusters"], list | type(None)):
+            raise SearchError("clusters must be a list of cluster names", field="clusters")
         try:
             ss = cls(**known)
             ss.clusters = [str(c) for c in (ss.clusters or [])]
             ss.alert_every, ss.alert_window, ss.alert_for = int(ss.alert_every), int(ss.alert_window), int(ss.alert_for)
-        except (TypeError, ValueError) as exc:
+        except (TypeError, ValueError, OverflowError) as exc:
             raise SearchError(f"bad saved search: {exc}", field="body") from None
+        for k in ("alert_every", "alert_window", "alert_for"):  # UInt32 columns: a negative one failed the insert
+            if not 0 <= getattr(ss, k) < 2**31:
+                raise SearchError(f"{k} must be between 0 and 2147483647", field=k)
         return ss
 
 

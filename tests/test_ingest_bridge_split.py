@@ -54,7 +54,7 @@ def truncated(item: dict) -> dict:
     """What the bridge stores of an item too large for any record: the API server truncate backend's form."""
     cut = {k: v for k, v in item.items() if k not in ("requestObject", "responseObject")}
     size = str(len(orjson.dumps(item)))
-    return {**cut, "annotations": {**item.get("annotations", {}), oversize.TRUNCATED: "true", oversize.ORIGINAL_BYTES: size}}
+    return {**cut, "annotations": {**item.get("annotations", {}), oversize.ANNOTATION_TRUNCATED: "true", oversize.ANNOTATION_ORIGINAL_BYTES: size}}
 
 
 def test_an_item_too_large_for_any_record_is_stored_without_its_objects() -> None:
@@ -78,7 +78,7 @@ def test_truncate_refuses_what_is_not_one_event_object() -> None:
     assert oversize.truncate(b"[1, 2]", LIMIT) is None
     assert oversize.truncate(b"{not json", LIMIT) is None
     got = orjson.loads(oversize.truncate(orjson.dumps({**EV, "annotations": "bad"}), LIMIT) or b"")
-    assert got["annotations"] == {oversize.TRUNCATED: "true", oversize.ORIGINAL_BYTES: str(len(orjson.dumps({**EV, "annotations": "bad"})))}
+    assert got["annotations"] == {oversize.ANNOTATION_TRUNCATED: "true", oversize.ANNOTATION_ORIGINAL_BYTES: str(len(orjson.dumps({**EV, "annotations": "bad"})))}
 
 
 @pytest.mark.kafka
@@ -119,7 +119,7 @@ def test_large_batches_are_stored_whole(settings, tokens_file) -> None:  # noqa:
     want = sorted([it["auditID"] for i, it in enumerate(items) if i != 7] + [event(901)["auditID"]])
     assert sorted(e["auditid"] for e in events) == want and len(events) == 401
     cut = [e for e in events if e["auditid"] in (huge["auditID"], event(901)["auditID"])]
-    assert [(e["request_object"], e["annotations"][oversize.TRUNCATED]) for e in cut] == [("", "true")] * 2
+    assert [(e["request_object"], e["annotations"][oversize.ANNOTATION_TRUNCATED]) for e in cut] == [("", "true")] * 2
 
 
 def reply_records(raws: list) -> int:

@@ -4,6 +4,7 @@ aggregates equal GROUP BY over the events, alerts by alert_id, and bad bytes."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -234,29 +235,39 @@ def test_rollup_reconcile_restores_what_a_killed_insert_left_out(writers):
     )
 
 
-def test_a_batch_spanning_hundreds_of_months_is_stored(writers):
-    """The tables are partitioned by month and ClickHouse refuses an insert that touches more than 100 partitions
-    (Code 252): a cluster whose clock jumped, a backfill, or one client posting a timestamp per month would have
-    failed every retry of the batch and stopped the sink for everyone. Worker outputs, as the sink writes them."""
+def _event(auditid: str, ts: str = "2026-01-01T00:00:00.000001Z", **extra) -> dict:
+    return {"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": auditid,
+            "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "bob"},
+            "requestReceivedTimestamp": ts, "stageTimestamp": ts, **extra}  # fmt: skip
+
+
+def _worker_outputs(offset: int, events: list[dict]) -> tuple[Any, Item]:
+    """What the worker makes of one raw record holding ``events``: its outputs, and its events record as the
+    sink's Item."""
     from pipeline.agents.processor import Processor
     from pipeline.agents.rules import RuleSet
     from pipeline.agents.state import PartitionState
     from pipeline.config import get_settings
+
+    body = orjson.dumps({"kind": "EventList", "items": events})
+    out = Processor(get_settings(), RuleSet([])).process(PartitionState(0, 900), offset, b"c", body, [])
+    h = avro_ocf.read_batch_header(out.events_value)
+    return out, Item("events", 0, offset, out.events_value, out.source_id, h.n_events, codec("event_batch").fp,
+                     span=(h.events_start, h.events_end) if h.events_start >= 0 else None)  # fmt: skip
+
+
+def test_a_batch_spanning_hundreds_of_months_is_stored(writers):
+    """The tables are partitioned by month and ClickHouse refuses an insert that touches more than 100 partitions
+    (Code 252): a cluster whose clock jumped, a backfill, or one client posting a timestamp per month would have
+    failed every retry of the batch and stopped the sink for everyone. Worker outputs, as the sink writes them."""
     from pipeline.sinks.runner import reconcile_rollup
     from pipeline.volume.rollup import reconcile_volume
 
     client, ev, verb, status = writers
     stamps = [f"{1990 + i // 12}-{i % 12 + 1:02d}-01T00:00:00.000001Z" for i in range(150)]
     stamps += ["0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"]
-    items = [{"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": f"m-{i}",
-              "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "bob"},
-              "requestReceivedTimestamp": ts, "stageTimestamp": ts} for i, ts in enumerate(stamps)]  # fmt: skip
-    body = orjson.dumps({"kind": "EventList", "items": items})
-    out = Processor(get_settings(), RuleSet([])).process(PartitionState(0, 900), 7, b"c", body, [])
+    out, eitem = _worker_outputs(7, [_event(f"m-{i}", ts) for i, ts in enumerate(stamps)])
     assert out.n_kept == len(stamps)
-    h = avro_ocf.read_batch_header(out.events_value)
-    eitem = Item("events", 0, 7, out.events_value, out.source_id, h.n_events, codec("event_batch").fp,
-                 span=(h.events_start, h.events_end) if h.events_start >= 0 else None)  # fmt: skip
     assert ev.write([eitem]) == (len(stamps), 0)
     for w, value, stem in ((verb, out.verb_value, "verb_stats"), (status, out.status_value, "status_stats")):
         sid, n = avro_ocf.read_rows_header(value)
@@ -269,48 +280,20 @@ def test_a_batch_spanning_hundreds_of_months_is_stored(writers):
     assert reconcile_rollup(client) == len(stamps) and reconcile_volume(client) == len(stamps)
 
 
+def _latency_events(prefix: str, texts: list[str]) -> list[dict]:
+    return [_event(f"{prefix}-{i}", annotations={"apiserver.latency.k8s.io/total": t}) for i, t in enumerate(texts)]
+
+
 def test_no_latency_annotation_fails_an_insert(writers):
     """latency_us is computed by ClickHouse from apiserver.latency.k8s.io/total on insert: a duration of 400 digits
     parsed as +inf, toUInt64 refused it (Code 70), and since the Avro itself decodes, the sink retried that batch
     forever. Any text now gives a number and the batch lands."""
-    from pipeline.agents.processor import Processor
-    from pipeline.agents.rules import RuleSet
-    from pipeline.agents.state import PartitionState
-    from pipeline.config import get_settings
-
     client, ev, _, _ = writers
     texts = ["9" * 400 + "h", "1e999s", "nan", "inf", "-5s", "1.2.3ms", "12.5ms", "", "µs", "2m3.5s"]
-    items = [{"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": f"l-{i}",
-              "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "bob"},
-              "requestReceivedTimestamp": "2026-01-01T00:00:00.000001Z", "stageTimestamp": "2026-01-01T00:00:00.000002Z",
-              "annotations": {"apiserver.latency.k8s.io/total": t}} for i, t in enumerate(texts)]  # fmt: skip
-    body = orjson.dumps({"kind": "EventList", "items": items})
-    out = Processor(get_settings(), RuleSet([])).process(PartitionState(0, 900), 9, b"c", body, [])
-    h = avro_ocf.read_batch_header(out.events_value)
-    item = Item("events", 0, 9, out.events_value, out.source_id, h.n_events, codec("event_batch").fp,
-                span=(h.events_start, h.events_end) if h.events_start >= 0 else None)  # fmt: skip
-    assert ev.write([item]) == (len(texts), 0)
+    assert ev.write([_worker_outputs(9, _latency_events("l", texts))[1]]) == (len(texts), 0)
     got = dict(client.query("SELECT auditid, latency_us FROM audit_events WHERE auditid LIKE 'l-%'").result_rows)
     assert got["l-6"] == 12_500 and got["l-9"] == 123_500_000 and got["l-7"] == 0  # real durations as before
     assert got["l-0"] > 10**18  # capped, not an error
-
-
-def _latency_item(offset: int, latency: str, n: int = 3) -> Item:
-    """Worker outputs of one raw record: ``n`` events whose apiserver.latency.k8s.io/total is ``latency``."""
-    from pipeline.agents.processor import Processor
-    from pipeline.agents.rules import RuleSet
-    from pipeline.agents.state import PartitionState
-    from pipeline.config import get_settings
-
-    items = [{"kind": "Event", "apiVersion": "audit.k8s.io/v1", "level": "Metadata", "auditID": f"o{offset}-{i}",
-              "stage": "ResponseComplete", "requestURI": "/api/v1/pods", "verb": "list", "user": {"username": "bob"},
-              "requestReceivedTimestamp": "2026-01-01T00:00:00.000001Z", "stageTimestamp": "2026-01-01T00:00:00.000002Z",
-              "annotations": {"apiserver.latency.k8s.io/total": latency}} for i in range(n)]  # fmt: skip
-    body = orjson.dumps({"kind": "EventList", "items": items})
-    out = Processor(get_settings(), RuleSet([])).process(PartitionState(0, 900), offset, b"c", body, [])
-    h = avro_ocf.read_batch_header(out.events_value)
-    return Item("events", 0, offset, out.events_value, out.source_id, h.n_events, codec("event_batch").fp,
-                span=(h.events_start, h.events_end) if h.events_start >= 0 else None)  # fmt: skip
 
 
 @pytest.mark.kafka
@@ -331,7 +314,8 @@ def test_a_record_clickhouse_refuses_is_dead_lettered_and_the_batch_stored(setti
     sink.writers = {"events": EventsWriter(client, True, tmp_path), "verb": StatsWriter(client, "verb_stats", "verb", True, tmp_path),
                     "status": StatsWriter(client, "status_stats", "code", True, tmp_path), "alerts": AlertsWriter(client, True, tmp_path)}  # fmt: skip
     batch = Batch()
-    batch.items["events"] = [_latency_item(o, "9" * 400 + "h" if o == 5 else "12ms") for o in range(8)]
+    batch.items["events"] = [_worker_outputs(o, _latency_events(f"o{o}", ["9" * 400 + "h" if o == 5 else "12ms"] * 3))[1]
+                             for o in range(8)]
     assert sink._write_until_done(batch)
     stored = dict(client.query("SELECT source_id, count() FROM audit_events GROUP BY 1").result_rows)
     assert stored == {f"0:{o}": 3 for o in range(8) if o != 5}

@@ -22,8 +22,8 @@ import orjson
 
 from pipeline.models import deepjson
 
-TRUNCATED = "audit.k8s.io/truncated"  # the API server's truncate backend writes the same annotation
-ORIGINAL_BYTES = "kaudit.io/original-bytes"
+ANNOTATION_TRUNCATED = "audit.k8s.io/truncated"  # the API server's truncate backend writes the same annotation
+ANNOTATION_ORIGINAL_BYTES = "kaudit.io/original-bytes"
 REASON = "event_too_large_for_kafka"  # dead-letter reason: not stored at all
 REASON_TRUNCATED = "event_too_large_for_kafka: stored without requestObject/responseObject"
 
@@ -42,8 +42,8 @@ def truncate(raw: bytes, limit: int) -> bytes | None:
     annotations = ev.get("annotations")
     ev["annotations"] = {
         **(annotations if isinstance(annotations, dict) else {}),
-        TRUNCATED: "true",
-        ORIGINAL_BYTES: str(len(raw)),
+        ANNOTATION_TRUNCATED: "true",
+        ANNOTATION_ORIGINAL_BYTES: str(len(raw)),
     }
     try:
         out = orjson.dumps(ev)
